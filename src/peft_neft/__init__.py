@@ -1,0 +1,15 @@
+"""peft-neft: Neuron-Level Fine-Tuning (NeFT) as a Hugging Face peft method.
+
+Importing this package registers NeFT with peft, so ``get_peft_model(model, NeFTConfig(...))``,
+``PeftModel.from_pretrained`` and the ``AutoPeftModel`` classes work as they do for LoRA.
+(NeFT is unrelated to NEFTune, the noisy-embedding trick behind ``neftune_noise_alpha``.)
+"""
+
+from .registration import register as _register
+from .selection import NeuronSelection
+from .tuner import NeFTConfig, NeFTModel
+
+_register()
+
+__version__ = "0.1.0"
+__all__ = ["NeFTConfig", "NeFTModel", "NeuronSelection", "__version__"]

