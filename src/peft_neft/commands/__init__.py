@@ -1,0 +1,1 @@
+"""One module per ``peft-neft`` subcommand (discovered by :mod:`peft_neft.cli`)."""
