@@ -28,16 +28,16 @@ def normalize_rows(module: str, rows: Any) -> torch.Tensor:
             tensor = torch.as_tensor(rows if hasattr(rows, "__array__") else list(rows))
         except (TypeError, ValueError, RuntimeError) as err:
             raise TypeError(f"NeFT rows for module {module!r} must be a sequence of ints: {err}") from err
+    if tensor.numel() == 0:
+        raise ValueError(
+            f"NeFT selection for module {module!r} is empty. Remove the module from `neurons` or select at least one row."
+        )
     if tensor.dtype.is_floating_point or tensor.dtype.is_complex or tensor.dtype == torch.bool:
         raise TypeError(
             f"NeFT rows for module {module!r} must be integers, got dtype {tensor.dtype}. "
             "Pass output-neuron indices as ints (e.g. [3, 17, 512])."
         )
     tensor = tensor.to(torch.int64).flatten().cpu()
-    if tensor.numel() == 0:
-        raise ValueError(
-            f"NeFT selection for module {module!r} is empty. Remove the module from `neurons` or select at least one row."
-        )
     if (tensor < 0).any():
         raise ValueError(
             f"NeFT rows for module {module!r} contain negative indices {tensor[tensor < 0][:5].tolist()}; "

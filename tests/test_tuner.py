@@ -1,0 +1,192 @@
+"""The NeFT layer: exact parameter counts, forward semantics, memory structure and clear errors."""
+
+import pytest
+import torch
+from peft import get_peft_model
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from peft_neft import NeFTConfig, NeuronSelection
+from peft_neft.tuner.layer import Linear as NeFTLinear
+
+from conftest import make_tiny_llama
+
+ROWS = {
+    "model.layers.0.mlp.up_proj": [3, 17, 40],
+    "model.layers.1.mlp.down_proj": [0, 31],
+    "model.layers.1.self_attn.q_proj": [5],
+}
+
+
+def _ids(batch=2, seq=6, vocab=128, seed=0):
+    return torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(seed))
+
+
+def test_trainable_parameters_are_exactly_rows_times_in_features(tiny_llama):
+    model = get_peft_model(tiny_llama, NeFTConfig(neurons=ROWS))
+    trainable, _ = model.get_nb_trainable_parameters()
+    assert trainable == 3 * 32 + 2 * 64 + 1 * 32
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert all(".neft_delta." in n for n in names) and len(names) == 3
+
+
+def test_forward_adds_x_times_delta_into_the_selected_rows_only(tiny_llama):
+    base_up = tiny_llama.model.layers[0].mlp.up_proj
+    weight = base_up.weight.detach().clone()
+    model = get_peft_model(tiny_llama, NeFTConfig(neurons=ROWS))
+    layer = model.base_model.model.model.layers[0].mlp.up_proj
+    assert isinstance(layer, NeFTLinear)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        layer.neft_delta["default"].normal_()
+    x = torch.randn(2, 5, 32)
+    expected_weight = weight.clone()
+    expected_weight[[3, 17, 40]] += layer.neft_delta["default"].detach()
+    torch.testing.assert_close(layer(x), x @ expected_weight.T, rtol=1e-5, atol=1e-5)
+
+
+def test_zero_initialised_adapter_leaves_outputs_unchanged(tiny_llama):
+    ids = _ids()
+    before = tiny_llama(input_ids=ids).logits
+    model = get_peft_model(tiny_llama, NeFTConfig(neurons=ROWS))
+    torch.testing.assert_close(model(input_ids=ids).logits, before)
+
+
+def test_backward_gives_no_weight_grad_and_saves_no_weight_sized_tensor(tiny_llama):
+    model = get_peft_model(tiny_llama, NeFTConfig(neurons=ROWS))
+    layer = model.base_model.model.model.layers[0].mlp.up_proj
+    weight_numel = layer.base_layer.weight.numel()
+    saved_numels = []
+
+    def pack(tensor):
+        saved_numels.append(tensor.numel())
+        return tensor
+
+    x = torch.randn(1, 3, 32)  # 96 input values; the weight has 2048
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = layer(x)
+    out.sum().backward()
+    assert layer.base_layer.weight.grad is None
+    assert layer.neft_delta["default"].grad.shape == (3, 32)
+    assert saved_numels and max(saved_numels) < weight_numel
+
+
+def test_gradient_of_delta_is_output_grad_rows_times_input(tiny_llama):
+    model = get_peft_model(tiny_llama, NeFTConfig(neurons=ROWS))
+    layer = model.base_model.model.model.layers[0].mlp.up_proj
+    x = torch.randn(2, 4, 32)
+    upstream = torch.randn(2, 4, 64)
+    (layer(x) * upstream).sum().backward()
+    expected = upstream[..., [3, 17, 40]].reshape(-1, 3).T @ x.reshape(-1, 32)
+    torch.testing.assert_close(layer.neft_delta["default"].grad, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_conv1d_neurons_are_columns_of_the_stored_weight():
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=4, vocab_size=64, n_positions=16)).eval()
+    conv = gpt2.transformer.h[0].mlp.c_fc  # Conv1D: weight stored (in=32, out=128)
+    weight = conv.weight.detach().clone()
+    bias = conv.bias.detach().clone()
+    model = get_peft_model(gpt2, NeFTConfig(neurons={"transformer.h.0.mlp.c_fc": [2, 100]}))
+    assert model.get_nb_trainable_parameters()[0] == 2 * 32
+    layer = model.base_model.model.transformer.h[0].mlp.c_fc
+    with torch.no_grad():
+        layer.neft_delta["default"].normal_()
+    x = torch.randn(3, 32)
+    expected_weight = weight.clone()
+    expected_weight[:, [2, 100]] += layer.neft_delta["default"].detach().T
+    torch.testing.assert_close(layer(x), x @ expected_weight + bias, rtol=1e-5, atol=1e-5)
+    merged = model.merge_and_unload()
+    torch.testing.assert_close(merged.transformer.h[0].mlp.c_fc.weight, expected_weight)
+
+
+def test_neurons_accepts_a_selection_object_and_its_file(tiny_llama, tmp_path):
+    selection = NeuronSelection(rows={k: torch.tensor(v) for k, v in ROWS.items()})
+    selection.save(tmp_path / "sel.safetensors")
+    for spec in (selection, tmp_path / "sel.safetensors", str(tmp_path / "sel.safetensors")):
+        config = NeFTConfig(neurons=spec)
+        assert config.neuron_counts == {k: len(v) for k, v in ROWS.items()}
+
+
+def test_target_modules_filters_and_rejects_outside_modules():
+    config = NeFTConfig(target_modules=["up_proj", "down_proj", "q_proj"], neurons=ROWS)
+    assert config.target_modules == sorted(ROWS)
+    with pytest.raises(ValueError, match="do not match target_modules"):
+        NeFTConfig(target_modules=["up_proj"], neurons=ROWS)
+
+
+def test_peft_model_prefixed_names_are_accepted():
+    config = NeFTConfig(neurons={"base_model.model.model.layers.0.mlp.up_proj": [1]})
+    assert config.target_modules == ["model.layers.0.mlp.up_proj"]
+
+
+@pytest.mark.parametrize(
+    "rows, error, message",
+    [
+        ([1, 1, 2], ValueError, "duplicates"),
+        ([-1, 2], ValueError, "negative"),
+        ([1.5, 2.0], TypeError, "must be integers"),
+        (["a"], TypeError, "sequence of ints"),
+        ([], ValueError, "is empty"),
+    ],
+)
+def test_bad_rows_are_rejected_with_the_module_named(rows, error, message):
+    with pytest.raises(error, match=message) as info:
+        NeFTConfig(neurons={"model.layers.0.mlp.up_proj": rows})
+    assert "model.layers.0.mlp.up_proj" in str(info.value)
+
+
+def test_config_without_selection_is_rejected():
+    with pytest.raises(ValueError, match="needs a neuron selection"):
+        NeFTConfig()
+    with pytest.raises(ValueError, match="empty"):
+        NeFTConfig(neurons={})
+
+
+def test_rows_out_of_range_name_the_module_and_out_features(tiny_llama):
+    with pytest.raises(ValueError, match=r"model.layers.0.mlp.up_proj.*\[0, 64\)"):
+        get_peft_model(tiny_llama, NeFTConfig(neurons={"model.layers.0.mlp.up_proj": [64]}))
+
+
+def test_unknown_module_is_rejected(tiny_llama):
+    with pytest.raises(ValueError, match="does not have.*model.layers.7.mlp.up_proj"):
+        get_peft_model(tiny_llama, NeFTConfig(neurons={"model.layers.7.mlp.up_proj": [1]}))
+
+
+def test_non_linear_module_is_rejected(tiny_llama):
+    with pytest.raises(TypeError, match="model.layers.0.input_layernorm.*LlamaRMSNorm"):
+        get_peft_model(tiny_llama, NeFTConfig(neurons={"model.layers.0.input_layernorm": [1]}))
+
+
+def test_model_follows_to_device_and_dtype_keeps_delta_dtype():
+    model = get_peft_model(make_tiny_llama().to(torch.bfloat16), NeFTConfig(neurons=ROWS))
+    layer = model.base_model.model.model.layers[0].mlp.up_proj
+    assert layer.neft_delta["default"].dtype == torch.float32
+    assert layer.neft_rows["default"].dtype == torch.int64
+    out = model(input_ids=_ids(), labels=_ids())
+    assert out.logits.dtype == torch.bfloat16
+    out.loss.backward()
+    assert layer.neft_delta["default"].grad.dtype == torch.float32
+    model.to("cpu")
+    assert layer.neft_rows["default"].device.type == "cpu"
+
+
+def test_delta_dtype_is_the_users_choice():
+    model = get_peft_model(make_tiny_llama(), NeFTConfig(neurons=ROWS, delta_dtype="bfloat16"))
+    assert model.base_model.model.model.layers[0].mlp.up_proj.neft_delta["default"].dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="delta_dtype"):
+        NeFTConfig(neurons=ROWS, delta_dtype="int8")
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    grads = []
+    for checkpointing in (False, True):
+        model = get_peft_model(make_tiny_llama(), NeFTConfig(neurons=ROWS))
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        ids = _ids()
+        model(input_ids=ids, labels=ids).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name])
