@@ -1,0 +1,124 @@
+"""Merge/unmerge (bit-exact restore), merge_and_unload, and several adapters on one model."""
+
+import pytest
+import torch
+from peft import get_peft_model
+
+from peft_neft import NeFTConfig
+
+from conftest import make_tiny_llama
+
+A = {"model.layers.0.mlp.up_proj": [1, 2, 3], "model.layers.1.mlp.down_proj": [0, 5]}
+B = {"model.layers.0.mlp.up_proj": [2, 3, 9], "model.layers.0.self_attn.v_proj": [1]}
+
+
+def _ids():
+    return torch.randint(0, 128, (2, 7), generator=torch.Generator().manual_seed(0))
+
+
+def _randomize(model, adapter, seed):
+    generator = torch.Generator().manual_seed(seed)
+    for name, param in model.named_parameters():
+        if f"neft_delta.{adapter}" in name:
+            with torch.no_grad():
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+
+
+def _weights(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if "neft_" not in n}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_unmerge_restores_the_base_weights_bit_for_bit(dtype):
+    model = get_peft_model(make_tiny_llama().to(dtype), NeFTConfig(neurons=A))
+    _randomize(model, "default", 1)
+    before = _weights(model)
+    model.merge_adapter()
+    up = model.base_model.model.model.layers[0].mlp.up_proj.base_layer.weight
+    assert not torch.equal(up, before["base_model.model.model.layers.0.mlp.up_proj.base_layer.weight"])
+    model.unmerge_adapter()
+    after = _weights(model)
+    assert all(torch.equal(before[n], after[n]) for n in before)
+
+
+def test_merged_outputs_equal_unmerged_outputs():
+    model = get_peft_model(make_tiny_llama(), NeFTConfig(neurons=A))
+    _randomize(model, "default", 2)
+    ids = _ids()
+    unmerged = model(input_ids=ids).logits
+    model.merge_adapter()
+    torch.testing.assert_close(model(input_ids=ids).logits, unmerged, rtol=1e-5, atol=1e-5)
+    model.unmerge_adapter()
+    plain = model.merge_and_unload()
+    assert type(plain).__name__ == "LlamaForCausalLM"
+    assert not any("neft" in n for n, _ in plain.named_modules())
+    torch.testing.assert_close(plain(input_ids=ids).logits, unmerged, rtol=1e-5, atol=1e-5)
+
+
+def test_safe_merge_refuses_non_finite_results():
+    model = get_peft_model(make_tiny_llama(), NeFTConfig(neurons=A))
+    layer = model.base_model.model.model.layers[0].mlp.up_proj
+    original = layer.base_layer.weight.detach().clone()
+    with torch.no_grad():
+        layer.neft_delta["default"][1, 4] = float("inf")
+    with pytest.raises(ValueError, match="non-finite"):
+        model.merge_adapter(safe_merge=True)
+    assert torch.equal(layer.base_layer.weight, original)
+
+
+def test_overlapping_adapters_compose_additively_and_merge_in_any_order():
+    model = get_peft_model(make_tiny_llama(), NeFTConfig(neurons=A), adapter_name="a")
+    model.add_adapter("b", NeFTConfig(neurons=B))
+    _randomize(model, "a", 3)
+    _randomize(model, "b", 4)
+    layer = model.base_model.model.model.layers[0].mlp.up_proj
+    weight = layer.base_layer.weight.detach().clone()
+    expected = weight.clone()
+    expected[[1, 2, 3]] += layer.neft_delta["a"].detach()
+    expected[[2, 3, 9]] += layer.neft_delta["b"].detach()
+    x = torch.randn(3, 32)
+
+    model.base_model.set_adapter(["a", "b"])
+    torch.testing.assert_close(layer(x), x @ expected.T, rtol=1e-5, atol=1e-5)
+
+    before = _weights(model)
+    model.merge_adapter(adapter_names=["a", "b"])
+    torch.testing.assert_close(layer.base_layer.weight, expected, rtol=1e-6, atol=1e-6)
+    model.unmerge_adapter()
+    after = _weights(model)
+    assert all(torch.equal(before[n], after[n]) for n in before)
+
+
+def test_set_disable_and_delete_adapter():
+    base_logits = make_tiny_llama()(input_ids=_ids()).logits
+    model = get_peft_model(make_tiny_llama(), NeFTConfig(neurons=A), adapter_name="a")
+    model.add_adapter("b", NeFTConfig(neurons=B))
+    _randomize(model, "a", 5)
+    _randomize(model, "b", 6)
+    ids = _ids()
+
+    model.set_adapter("a")
+    out_a = model(input_ids=ids).logits
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(n.endswith("neft_delta.a") for n in trainable)
+    model.set_adapter("b")
+    out_b = model(input_ids=ids).logits
+    assert not torch.allclose(out_a, out_b)
+
+    with model.disable_adapter():
+        torch.testing.assert_close(model(input_ids=ids).logits, base_logits)
+    torch.testing.assert_close(model(input_ids=ids).logits, out_b)
+
+    model.delete_adapter("b")
+    layer = model.base_model.model.model.layers[0].mlp.up_proj
+    assert "b" not in layer.neft_delta and "b" not in layer.neft_rows
+    assert model.base_model.active_adapters == ["a"] and layer.active_adapters == ["a"]
+    torch.testing.assert_close(model(input_ids=ids).logits, out_a)
+
+
+def test_merge_refuses_a_quantized_weight_with_a_clear_message():
+    model = get_peft_model(make_tiny_llama(), NeFTConfig(neurons=A))
+    layer = model.base_model.model.model.layers[0].mlp.up_proj
+    layer.base_layer.weight = torch.nn.Parameter(layer.base_layer.weight.detach().to(torch.int8), requires_grad=False)
+    with pytest.raises(NotImplementedError, match="quantized base"):
+        layer.merge()
