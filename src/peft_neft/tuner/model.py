@@ -64,6 +64,16 @@ class NeFTModel(BaseTuner):
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)
 
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Delete an adapter; if it was the active one, activate the first remaining adapter everywhere.
+
+        peft takes the new active adapter from the first adapted layer it visits, which is empty when that
+        layer only held the deleted adapter (adapters may cover different modules), so NeFT settles it here.
+        """
+        super().delete_adapter(adapter_name)
+        if not self.active_adapters and self.peft_config:
+            self.set_adapter(sorted(self.peft_config)[0])
+
     def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
         # The delta dtype is an explicit config choice (`delta_dtype`), so peft's autocast does not apply.
         return
