@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# Tests never reach a model hub: everything they load is built here or read from disk.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM

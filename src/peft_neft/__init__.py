@@ -7,9 +7,10 @@ Importing this package registers NeFT with peft, so ``get_peft_model(model, NeFT
 
 from .registration import register as _register
 from .selection import NeuronSelection
+from .atomic import save_pretrained_atomically
 from .tuner import NeFTConfig, NeFTModel
 
 _register()
 
 __version__ = "0.1.0"
-__all__ = ["NeFTConfig", "NeFTModel", "NeuronSelection", "__version__"]
+__all__ = ["NeFTConfig", "NeFTModel", "NeuronSelection", "__version__", "save_pretrained_atomically"]

@@ -47,3 +47,13 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_pretrained_atomically(model, save_directory: str | os.PathLike, **kwargs) -> None:
+    """``model.save_pretrained(save_directory, **kwargs)``, but all-or-nothing.
+
+    The adapter is written to a temporary folder beside ``save_directory`` and moved into place only when
+    complete, so an interrupted save never leaves a half-written adapter and never destroys the previous one.
+    """
+    with atomic_dir(save_directory) as tmp:
+        model.save_pretrained(tmp, **kwargs)

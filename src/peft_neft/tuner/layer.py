@@ -12,6 +12,7 @@ same update as training rows ``R`` of the weight directly (the paper's gradient 
 
 from __future__ import annotations
 
+import sys
 import warnings
 from typing import Any, Optional
 
@@ -85,7 +86,8 @@ class NeFTLayer(BaseTunerLayer):
                 f"NeFT rows for module {self.module_name!r} must be sorted and unique; the checkpoint is corrupt."
             )
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    def _check_incoming_state(self, state_dict: dict[str, torch.Tensor], prefix: str) -> None:
+        """Validate a checkpoint's rows and deltas for this layer before ``load_state_dict`` copies them."""
         for adapter_name in list(self.neft_rows.keys()):
             key = f"{prefix}neft_rows.{adapter_name}"
             if key in state_dict:
@@ -106,14 +108,16 @@ class NeFTLayer(BaseTunerLayer):
                     f"{tuple(self.neft_delta[adapter_name].shape)}: the adapter was trained on a base model "
                     "with different layer shapes. Load it onto the base model it was trained on."
                 )
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     def _weight_rows_view(self) -> torch.Tensor:
         """The base weight as (out_features, in_features), a view for Conv1D's transposed storage."""
         weight = self.get_base_layer().weight
-        if not weight.dtype.is_floating_point:
+        torchao_utils = sys.modules.get("torchao.utils")  # torchao weights report their float dtype
+        torchao_weight = torchao_utils is not None and isinstance(weight, torchao_utils.TorchAOBaseTensor)
+        if torchao_weight or not weight.dtype.is_floating_point:
+            stored = f"torchao {type(weight).__name__}" if torchao_weight else weight.dtype
             raise NotImplementedError(
-                f"Cannot merge NeFT into module {self.module_name!r}: its weight is stored as {weight.dtype} "
+                f"Cannot merge NeFT into module {self.module_name!r}: its weight is stored as {stored} "
                 "(a quantized base). Keep the adapter unmerged, or merge into a float copy of the base model."
             )
         return weight.data.T if self.is_conv1d else weight.data
@@ -183,6 +187,10 @@ class Linear(nn.Module, NeFTLayer):
         NeFTLayer.__init__(self, base_layer, module_name=module_name)
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, rows, num_rows, delta_dtype)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args: Any) -> None:
+        self._check_incoming_state(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.disable_adapters:

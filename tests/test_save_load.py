@@ -1,0 +1,181 @@
+"""Adapters save small, load bit-exact (also in a fresh process), and never half-written."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import safetensors.torch
+import torch
+from peft import AutoPeftModelForCausalLM, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM
+
+import peft_neft
+from peft_neft import NeFTConfig
+
+from conftest import make_tiny_llama
+
+ROWS = {"model.layers.0.mlp.up_proj": [1, 9, 33], "model.layers.1.mlp.down_proj": [4, 7], "model.layers.1.self_attn.k_proj": [0]}
+
+
+@pytest.fixture
+def trained(tmp_path):
+    """A NeFT model with non-zero deltas, its base saved to disk so AutoPeftModel can resolve it."""
+    base = make_tiny_llama()
+    base_dir = tmp_path / "base"
+    base.save_pretrained(base_dir)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), NeFTConfig(neurons=ROWS))
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                param.copy_(torch.randn(param.shape, generator=generator))
+    return model, base_dir
+
+
+def _ids():
+    return torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(3))
+
+
+def _deltas(model):
+    return {n.replace(".default", ""): p.detach().clone() for n, p in model.named_parameters() if "neft_delta" in n}
+
+
+def test_adapter_file_holds_only_deltas_and_rows(trained, tmp_path):
+    model, _ = trained
+    model.save_pretrained(tmp_path / "adapter")
+    tensors = safetensors.torch.load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    expected = {}
+    for name, rows in ROWS.items():
+        in_features = 64 if "down_proj" in name else 32
+        expected[f"base_model.model.{name}.neft_delta"] = ((len(rows), in_features), torch.float32)
+        expected[f"base_model.model.{name}.neft_rows"] = ((len(rows),), torch.int64)
+    assert {k: (tuple(v.shape), v.dtype) for k, v in tensors.items()} == expected
+    for name, rows in ROWS.items():
+        assert tensors[f"base_model.model.{name}.neft_rows"].tolist() == rows
+
+
+def test_adapter_config_does_not_grow_with_the_selection(tmp_path):
+    small = NeFTConfig(neurons={"model.layers.0.mlp.up_proj": [0]})
+    large = NeFTConfig(neurons={"model.layers.0.mlp.up_proj": list(range(64))})
+    small.save_pretrained(tmp_path / "small")
+    large.save_pretrained(tmp_path / "large")
+    small_json = (tmp_path / "small" / "adapter_config.json").read_text()
+    large_json = (tmp_path / "large" / "adapter_config.json").read_text()
+    assert len(large_json) - len(small_json) <= 2  # only the count's digits differ
+    assert json.loads(large_json)["neuron_counts"] == {"model.layers.0.mlp.up_proj": 64}
+
+
+def test_round_trip_is_bit_exact(trained, tmp_path):
+    model, _ = trained
+    ids = _ids()
+    expected_logits = model(input_ids=ids).logits
+    model.save_pretrained(tmp_path / "adapter")
+    loaded = PeftModel.from_pretrained(make_tiny_llama(), tmp_path / "adapter")
+    saved, restored = _deltas(model), _deltas(loaded)
+    assert saved.keys() == restored.keys()
+    assert all(torch.equal(saved[k], restored[k]) for k in saved)
+    layer = loaded.base_model.model.model.layers[0].mlp.up_proj
+    assert layer.neft_rows["default"].tolist() == ROWS["model.layers.0.mlp.up_proj"]
+    assert torch.equal(loaded(input_ids=ids).logits, expected_logits)
+
+
+def test_auto_peft_model_resolves_the_base(trained, tmp_path):
+    model, _ = trained
+    model.save_pretrained(tmp_path / "adapter")
+    loaded = AutoPeftModelForCausalLM.from_pretrained(tmp_path / "adapter")
+    torch.testing.assert_close(loaded(input_ids=_ids()).logits, model(input_ids=_ids()).logits, rtol=0, atol=0)
+
+
+def test_load_in_a_fresh_process_that_only_imports_peft_neft(trained, tmp_path):
+    model, base_dir = trained
+    model.save_pretrained(tmp_path / "adapter")
+    torch.save(model(input_ids=_ids()).logits, tmp_path / "expected.pt")
+    script = textwrap.dedent(
+        f"""
+        import torch, peft_neft
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+        base = AutoModelForCausalLM.from_pretrained({str(base_dir)!r})
+        model = PeftModel.from_pretrained(base, {str(tmp_path / "adapter")!r})
+        ids = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(3))
+        assert torch.equal(model(input_ids=ids).logits, torch.load({str(tmp_path / "expected.pt")!r}))
+        merged = model.merge_and_unload()
+        torch.testing.assert_close(merged(input_ids=ids).logits, torch.load({str(tmp_path / "expected.pt")!r}))
+        print("ok")
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("ok")
+
+
+def test_loading_onto_a_base_with_other_shapes_names_the_module(trained, tmp_path):
+    model, _ = trained
+    model.save_pretrained(tmp_path / "adapter")
+    wider = make_tiny_llama(hidden=48)
+    with pytest.raises(ValueError, match="different layer shapes"):
+        PeftModel.from_pretrained(wider, tmp_path / "adapter")
+
+
+def test_rows_out_of_range_for_the_base_are_refused(trained, tmp_path):
+    model, _ = trained
+    model.save_pretrained(tmp_path / "adapter")
+    narrower = make_tiny_llama(intermediate=16)  # up_proj rows 33 do not exist, down_proj in_features differ
+    with pytest.raises(ValueError, match="model.layers.0.mlp.up_proj|different layer shapes"):
+        PeftModel.from_pretrained(narrower, tmp_path / "adapter")
+
+
+def test_truncated_adapter_file_does_not_load(trained, tmp_path):
+    model, _ = trained
+    model.save_pretrained(tmp_path / "adapter")
+    weights = tmp_path / "adapter" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-50])
+    with pytest.raises(Exception, match="(?i)deserializ|incomplete|invalid|truncat"):
+        PeftModel.from_pretrained(make_tiny_llama(), tmp_path / "adapter")
+
+
+def test_mixed_files_from_two_saves_are_refused(trained, tmp_path):
+    model, _ = trained
+    model.save_pretrained(tmp_path / "adapter")
+    other = NeFTConfig(neurons={**ROWS, "model.layers.0.mlp.up_proj": [1, 2]})
+    other.save_pretrained(tmp_path / "adapter")  # config of another save over the old weights
+    with pytest.raises(ValueError, match="different saves|different layer shapes"):
+        PeftModel.from_pretrained(make_tiny_llama(), tmp_path / "adapter")
+
+
+def test_config_without_loaded_indices_refuses_to_run():
+    config = NeFTConfig(neuron_counts={"model.layers.0.mlp.up_proj": 2})
+    model = get_peft_model(make_tiny_llama(), config)
+    with pytest.raises(RuntimeError, match="never loaded"):
+        model(input_ids=_ids())
+
+
+def test_interrupted_atomic_save_keeps_the_previous_adapter(trained, tmp_path, monkeypatch):
+    model, _ = trained
+    target = tmp_path / "adapter"
+    peft_neft.save_pretrained_atomically(model, target)
+    previous = _deltas(PeftModel.from_pretrained(make_tiny_llama(), target))
+
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(1.0)
+    real_save_file = safetensors.torch.save_file
+
+    def save_half_then_fail(tensors, filename, metadata=None):
+        real_save_file(tensors, filename, metadata=metadata)
+        with open(filename, "r+b") as handle:
+            handle.truncate(100)
+        raise OSError("disk full")
+
+    monkeypatch.setattr("peft.utils.save_and_load.safe_save_file", save_half_then_fail, raising=False)
+    monkeypatch.setattr("peft.peft_model.safe_save_file", save_half_then_fail, raising=False)
+    with pytest.raises(OSError, match="disk full"):
+        peft_neft.save_pretrained_atomically(model, target)
+    monkeypatch.undo()
+
+    kept = _deltas(PeftModel.from_pretrained(make_tiny_llama(), target))
+    assert all(torch.equal(previous[k], kept[k]) for k in previous)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".adapter")] == []
