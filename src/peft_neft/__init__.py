@@ -6,11 +6,13 @@ Importing this package registers NeFT with peft, so ``get_peft_model(model, NeFT
 """
 
 from .registration import register as _register
-from .selection import NeuronSelection
+from .selection import NeuronScores, NeuronSelection, budget_from_lora, overlap, select_neurons
+from .calibration import calibrate, gradient_scores
 from .atomic import save_pretrained_atomically
 from .tuner import NeFTConfig, NeFTModel
 
 _register()
 
 __version__ = "0.1.0"
-__all__ = ["NeFTConfig", "NeFTModel", "NeuronSelection", "__version__", "save_pretrained_atomically"]
+__all__ = ["NeFTConfig", "NeFTModel", "NeuronSelection", "__version__", "save_pretrained_atomically",
+           "NeuronScores", "budget_from_lora", "calibrate", "gradient_scores", "overlap", "select_neurons"]

@@ -1,4 +1,8 @@
-"""``NeuronSelection``: which output neurons of which modules NeFT trains, with their provenance."""
+"""``NeuronSelection``: which output neurons of which modules NeFT trains, with their provenance.
+
+Besides save/load it offers the paper's set operations (``union`` is its NeFT_Union, :func:`overlap`
+its Table 5), a per-layer summary and a plot.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from ..atomic import atomic_path
 
@@ -34,10 +39,139 @@ class NeuronSelection:
     def num_neurons(self) -> int:
         return sum(int(r.numel()) for r in self.rows.values())
 
+    @property
+    def fingerprint(self) -> str | None:
+        """Hash of the base model's weight shapes the selection was made on (None for hand-made ones)."""
+        return self.metadata.get("fingerprint")
+
+    @property
+    def num_params(self) -> int | None:
+        """Trainable parameters the selection costs (None when ``in_features`` is unknown)."""
+        in_features = self.metadata.get("in_features", {})
+        if not all(name in in_features for name in self.rows):
+            return None
+        return sum(in_features[name] * int(r.numel()) for name, r in self.rows.items())
+
+    def check_model(self, model: nn.Module) -> None:
+        """Raise a clear error unless every selected module exists in ``model`` with the rows in range
+        and, when the selection records one, the model's fingerprint matches."""
+        from .scores import model_fingerprint, module_shape
+
+        modules = dict(model.named_modules())
+        for name, rows in self.rows.items():
+            if name not in modules:
+                raise ValueError(
+                    f"The selection names module {name!r}, which the model does not have: was it made for another model?"
+                )
+            out_f, _ = module_shape(modules[name])
+            if rows.numel() and int(rows.max()) >= out_f:
+                raise ValueError(
+                    f"The selection picks row {int(rows.max())} of module {name!r}, which has {out_f} output neurons: "
+                    "it was made for another base model."
+                )
+        if self.fingerprint is not None and self.fingerprint != model_fingerprint(model):
+            raise ValueError(
+                f"The selection was made on a base model with other weight shapes (fingerprint {self.fingerprint} "
+                f"vs {model_fingerprint(model)}). Select neurons on the model you will train."
+            )
+
+    def _combine(self, other: "NeuronSelection", op: str) -> "NeuronSelection":
+        if not isinstance(other, NeuronSelection):
+            raise TypeError(f"Can only combine with another NeuronSelection, got {type(other).__name__}.")
+        if self.fingerprint and other.fingerprint and self.fingerprint != other.fingerprint:
+            raise ValueError(
+                f"Cannot {op} selections made on different base models (fingerprints {self.fingerprint} and "
+                f"{other.fingerprint}). Select both on the same base model."
+            )
+        rows = {}
+        for name in sorted(set(self.rows) | set(other.rows)):
+            a = self.rows.get(name, torch.empty(0, dtype=torch.int64))
+            b = other.rows.get(name, torch.empty(0, dtype=torch.int64))
+            merged = torch.unique(torch.cat([a, b])) if op == "union" else a[torch.isin(a, b)]
+            if merged.numel():
+                rows[name] = merged.to(torch.int64)
+        same_scores = set(self.scores) == set(other.scores) and all(
+            torch.equal(self.scores[n], other.scores[n]) for n in self.scores
+        )
+        in_features = {**other.metadata.get("in_features", {}), **self.metadata.get("in_features", {})}
+        out_features = {**other.metadata.get("out_features", {}), **self.metadata.get("out_features", {})}
+        metadata = {
+            "method": op,
+            "parts": [_describe(self.metadata), _describe(other.metadata)],
+            "fingerprint": self.fingerprint or other.fingerprint,
+            "total_params": self.metadata.get("total_params", other.metadata.get("total_params")),
+            "in_features": in_features,
+            "out_features": out_features,
+        }
+        result = NeuronSelection(rows=rows, scores=dict(self.scores) if same_scores else {}, metadata=metadata)
+        result.metadata["achieved_neurons"] = result.num_neurons
+        if result.num_params is not None:
+            result.metadata["achieved_params"] = result.num_params
+        return result
+
+    def union(self, other: "NeuronSelection") -> "NeuronSelection":
+        """Rows selected by either (the paper's NeFT_Union, e.g. translation + summarization neurons)."""
+        return self._combine(other, "union")
+
+    def intersection(self, other: "NeuronSelection") -> "NeuronSelection":
+        """Rows selected by both; modules left without rows are dropped."""
+        return self._combine(other, "intersection")
+
+    def summary_rows(self) -> list[dict[str, Any]]:
+        """One dict per decoder block: selected neurons per module kind, and their parameters."""
+        from .budget import layer_index
+
+        in_features = self.metadata.get("in_features", {})
+        out_features = self.metadata.get("out_features", {})
+        table: dict[Any, dict[str, Any]] = {}
+        for name, rows in self.rows.items():
+            index = layer_index(name)
+            entry = table.setdefault(index, {"layer": "-" if index is None else index, "neurons": 0, "params": 0})
+            kind = name.rsplit(".", 1)[-1]
+            count = int(rows.numel())
+            entry[kind] = f"{count}/{out_features[name]}" if name in out_features else str(count)
+            entry["neurons"] += count
+            entry["params"] += count * in_features.get(name, 0)
+        return [table[k] for k in sorted(table, key=lambda k: (k is None, k if k is not None else 0))]
+
+    def summary(self) -> str:
+        """A per-layer table (selected/total rows per module kind) and how close the budget was hit."""
+        rows = self.summary_rows()
+        kinds = sorted({k for r in rows for k in r} - {"layer", "neurons", "params"})
+        header = ["layer", *kinds, "neurons", "params"]
+        lines = [header] + [[str(r.get(c, "0")) for c in header] for r in rows]
+        widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+        text = ["  ".join(cell.rjust(w) for cell, w in zip(line, widths)) for line in lines]
+        text.append(self.budget_report())
+        return "\n".join(text)
+
+    def budget_report(self) -> str:
+        """One line: neurons, parameters, share of the model, and the distance to the requested budget."""
+        params = self.num_params
+        line = f"{self.num_neurons} neurons in {len(self.rows)} modules"
+        total = self.metadata.get("total_params")
+        if params is not None:
+            line += f", {params} trainable parameters"
+            if total:
+                line += f" ({100.0 * params / total:.3f}% of {total})"
+        budget = self.metadata.get("budget")
+        if budget and budget.get("unit") == "params" and params is not None:
+            diff = params - budget["value"]
+            line += f"; budget {budget['value']:.0f} params, achieved {diff:+.0f} ({100.0 * diff / budget['value']:+.4f}%)"
+        elif budget and budget.get("unit") == "neurons":
+            line += f"; budget {budget['value']:.0f} neurons, achieved {self.num_neurons - budget['value']:+.0f}"
+        return line
+
+    def plot(self, path: str | os.PathLike) -> None:
+        """Write a PNG of the selected neurons per layer and module (see :mod:`peft_neft.selection.plot`)."""
+        from .plot import plot_selection
+
+        plot_selection(self, path)
+
     def save(self, path: str | os.PathLike) -> None:
         """Write the selection to one safetensors file (no pickle), atomically."""
         tensors = {_ROWS + name: rows.to(torch.int64).contiguous().cpu() for name, rows in self.rows.items()}
-        tensors.update({_SCORES + name: s.float().contiguous().cpu() for name, s in self.scores.items()})
+        tensors.update({_SCORES + name: s.detach().contiguous().cpu() for name, s in self.scores.items()})
         header = {"format": _FORMAT, "metadata": json.dumps(self.metadata, sort_keys=True)}
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=header)
@@ -60,3 +194,20 @@ class NeuronSelection:
         rows = {k[len(_ROWS):]: v for k, v in tensors.items() if k.startswith(_ROWS)}
         scores = {k[len(_SCORES):]: v for k, v in tensors.items() if k.startswith(_SCORES)}
         return cls(rows=rows, scores=scores, metadata=json.loads(header.get("metadata", "{}")))
+
+
+def _describe(metadata: dict[str, Any]) -> dict[str, Any]:
+    return {k: metadata[k] for k in ("method", "strategy", "budget", "parts") if k in metadata}
+
+
+def overlap(a: NeuronSelection, b: NeuronSelection) -> float:
+    """Overlap proportion as in the paper's Table 5: the share of selected neurons both selections contain.
+
+    For two selections of the same size (the paper compares NeFT_x% with NeFT_x%) this is
+    ``|A & B| / |A|``; for different sizes it is ``|A & B| / min(|A|, |B|)``, so a selection
+    contained in the other has overlap 1.
+    """
+    smaller = min(a.num_neurons, b.num_neurons)
+    if smaller == 0:
+        raise ValueError("overlap() needs two non-empty selections.")
+    return a.intersection(b).num_neurons / smaller

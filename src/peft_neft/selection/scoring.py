@@ -1,0 +1,177 @@
+"""Cosine scores (the paper's Eq. 1) between an original and a fine-tuned model, in memory or streamed from disk."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM
+from transformers.pytorch_utils import Conv1D
+
+from .scores import (
+    DEFAULT_TARGETS,
+    NeuronScores,
+    TargetModules,
+    check_targets_found,
+    count_params,
+    find_target_modules,
+    fingerprint_of,
+    linear_suffixes,
+    matches,
+    model_fingerprint,
+    module_shape,
+    weight_rows,
+)
+
+_CHUNK_ELEMENTS = 1 << 22
+
+
+def cosine_rows(original: torch.Tensor, finetuned: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of each row pair, in float64, never NaN.
+
+    Identical rows (including two zero rows) score exactly 1; a zero row against a non-zero one
+    scores 0 (its direction changed completely).
+    """
+    if original.shape != finetuned.shape:
+        raise ValueError(f"Cannot compare rows of shapes {tuple(original.shape)} and {tuple(finetuned.shape)}.")
+    step = max(1, _CHUNK_ELEMENTS // max(1, original.shape[1]))
+    out = []
+    for start in range(0, original.shape[0], step):
+        a = original[start:start + step].detach().to(torch.float64)
+        b = finetuned[start:start + step].detach().to(device=a.device, dtype=torch.float64)
+        norms = a.norm(dim=1) * b.norm(dim=1)
+        cos = (a * b).sum(dim=1) / norms.clamp_min(torch.finfo(torch.float64).tiny)
+        cos = torch.where(norms > 0, cos.clamp(-1.0, 1.0), torch.zeros_like(cos))
+        out.append(torch.where((a == b).all(dim=1), torch.ones_like(cos), cos).cpu())
+    return torch.cat(out)
+
+
+def score_models(
+    original: nn.Module, finetuned: nn.Module, target_modules: TargetModules = DEFAULT_TARGETS
+) -> NeuronScores:
+    """Score every output neuron of the target modules by the cosine similarity of its row (Conv1D: column)."""
+    orig_modules = find_target_modules(original, target_modules)
+    ft_modules = dict(finetuned.named_modules())
+    scores, in_features = {}, {}
+    for name, module in orig_modules.items():
+        other = ft_modules.get(name)
+        if other is None or not isinstance(other, (nn.Linear, Conv1D)):
+            raise ValueError(f"The fine-tuned model has no Linear module {name!r}: the two models differ in structure.")
+        if module_shape(other) != module_shape(module):
+            raise ValueError(
+                f"Module {name!r} has shape {module_shape(module)} in the original and {module_shape(other)} in the "
+                "fine-tuned model (as (out, in)): they are not the same base model."
+            )
+        scores[name] = cosine_rows(weight_rows(module), weight_rows(other))
+        in_features[name] = module_shape(module)[1]
+    return NeuronScores(
+        scores=scores,
+        in_features=in_features,
+        total_params=count_params(original),
+        method="cosine",
+        metadata={"fingerprint": model_fingerprint(original), "source": "models"},
+    )
+
+
+def _safetensors_files(path: str | os.PathLike) -> list[Path]:
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        return [path / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(
+            f"No safetensors checkpoint in {os.fspath(path)!r}: expected model.safetensors, a sharded "
+            "model.safetensors.index.json, or a .safetensors file. Save models with save_pretrained()."
+        )
+    return files
+
+
+def _module_types(checkpoint_dir: Path) -> dict[str, nn.Module] | None:
+    """The model's modules, built on the meta device from config.json (no weights), or None without a config."""
+    if not (checkpoint_dir / "config.json").is_file():
+        return None
+    config = AutoConfig.from_pretrained(checkpoint_dir)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return dict(model.named_modules())
+
+
+class _Checkpoint:
+    """Read-only view of a (possibly sharded) safetensors checkpoint: key -> lazily loaded tensor."""
+
+    def __init__(self, path: str | os.PathLike, stack: ExitStack) -> None:
+        self.where: dict[str, object] = {}
+        for file in _safetensors_files(path):
+            handle = stack.enter_context(safe_open(os.fspath(file), framework="pt"))
+            for key in handle.keys():
+                self.where[key] = handle
+
+    def shape(self, key: str) -> list[int]:
+        return list(self.where[key].get_slice(key).get_shape())
+
+    def get(self, key: str) -> torch.Tensor:
+        return self.where[key].get_tensor(key)
+
+    def keys(self) -> Iterator[str]:
+        return iter(self.where)
+
+
+def score_checkpoints(
+    base_dir: str | os.PathLike,
+    finetuned_dir: str | os.PathLike,
+    target_modules: TargetModules = DEFAULT_TARGETS,
+) -> NeuronScores:
+    """Like :func:`score_models`, but streamed tensor by tensor from two safetensors checkpoints.
+
+    Peak memory is about one pair of weight tensors, so it works for models larger than RAM.
+    When ``base_dir`` has a ``config.json`` the model is built on the meta device to tell Conv1D
+    (scored per column) from Linear layers; without one every 2-D ``*.weight`` is taken as a Linear.
+    """
+    base_path = Path(base_dir)
+    modules = _module_types(base_path if base_path.is_dir() else base_path.parent)
+    with ExitStack() as stack:
+        base, tuned = _Checkpoint(base_dir, stack), _Checkpoint(finetuned_dir, stack)
+        shapes = {key: base.shape(key) for key in base.keys()}
+        total = sum(int(torch.Size(s).numel()) for s in shapes.values())
+        candidates = {
+            key[: -len(".weight")]: key
+            for key, shape in shapes.items()
+            if key.endswith(".weight") and len(shape) == 2 and matches(target_modules, key[: -len(".weight")])
+        }
+        if modules is not None:
+            candidates = {n: k for n, k in candidates.items() if isinstance(modules.get(n), (nn.Linear, Conv1D))}
+            available = linear_suffixes(modules.items())
+        else:
+            available = sorted({k[: -len(".weight")].rsplit(".", 1)[-1] for k, s in shapes.items() if len(s) == 2})
+        check_targets_found(target_modules, candidates, available)
+        scores, in_features = {}, {}
+        for name, key in candidates.items():
+            if key not in tuned.where:
+                raise ValueError(f"The fine-tuned checkpoint has no tensor {key!r}: the two checkpoints differ in structure.")
+            if tuned.shape(key) != shapes[key]:
+                raise ValueError(
+                    f"Tensor {key!r} has shape {shapes[key]} in the base and {tuned.shape(key)} in the fine-tuned "
+                    "checkpoint: they are not the same base model."
+                )
+            a, b = base.get(key), tuned.get(key)
+            if modules is not None and isinstance(modules[name], Conv1D):
+                a, b = a.T, b.T
+            scores[name] = cosine_rows(a, b)
+            in_features[name] = int(a.shape[1])
+            del a, b
+    return NeuronScores(
+        scores=scores,
+        in_features=in_features,
+        total_params=total,
+        method="cosine",
+        metadata={"fingerprint": fingerprint_of(shapes.items()), "source": "checkpoints"},
+    )

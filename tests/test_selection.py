@@ -1,0 +1,276 @@
+"""Neuron selection: cosine scores, budgets, strategies, set operations, save/load, CLI, bad input."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from conftest import make_tiny_llama
+from peft_neft import NeFTConfig
+from peft_neft.cli import main
+from peft_neft.selection import (
+    NeuronScores,
+    NeuronSelection,
+    budget_from_lora,
+    overlap,
+    score_checkpoints,
+    score_models,
+    select_hybrid,
+    select_neurons,
+)
+from peft_neft.selection.scoring import cosine_rows
+
+UP0, UP1 = "model.layers.0.mlp.up_proj", "model.layers.1.mlp.up_proj"
+DOWN0, DOWN1 = "model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"
+PERTURBED = {UP1: [3, 9, 40], DOWN0: [5], DOWN1: [0, 31]}
+
+
+def perturbed_copy(model, rows=PERTURBED):
+    tuned = copy.deepcopy(model)
+    modules = dict(tuned.named_modules())
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, idx in rows.items():
+            w = modules[name].weight
+            w[idx] += torch.randn(len(idx), w.shape[1], generator=gen) * w[idx].norm(dim=1, keepdim=True)
+        # every other row moves a tiny bit, so "unchanged" is not what identifies the perturbed rows
+        for name in (UP0, UP1, DOWN0, DOWN1):
+            w = modules[name].weight
+            w.mul_(1 + 1e-4 * torch.rand(w.shape[0], 1, generator=gen))
+    return tuned
+
+
+def hand(rows: dict, fingerprint="f", in_features=None) -> NeuronSelection:
+    return NeuronSelection(
+        rows={k: torch.tensor(v, dtype=torch.int64) for k, v in rows.items()},
+        metadata={"fingerprint": fingerprint, "in_features": in_features or {k: 10 for k in rows}},
+    )
+
+
+def test_select_finds_exactly_the_perturbed_rows(tiny_llama):
+    scores = score_models(tiny_llama, perturbed_copy(tiny_llama))
+    assert set(scores.scores) == {UP0, UP1, DOWN0, DOWN1}
+    assert scores.in_features == {UP0: 32, UP1: 32, DOWN0: 64, DOWN1: 64}
+    assert scores.total_params == sum(p.numel() for p in tiny_llama.parameters())
+    selection = select_neurons(scores, num_neurons=6)
+    assert {k: v.tolist() for k, v in selection.rows.items()} == PERTURBED
+    # the same rows under a parameter budget equal to their cost
+    cost = 3 * 32 + 3 * 64
+    by_params = select_neurons(scores, num_params=cost)
+    assert {k: v.tolist() for k, v in by_params.rows.items()} == PERTURBED
+    assert by_params.metadata["achieved_params"] == cost == by_params.num_params
+    assert selection.rows[UP1].dtype == torch.int64
+
+
+def test_scores_are_the_cosine_of_each_row(tiny_llama):
+    tuned = perturbed_copy(tiny_llama)
+    scores = score_models(tiny_llama, tuned)
+    a, b = tiny_llama.model.layers[1].mlp.up_proj.weight, tuned.model.layers[1].mlp.up_proj.weight
+    expected = torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=1)
+    torch.testing.assert_close(scores.scores[UP1], expected)
+    assert scores.scores[UP1].dtype == torch.float64
+
+
+def test_conv1d_is_scored_per_output_column():
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_embd=16, n_layer=2, n_head=2, vocab_size=64, n_positions=32)).eval()
+    tuned = copy.deepcopy(gpt2)
+    with torch.no_grad():
+        tuned.transformer.h[1].mlp.c_fc.weight[:, [7, 50]] *= -1  # Conv1D weight is (in, out)
+    scores = score_models(gpt2, tuned, target_modules=["c_fc"])
+    assert scores.scores["transformer.h.1.mlp.c_fc"].shape == (64,)
+    assert scores.in_features["transformer.h.1.mlp.c_fc"] == 16
+    selection = select_neurons(scores, num_neurons=2)
+    assert {k: v.tolist() for k, v in selection.rows.items()} == {"transformer.h.1.mlp.c_fc": [7, 50]}
+    get_peft_model(gpt2, NeFTConfig(neurons=selection))
+
+
+def test_no_nan_for_zero_or_unchanged_rows():
+    a = torch.randn(5, 4)
+    b = a.clone()
+    a[0] = 0
+    b[0] = 0  # zero and unchanged
+    b[1] = 0  # became zero
+    a[2] = 0  # was zero
+    b[3] *= 2.0  # rescaled only
+    cos = cosine_rows(a, b)
+    assert not torch.isnan(cos).any()
+    assert cos.tolist()[:3] == [1.0, 0.0, 0.0]
+    assert cos[3] == pytest.approx(1.0, abs=1e-12) and cos[4] == 1.0
+
+
+def test_percent_budget_is_hit_within_one_row(tiny_llama):
+    scores = score_models(tiny_llama, perturbed_copy(tiny_llama))
+    total = scores.total_params
+    for percent in (0.5, 1.0, 3.0, 6.0, 9.0, 12.0):
+        selection = select_neurons(scores, percent=percent)
+        budget = percent / 100 * total
+        achieved = selection.metadata["achieved_params"]
+        assert achieved == sum(scores.in_features[n] * r.numel() for n, r in selection.rows.items())
+        assert abs(achieved - budget) <= 64 / 2  # the closest prefix is within half of the largest row
+        assert selection.metadata["budget"] == {"unit": "params", "value": budget, "spec": {"percent": percent}}
+        assert f"{achieved} trainable parameters" in selection.summary()
+
+
+def test_exact_budget_when_rows_cost_the_same(tiny_llama):
+    scores = score_models(tiny_llama, perturbed_copy(tiny_llama), target_modules=["up_proj"])
+    assert select_neurons(scores, num_params=32 * 17).num_neurons == 17
+    percent = 100 * 32 * 20 / scores.total_params
+    assert select_neurons(scores, percent=percent).metadata["achieved_params"] == 32 * 20
+    assert select_neurons(scores, num_neurons=128).num_neurons == 128  # every row
+
+
+@pytest.mark.parametrize("targets", [None, ["up_proj", "down_proj"], ["q_proj", "v_proj"]])
+def test_budget_from_lora_equals_peft_lora_parameter_count(targets):
+    model = make_tiny_llama()
+    r = 4
+    budget = budget_from_lora(model, r, targets)
+    lora = get_peft_model(make_tiny_llama(), LoraConfig(r=r, target_modules=targets or "all-linear"))
+    assert budget == lora.get_nb_trainable_parameters()[0]
+
+
+def test_streamed_scores_equal_in_memory_scores(tiny_llama, tmp_path):
+    tuned = perturbed_copy(tiny_llama)
+    tiny_llama.save_pretrained(tmp_path / "base")
+    tuned.save_pretrained(tmp_path / "tuned")
+    memory = score_models(tiny_llama, tuned)
+    streamed = score_checkpoints(tmp_path / "base", tmp_path / "tuned")
+    assert streamed.scores.keys() == memory.scores.keys()
+    for name in memory.scores:
+        assert torch.equal(streamed.scores[name], memory.scores[name])
+    assert streamed.in_features == memory.in_features
+    assert streamed.total_params == memory.total_params
+    assert streamed.fingerprint == memory.fingerprint
+
+
+def test_strategies_reversed_and_random(tiny_llama):
+    scores = score_models(tiny_llama, perturbed_copy(tiny_llama))
+    flat = torch.cat([scores.scores[n] for n in scores.scores])
+    reversed_sel = select_neurons(scores, num_neurons=10, strategy="reversed")
+    chosen = torch.cat([scores.scores[n][r] for n, r in reversed_sel.rows.items()])
+    assert chosen.min() >= torch.sort(flat, descending=True).values[9]
+    a = select_neurons(scores, percent=5, strategy="random", seed=1)
+    b = select_neurons(scores, percent=5, strategy="random", seed=1)
+    c = select_neurons(scores, percent=5, strategy="random", seed=2)
+    assert {k: v.tolist() for k, v in a.rows.items()} == {k: v.tolist() for k, v in b.rows.items()}
+    assert overlap(a, c) < 1.0
+    assert a.metadata["seed"] == 1 and a.metadata["strategy"] == "random"
+
+
+def test_per_layer_quota_shares_the_budget():
+    gen = torch.Generator().manual_seed(0)
+    scores = NeuronScores(  # layer 1 changed more than layer 0 everywhere
+        {UP0: 0.9 + 0.1 * torch.rand(64, generator=gen), UP1: 0.5 + 0.1 * torch.rand(64, generator=gen)},
+        {UP0: 32, UP1: 32}, total_params=10_000, method="cosine",
+    )
+    assert select_neurons(scores, num_neurons=20).rows.keys() == {UP1}
+    quota = select_neurons(scores, num_neurons=20, per_layer_quota=True)
+    assert quota.rows[UP0].numel() == quota.rows[UP1].numel() == 10
+    assert torch.equal(quota.rows[UP0], torch.sort(torch.argsort(scores.scores[UP0])[:10]).values)
+    odd = select_neurons(scores, num_neurons=21, per_layer_quota=True)  # the remainder goes by global rank
+    assert odd.rows[UP1].numel() == 11 and odd.num_neurons == 21
+
+
+def test_hybrid_is_lowest_plus_disjoint_reversed(tiny_llama):
+    scores = score_models(tiny_llama, perturbed_copy(tiny_llama))
+    lowest = select_neurons(scores, percent=3)
+    hybrid = select_hybrid(scores, percent=3, reversed_percent=6)
+    assert lowest.intersection(hybrid).num_neurons == lowest.num_neurons
+    extra = hybrid.num_params - lowest.num_params
+    assert abs(extra - 0.06 * scores.total_params) <= 64
+    assert hybrid.metadata["strategy"] == "hybrid"
+
+
+def test_union_intersection_overlap_by_hand():
+    a = hand({"m.0.up": [1, 2, 3], "m.1.up": [4]})
+    b = hand({"m.0.up": [2, 3, 5], "m.1.down": [0]})
+    union = a.union(b)
+    assert {k: v.tolist() for k, v in union.rows.items()} == {"m.0.up": [1, 2, 3, 5], "m.1.down": [0], "m.1.up": [4]}
+    inter = a.intersection(b)
+    assert {k: v.tolist() for k, v in inter.rows.items()} == {"m.0.up": [2, 3]}
+    assert overlap(a, b) == pytest.approx(2 / 4)
+    assert overlap(a, a) == 1.0
+    assert overlap(inter, a) == 1.0  # contained in the other
+    assert union.num_params == 60 and union.metadata["method"] == "union"
+
+
+def test_union_of_different_base_models_is_refused():
+    with pytest.raises(ValueError, match="different base models"):
+        hand({"m.0.up": [1]}, fingerprint="aaa").union(hand({"m.0.up": [2]}, fingerprint="bbb"))
+
+
+def test_save_load_round_trip_and_peft_accepts_it(tiny_llama, tmp_path):
+    selection = select_neurons(score_models(tiny_llama, perturbed_copy(tiny_llama)), percent=4)
+    selection.save(tmp_path / "sel.safetensors")
+    loaded = NeuronSelection.load(tmp_path / "sel.safetensors")
+    assert loaded.rows.keys() == selection.rows.keys()
+    assert all(torch.equal(loaded.rows[k], selection.rows[k]) for k in selection.rows)
+    assert all(torch.equal(loaded.scores[k], selection.scores[k]) for k in selection.scores)
+    assert loaded.metadata == selection.metadata
+    loaded.check_model(tiny_llama)
+    model = get_peft_model(tiny_llama, NeFTConfig(neurons=tmp_path / "sel.safetensors"))
+    assert model.get_nb_trainable_parameters()[0] == selection.num_params
+
+
+def test_summary_and_plot(tiny_llama, tmp_path):
+    selection = select_neurons(score_models(tiny_llama, perturbed_copy(tiny_llama)), num_neurons=6)
+    rows = selection.summary_rows()
+    assert [r["layer"] for r in rows] == [0, 1]
+    assert rows[1]["up_proj"] == "3/64" and rows[1]["down_proj"] == "2/32" and rows[0]["neurons"] == 1
+    selection.plot(tmp_path / "sel.png")
+    assert (tmp_path / "sel.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bad_inputs(tiny_llama):
+    scores = score_models(tiny_llama, perturbed_copy(tiny_llama))
+    other = make_tiny_llama(intermediate=48)
+    with pytest.raises(ValueError, match="not the same base model"):
+        score_models(tiny_llama, other)
+    with pytest.raises(ValueError, match="another base model"):
+        select_neurons(scores, percent=3, model=other)
+    with pytest.raises(ValueError, match="another base model"):
+        select_neurons(scores, percent=3).check_model(other)
+    for percent in (0, -1, 100.5):
+        with pytest.raises(ValueError, match=r"\(0, 100\]"):
+            select_neurons(scores, percent=percent)
+    with pytest.raises(ValueError, match="smaller than one row"):
+        select_neurons(scores, num_params=10)
+    with pytest.raises(ValueError, match="exactly one budget"):
+        select_neurons(scores, percent=3, num_neurons=4)
+    with pytest.raises(ValueError, match="exactly one budget"):
+        select_neurons(scores)
+    with pytest.raises(ValueError, match="exceeds everything"):
+        select_neurons(scores, percent=100)
+    with pytest.raises(ValueError, match="Unknown strategy"):
+        select_neurons(scores, percent=3, strategy="highest")
+    with pytest.raises(ValueError, match=r"Unknown target modules \['upproj'\].*up_proj"):
+        score_models(tiny_llama, tiny_llama, target_modules=["upproj", "down_proj"])
+    with pytest.raises(ValueError, match="positive int"):
+        budget_from_lora(tiny_llama, 0)
+    with pytest.raises(ValueError, match="NaN"):
+        NeuronScores({UP0: torch.tensor([0.1, float("nan")])}, {UP0: 32}, 100, "cosine")
+
+
+def test_select_cli_from_two_checkpoints(tiny_llama, tmp_path, capsys):
+    tuned = perturbed_copy(tiny_llama)
+    tiny_llama.save_pretrained(tmp_path / "base")
+    tuned.save_pretrained(tmp_path / "tuned")
+    out = tmp_path / "sel.safetensors"
+    code = main(["select", "--base", str(tmp_path / "base"), "--finetuned", str(tmp_path / "tuned"),
+                 "--num-neurons", "6", "--out", str(out), "--plot", str(tmp_path / "sel.png")])
+    assert code == 0
+    assert {k: v.tolist() for k, v in NeuronSelection.load(out).rows.items()} == PERTURBED
+    printed = capsys.readouterr().out
+    assert "6 neurons in 3 modules" in printed and "budget 6 neurons, achieved +0" in printed
+    lora = main(["select", "--base", str(tmp_path / "base"), "--finetuned", str(tmp_path / "tuned"),
+                 "--lora-rank", "2", "--out", str(out)])
+    assert lora == 0
+    selection = NeuronSelection.load(out)
+    assert abs(selection.num_params - budget_from_lora(tiny_llama, 2)) <= 64
+    assert main(["select", "--base", str(tmp_path / "base"), "--finetuned", str(tmp_path / "tuned"),
+                 "--percent", "150", "--out", str(out)]) == 2
+    assert "(0, 100]" in capsys.readouterr().err
