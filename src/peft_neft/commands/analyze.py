@@ -1,0 +1,59 @@
+"""``peft-neft analyze``: neuron-utilization report of model B against model A (paper section 6)."""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "analyze"
+HELP = "Compare neuron utilization of two models (Rank, ΔRank, neuron categories) and write a report."
+
+
+def _threshold(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an int count or a float fraction, got {text!r}") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-a", required=True, help="reference model: transformers folder, adapter folder or 'default'")
+    parser.add_argument("--model-b", required=True, help="compared model: transformers folder, adapter folder or 'default'")
+    parser.add_argument("--data", required=True, help="inputs: .jsonl[.gz] (see --text-field) or text lines (.txt, .gz)")
+    parser.add_argument("--out", required=True, help="report folder (replaced atomically)")
+    parser.add_argument("--selection", help="saved NeuronSelection that was trained (enables 'indirectly affected')")
+    parser.add_argument("--text-field", default="text", help="JSON field holding the input text (default: text)")
+    parser.add_argument("--max-examples", type=int, default=256, help="use the first N inputs (default: 256)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-length", type=int, default=128, help="truncate inputs to this many tokens")
+    parser.add_argument("--target-modules", nargs="+", default=["up_proj", "down_proj"],
+                        help="Linear layers whose rows are analysed (default: up_proj down_proj, as in the paper)")
+    parser.add_argument("--correlate-with", choices=["layer_output", "other_model"], default="layer_output",
+                        help="what each neuron's activation is correlated with (see docs/analysis.md)")
+    parser.add_argument("--strong-threshold", type=_threshold, default=0.2,
+                        help="|ΔRank| above which a neuron is strongly affected: an int count or a fraction "
+                             "of the neuron count (default 0.2, the paper's 100,000 of 483,328)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..analysis import analyze_models, load_analysis_model, load_texts, write_report
+    from ..selection import NeuronSelection
+
+    texts = load_texts(args.data, args.text_field, args.max_examples)
+    selection = NeuronSelection.load(args.selection) if args.selection else None
+    model_a, tokenizer = load_analysis_model(args.model_a)
+    model_b, _ = load_analysis_model(args.model_b)
+    report = analyze_models(
+        model_a, model_b, texts, tokenizer,
+        selection=selection, target_modules=args.target_modules, correlate_with=args.correlate_with,
+        strong_threshold=args.strong_threshold, batch_size=args.batch_size, max_length=args.max_length,
+    )
+    out = write_report(report, args.out, label_a=str(args.model_a), label_b=str(args.model_b),
+                       extra={"data": str(args.data), "selection": args.selection})
+    counts = report.category_counts()
+    print(f"Avg(|ΔRank|) = {report.avg_abs_delta_rank:.1f} over {report.num_neurons} neurons; " +
+          ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in counts.items()))
+    print(f"report written to {out}/report.md")
+    return 0
