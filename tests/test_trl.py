@@ -50,7 +50,8 @@ def test_sft_trainer_trains_a_neft_peft_config(tmp_path):
         seed=0,
         disable_tqdm=True,
         max_length=16,
-        gradient_checkpointing=True,
+        gradient_checkpointing=True,  # TRL's default, spelled out
+        bf16=True,  # TRL's default too: autocast to bfloat16, also on CPU
     )
     trainer = trl.SFTTrainer(model=base, args=args, train_dataset=_counting_dataset(),
                              processing_class=_word_tokenizer(), peft_config=NeFTConfig(neurons=SELECTION))
