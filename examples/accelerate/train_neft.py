@@ -94,8 +94,6 @@ def build_dataset(args: argparse.Namespace, tokenizer, vocab_size: int) -> Tenso
     opener = gzip.open if str(args.text_file).endswith(".gz") else open
     with opener(args.text_file, "rt", encoding="utf-8") as handle:
         lines = [line.strip() for line in handle if line.strip()]
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     encoded = tokenizer(lines, max_length=args.seq_len, truncation=True, padding="max_length", return_tensors="pt")
     return TensorDataset(encoded["input_ids"], encoded["attention_mask"])
 
