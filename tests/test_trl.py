@@ -60,6 +60,7 @@ def test_sft_trainer_trains_a_neft_peft_config(tmp_path):
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {f"base_model.model.{name}.neft_delta.default" for name in SELECTION}
     trainer.train()
+    assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
     assert model.base_model.model.is_gradient_checkpointing
 
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
