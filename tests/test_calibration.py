@@ -35,13 +35,16 @@ def state(model):
 def test_calibration_restores_the_model(frugal):
     model = make_tiny_llama()
     model.model.layers[0].self_attn.q_proj.weight.requires_grad_(False)  # a user's frozen parameter stays frozen
+    user_grad = torch.ones_like(model.lm_head.weight)
+    model.lm_head.weight.grad = user_grad  # a gradient the user accumulated survives
     before = state(model)
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     scores = calibrate(model, toy_data(), steps=3, lr=1e-3, batch_size=4, frugal=frugal, progress=False)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
-    assert all(p.grad is None for p in model.parameters())
+    assert model.lm_head.weight.grad is user_grad and torch.equal(user_grad, torch.ones_like(user_grad))
+    assert all(p.grad is None for n, p in model.named_parameters() if n != "lm_head.weight")
     assert not model.training  # eval() as before
     assert scores.method == "cosine" and scores.metadata["steps"] == 3 and len(scores.metadata["losses"]) == 3
     assert set(scores.scores) == {f"model.layers.{i}.mlp.{m}" for i in (0, 1) for m in ("up_proj", "down_proj")}

@@ -145,6 +145,24 @@ def test_streamed_scores_equal_in_memory_scores(tiny_llama, tmp_path):
     assert streamed.in_features == memory.in_features
     assert streamed.total_params == memory.total_params
     assert streamed.fingerprint == memory.fingerprint
+    tuned.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    assert len(list((tmp_path / "sharded").glob("*.safetensors"))) > 1
+    sharded = score_checkpoints(tmp_path / "base", tmp_path / "sharded")
+    assert all(torch.equal(sharded.scores[n], memory.scores[n]) for n in memory.scores)
+
+
+def test_streamed_conv1d_checkpoints_are_scored_per_column(tmp_path):
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=64, n_positions=32))
+    tuned = copy.deepcopy(gpt2)
+    with torch.no_grad():
+        tuned.transformer.h[0].mlp.c_proj.weight[:, 3] += 1.0
+    gpt2.save_pretrained(tmp_path / "base")
+    tuned.save_pretrained(tmp_path / "tuned")
+    streamed = score_checkpoints(tmp_path / "base", tmp_path / "tuned", target_modules=["c_fc", "c_proj"])
+    memory = score_models(gpt2, tuned, target_modules=["c_fc", "c_proj"])
+    assert all(torch.equal(streamed.scores[n], memory.scores[n]) for n in memory.scores)
+    assert select_neurons(streamed, num_neurons=1).rows == {"transformer.h.0.mlp.c_proj": torch.tensor([3])}
 
 
 def test_strategies_reversed_and_random(tiny_llama):

@@ -103,6 +103,7 @@ def _loss(model: nn.Module, batch: Batch) -> torch.Tensor:
 def _training_state(model: nn.Module, trainable: set[nn.Parameter], train_mode: bool) -> Iterator[None]:
     """Make exactly ``trainable`` require grad (and set train/eval mode); restore flags, mode and grads afterwards."""
     flags = {p: p.requires_grad for p in model.parameters()}
+    grads = {p: p.grad for p in model.parameters()}
     was_training = model.training
     try:
         for p in model.parameters():
@@ -113,7 +114,7 @@ def _training_state(model: nn.Module, trainable: set[nn.Parameter], train_mode: 
     finally:
         for p, flag in flags.items():
             p.requires_grad_(flag)
-            p.grad = None
+            p.grad = grads[p]
         model.train(was_training)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import textwrap
 from typing import TYPE_CHECKING
 
 from ..atomic import atomic_path
@@ -63,7 +64,8 @@ def plot_selection(selection: "NeuronSelection", path: str | os.PathLike) -> Non
     title = f"{meta.get('method', 'selection')}"
     if meta.get("strategy"):
         title += f" / {meta['strategy']}"
-    fig.suptitle(f"{title}: {selection.budget_report()}", fontsize=8)
+    width = max(40, int(fig.get_figwidth() * 14))
+    fig.suptitle(textwrap.fill(f"{title}: {selection.budget_report()}", width), fontsize=8)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 from transformers.pytorch_utils import Conv1D
 
 from .scores import (
@@ -101,7 +101,10 @@ def _module_types(checkpoint_dir: Path) -> dict[str, nn.Module] | None:
         return None
     config = AutoConfig.from_pretrained(checkpoint_dir)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        try:
+            model = AutoModelForCausalLM.from_config(config)
+        except ValueError:  # not a causal LM: a bare model's checkpoint uses the bare model's names
+            model = AutoModel.from_config(config)
     return dict(model.named_modules())
 
 
