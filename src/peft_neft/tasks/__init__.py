@@ -1,0 +1,15 @@
+"""Task data (translation, summarization), prompts with loss on target tokens only, and metrics."""
+
+from .data import TASKS, Task, django_translation_pairs, load_pairs
+from .metrics import score
+from .prompts import encode_for_generation, encode_for_training
+
+__all__ = [
+    "TASKS",
+    "Task",
+    "django_translation_pairs",
+    "encode_for_generation",
+    "encode_for_training",
+    "load_pairs",
+    "score",
+]

@@ -1,0 +1,136 @@
+"""Task data as ``datasets.Dataset`` objects with two string columns, ``source`` and ``target``.
+
+Translation reads line-aligned text files (plain or gzipped) or JSON lines; summarization reads JSON
+lines. :func:`django_translation_pairs` builds the demo's English->French set from the message
+catalogs that ship inside Django, so the demo needs no downloaded data.
+"""
+
+from __future__ import annotations
+
+import gettext
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from datasets import Dataset, load_dataset
+
+_LANGUAGES = {"en": "English", "fr": "French", "de": "German", "cs": "Czech", "zh": "Chinese", "uk": "Ukrainian"}
+_JSON_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz")
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task kind: its default JSON fields, its instruction and the metrics it is scored with."""
+
+    name: str
+    source_field: str
+    target_field: str
+    instruction: str  # a template with ``{source_lang}`` and ``{target_lang}``
+
+    def instruction_for(self, source_lang: str, target_lang: str) -> str:
+        """The instruction with the language names filled in."""
+        return self.instruction.format(source_lang=language_name(source_lang), target_lang=language_name(target_lang))
+
+
+TASKS = {
+    "translation": Task("translation", "source", "target", "Translate this {source_lang} text into {target_lang}."),
+    "summarization": Task(
+        "summarization", "document", "summary", "Summarize this {source_lang} dialogue in {target_lang}, in one or two sentences."
+    ),
+}
+
+
+def language_name(code: str) -> str:
+    """``"fr"`` -> ``"French"``; anything unknown is used as given."""
+    return _LANGUAGES.get(code.lower(), code)
+
+
+def _require_file(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Data file {os.fspath(path)!r} does not exist; check the path.")
+    return path
+
+
+def _read_lines(path: Path) -> list[str]:
+    return list(load_dataset("text", data_files=str(path), split="train")["text"])
+
+
+def load_pairs(
+    source: str | os.PathLike,
+    target: str | os.PathLike | None = None,
+    *,
+    source_field: str = "source",
+    target_field: str = "target",
+    limit: int | None = None,
+) -> Dataset:
+    """Load (source, target) pairs: two line-aligned text files, or one JSON-lines file with two fields.
+
+    Text files may be gzipped (``.gz``). ``limit`` keeps the first ``limit`` pairs (a deterministic subset).
+    """
+    src_path = _require_file(source)
+    if target is not None:
+        tgt_path = _require_file(target)
+        sources, targets = _read_lines(src_path), _read_lines(tgt_path)
+        if len(sources) != len(targets):
+            raise ValueError(
+                f"{src_path} has {len(sources)} lines but {tgt_path} has {len(targets)}; line-aligned files must "
+                "have the same number of lines (one sentence pair per line)."
+            )
+    else:
+        if not src_path.name.endswith(_JSON_SUFFIXES):
+            raise ValueError(
+                f"{src_path} is not JSON lines; pass a .jsonl(.gz) file, or a source and a target text file."
+            )
+        table = load_dataset("json", data_files=str(src_path), split="train")
+        missing = [f for f in (source_field, target_field) if f not in table.column_names]
+        if missing:
+            raise ValueError(
+                f"{src_path} has no field(s) {missing}; it has {table.column_names}. "
+                "Name the fields with --source-field/--target-field."
+            )
+        sources, targets = list(table[source_field]), list(table[target_field])
+    pairs = [(s.strip(), t.strip()) for s, t in zip(sources, targets) if s and t and s.strip() and t.strip()]
+    if limit is not None:
+        pairs = pairs[:limit]
+    if not pairs:
+        raise ValueError(f"No non-empty (source, target) pairs in {src_path}" + (f" / {target}" if target else "") + ".")
+    return Dataset.from_dict({"source": [p[0] for p in pairs], "target": [p[1] for p in pairs]})
+
+
+_PLACEHOLDER = re.compile(r"%|\{|\}|<|>")
+
+
+def django_translation_pairs(language: str = "fr") -> dict[str, Dataset]:
+    """English -> ``language`` message pairs from Django's compiled catalogs, split 80/10/10 by a hash.
+
+    Plural and context entries and strings with format placeholders or markup are dropped, as are
+    entries without two letters. The split depends only on the English text, so it is stable.
+    """
+    import django
+
+    root = Path(django.__file__).parent
+    pairs: dict[str, str] = {}
+    for mo in sorted(root.glob(f"**/locale/{language}/LC_MESSAGES/*.mo")):
+        with mo.open("rb") as handle:
+            catalog = gettext.GNUTranslations(handle)._catalog
+        for key, value in catalog.items():
+            if not isinstance(key, str) or not key or "\x04" in key or not isinstance(value, str):
+                continue
+            key, value = key.strip(), value.strip()
+            if _PLACEHOLDER.search(key) or _PLACEHOLDER.search(value) or not value:
+                continue
+            if len(re.findall(r"[A-Za-z]", key)) < 2:
+                continue
+            pairs.setdefault(key, value)
+    if not pairs:
+        raise FileNotFoundError(f"Django ships no '{language}' message catalogs here ({root}); try language='fr'.")
+    splits: dict[str, dict[str, list[str]]] = {s: {"source": [], "target": []} for s in ("train", "validation", "test")}
+    for key in sorted(pairs):
+        bucket = int(hashlib.sha1(key.encode()).hexdigest(), 16) % 10
+        split = "test" if bucket == 0 else "validation" if bucket == 1 else "train"
+        splits[split]["source"].append(key)
+        splits[split]["target"].append(pairs[key])
+    return {name: Dataset.from_dict(columns) for name, columns in splits.items()}

@@ -1,0 +1,57 @@
+"""Prompts for an instruction-tuned causal LM, tokenized with the loss on the target tokens only.
+
+With a chat template (SmolLM2-Instruct has one) the instruction is the system message and the input
+the user message (which also replaces SmolLM2's long default system prompt: shorter sequences, faster
+CPU runs); without one, a plain ``"instruction\\n\\ninput\\n\\nAnswer: "`` format. The target follows, ended by the
+EOS token; prompt positions get label ``-100`` so only the target (and its EOS) is learned.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+IGNORE_INDEX = -100
+
+
+def _truncate(tokenizer: PreTrainedTokenizerBase, text: str, max_tokens: int | None) -> list[int]:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids if max_tokens is None else ids[:max_tokens]
+
+
+def _prompt_ids(tokenizer: PreTrainedTokenizerBase, instruction: str, source_ids: list[int]) -> list[int]:
+    source = tokenizer.decode(source_ids)
+    if tokenizer.chat_template:
+        messages = [{"role": "system", "content": instruction}, {"role": "user", "content": source}]
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    else:
+        text = f"{instruction}\n\n{source}\n\nAnswer: "
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def encode_for_generation(
+    tokenizer: PreTrainedTokenizerBase, instruction: str, source: str, max_source_tokens: int | None = None
+) -> list[int]:
+    """Token ids of the prompt the model continues at test time."""
+    return _prompt_ids(tokenizer, instruction, _truncate(tokenizer, source, max_source_tokens))
+
+
+def encode_for_training(
+    tokenizer: PreTrainedTokenizerBase,
+    instruction: str,
+    source: str,
+    target: str,
+    max_source_tokens: int | None = None,
+    max_target_tokens: int | None = None,
+) -> dict[str, Any]:
+    """``input_ids``, ``attention_mask`` and ``labels`` (``-100`` on the prompt) for one example."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError("The tokenizer has no EOS token; the model could not learn where a target ends.")
+    prompt = encode_for_generation(tokenizer, instruction, source, max_source_tokens)
+    answer = _truncate(tokenizer, target, max_target_tokens) + [tokenizer.eos_token_id]
+    return {
+        "input_ids": prompt + answer,
+        "attention_mask": [1] * (len(prompt) + len(answer)),
+        "labels": [IGNORE_INDEX] * len(prompt) + answer,
+    }
