@@ -52,6 +52,19 @@ def test_calibration_restores_the_model(frugal):
         assert not torch.isnan(s).any() and (s <= 1).all() and (s < 1).any()
 
 
+def test_callback_sees_every_step_with_the_fine_tuned_weights():
+    model = make_tiny_llama()
+    original = model.model.layers[0].mlp.up_proj.weight.detach().clone()
+    seen = []
+    scores = calibrate(model, toy_data(), steps=3, lr=1e-3, batch_size=4, progress=False,
+                       callback=lambda step, loss: seen.append(
+                           (step, loss, torch.equal(model.model.layers[0].mlp.up_proj.weight, original))))
+    assert [s for s, _, _ in seen] == [1, 2, 3]
+    assert [loss for _, loss, _ in seen] == scores.metadata["losses"]
+    assert not any(unchanged for _, _, unchanged in seen)
+    assert torch.equal(model.model.layers[0].mlp.up_proj.weight, original)
+
+
 def test_calibration_is_reproducible_with_a_seed():
     runs = [calibrate(make_tiny_llama(), toy_data(), steps=3, lr=1e-3, batch_size=4, seed=s, progress=False)
             for s in (0, 0, 1)]

@@ -129,6 +129,7 @@ def calibrate(
     frugal: bool = False,
     collate_fn: Optional[Callable] = None,
     progress: bool = True,
+    callback: Optional[Callable[[int, float], None]] = None,
 ) -> NeuronScores:
     """Cosine scores from a short full fine-tune (AdamW, ``steps`` steps); the model is restored in place.
 
@@ -143,6 +144,8 @@ def calibrate(
         frugal: train only the target modules (less optimizer memory, no parking of the other weights).
         collate_fn: turns a list of examples into a batch; default pads with ``model.config.pad_token_id`` (or 0).
         progress: show a tqdm progress bar.
+        callback: called as ``callback(step, loss)`` after each optimizer step (1-based), while the
+            model holds the fine-tuned weights (e.g. to log, or to score intermediate steps).
     """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}.")
@@ -168,6 +171,8 @@ def calibrate(
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                     losses.append(float(loss.detach()))
+                    if callback is not None:
+                        callback(len(losses), losses[-1])
                 del optimizer
             scores = {name: cosine_rows(snapshot[name], weight_rows(m)) for name, m in targets.items()}
         finally:
