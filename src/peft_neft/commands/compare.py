@@ -1,0 +1,119 @@
+"""``peft-neft compare``: train and evaluate methods side by side on one task (resumable)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..compare import DEFAULT_LR
+
+NAME = "compare"
+HELP = "Compare NeFT, LoRA and full/partial fine-tuning on one task: results.json, a table and a plot."
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _learning_rate(text: str) -> tuple[str, float]:
+    kind, _, value = text.partition("=")
+    try:
+        return kind.strip(), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected KIND=LR such as lora=1e-3, got {text!r}") from None
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by every command that trains on a task (also the scale flags of ``demo``)."""
+    parser.add_argument("--steps", type=int, default=100, help="optimizer steps per run (default 100)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--eval-every", type=int, default=25, help="validation loss every N steps; the best is kept")
+    parser.add_argument("--seeds", type=_ints, default=[0], help="comma-separated seeds (default 0)")
+    parser.add_argument("--lr", type=_learning_rate, action="append", default=[], metavar="KIND=LR",
+                        help=f"learning rate of a method kind (repeatable); defaults: {DEFAULT_LR}")
+    parser.add_argument("--lr-grid", type=_floats, default=(1.0,),
+                        help="factors tried around each method's lr, the best on validation loss wins (e.g. 0.33,1,3)")
+    parser.add_argument("--calibration-steps", type=int, default=50, help="full fine-tuning steps that score neurons")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="greedy generation length limit (all methods)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="default", help="transformers folder, or 'default' (embedded SmolLM2-135M)")
+    parser.add_argument("--task", choices=["translation", "summarization"], default="translation")
+    parser.add_argument("--train", nargs="+", required=True, metavar="FILE",
+                        help="training pairs: SOURCE TARGET line-aligned text files (.gz ok), or one .jsonl(.gz)")
+    parser.add_argument("--eval", nargs="+", required=True, metavar="FILE", help="test pairs, as --train")
+    parser.add_argument("--validation", nargs="+", metavar="FILE",
+                        help="validation pairs, as --train (default: the last 10%% of --train, at most 200)")
+    parser.add_argument("--source-field", help="JSON field of the input (default: source / document)")
+    parser.add_argument("--target-field", help="JSON field of the output (default: target / summary)")
+    parser.add_argument("--source-lang", default="en")
+    parser.add_argument("--target-lang", default="fr")
+    parser.add_argument("--limit-train", type=int, help="use the first N training pairs")
+    parser.add_argument("--limit-validation", type=int, help="use the first N validation pairs")
+    parser.add_argument("--limit-eval", type=int, help="use the first N test pairs")
+    parser.add_argument("--methods", required=True,
+                        help="comma-separated: base, full, embed, in-out, lora:R, neft:P, neft:match-lora:R, "
+                             "neft-random:..., neft-reversed:...")
+    parser.add_argument("--char-level", action="store_true", help="ROUGE on characters (Chinese and other unsegmented targets)")
+    parser.add_argument("--max-source-tokens", type=int, default=256)
+    parser.add_argument("--max-target-tokens", type=int, default=128)
+    parser.add_argument("--out", required=True, help="results folder; rerun with the same settings to resume")
+    add_data_arguments(parser)
+
+
+def _pairs(files: list[str], task, args, limit: int | None):
+    from ..tasks import load_pairs
+
+    if len(files) > 2:
+        raise ValueError(f"Give one .jsonl file or a SOURCE TARGET pair of text files, not {len(files)} files.")
+    return load_pairs(files[0], files[1] if len(files) == 2 else None,
+                      source_field=args.source_field or task.source_field,
+                      target_field=args.target_field or task.target_field, limit=limit)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ..compare import CompareConfig, compare, markdown_table, parse_methods
+    from ..models import load_model_and_tokenizer, resolve_model_path
+    from ..tasks import TASKS
+
+    methods = parse_methods(args.methods)  # fail on a bad name before loading anything
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    task = TASKS[args.task]
+    train = _pairs(args.train, task, args, args.limit_train)
+    if args.validation:
+        validation = _pairs(args.validation, task, args, args.limit_validation)
+    else:
+        held_out = min(200, len(train) // 10)
+        if held_out == 0:
+            raise ValueError("Too few training pairs to hold out a validation split; pass --validation.")
+        train, validation = train.select(range(len(train) - held_out)), train.select(range(len(train) - held_out, len(train)))
+    test = _pairs(args.eval, task, args, args.limit_eval)
+    config = CompareConfig(
+        task=args.task, source_lang=args.source_lang, target_lang=args.target_lang, steps=args.steps,
+        batch_size=args.batch_size, eval_every=args.eval_every, learning_rates=dict(args.lr), lr_grid=args.lr_grid,
+        calibration_steps=args.calibration_steps, max_source_tokens=args.max_source_tokens,
+        max_target_tokens=args.max_target_tokens, max_new_tokens=args.max_new_tokens, char_level=args.char_level,
+    )
+    path = resolve_model_path(args.model)
+    _, tokenizer = load_model_and_tokenizer(path)
+    results = compare(lambda: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), tokenizer,
+                      {"train": train, "validation": validation, "test": test}, methods, args.seeds, args.out,
+                      config, model_id=str(args.model))
+    print(markdown_table(results, [m.spec for m in methods]))
+    print(f"results, table and plot written to {args.out}/")
+    return 0

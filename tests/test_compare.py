@@ -1,0 +1,192 @@
+"""The comparison harness end to end on a tiny Llama, the real SmolLM2 tokenizer and real Django pairs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import sacrebleu
+import torch
+from peft import PeftModel
+from transformers import AutoTokenizer
+
+from conftest import make_tiny_llama
+from peft_neft.cli import main
+from peft_neft.compare import (
+    CompareConfig,
+    compare,
+    parse_method,
+    parse_methods,
+    prepare_model,
+    train,
+    trainable_parameters,
+)
+from peft_neft.selection import budget_from_lora
+from peft_neft.tasks import django_translation_pairs, encode_for_training
+
+ALL_METHODS = ["base", "full", "embed", "in-out", "lora:2", "neft:match-lora:2",
+               "neft-random:match-lora:2", "neft-reversed:match-lora:2"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(smollm2_dir):
+    return AutoTokenizer.from_pretrained(smollm2_dir)
+
+
+@pytest.fixture(scope="module")
+def data():
+    pairs = django_translation_pairs("fr")
+    return {"train": pairs["train"].select(range(16)), "validation": pairs["validation"].select(range(6)),
+            "test": pairs["test"].select(range(6))}
+
+
+def _loader(tokenizer):
+    return lambda: make_tiny_llama(vocab=len(tokenizer))
+
+
+def _config(**overrides):
+    values = dict(steps=3, eval_every=2, batch_size=4, calibration_steps=2, max_new_tokens=4)
+    values.update(overrides)
+    return CompareConfig(**values)
+
+
+def test_parse_methods():
+    assert parse_method("lora:8").rank == 8
+    assert parse_method("neft:0.5%").percent == 0.5 and parse_method("neft:2").percent == 2.0
+    neft = parse_method("neft-random:match-lora:16")
+    assert (neft.kind, neft.rank, neft.strategy) == ("neft", 16, "random")
+    assert parse_method("neft-reversed:1").strategy == "reversed"
+    for bad in ("lora", "lora:0", "neft:match-lora:x", "neft:0", "neft:150", "adapter:4", "ia3"):
+        with pytest.raises(ValueError, match="Unknown method .* Known methods"):
+            parse_method(bad)
+    with pytest.raises(ValueError, match="twice"):
+        parse_methods("lora:8,LoRA:8")
+
+
+def _dense_state(model) -> dict[str, torch.Tensor]:
+    """The weights a model computes with (adapters merged in), keyed by base-model names."""
+    if isinstance(model, PeftModel):
+        model = model.merge_and_unload()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("spec", ALL_METHODS[1:])
+def test_each_method_trains_only_what_it_should(tokenizer, data, spec):
+    from peft_neft.calibration import calibrate, pad_collate
+
+    instruction = "Translate this English text into French."
+    rows = [encode_for_training(tokenizer, instruction, s, t) for s, t in zip(data["train"]["source"], data["train"]["target"])]
+    method = parse_method(spec)
+    base = _loader(tokenizer)()
+    before = _dense_state(base)
+    scores = calibrate(_loader(tokenizer)(), rows, steps=2, lr=1e-3, batch_size=4, seed=0,
+                       collate_fn=pad_collate(tokenizer.pad_token_id), progress=False) if method.kind == "neft" else None
+    model = prepare_model(base, method, seed=0, scores=scores)
+    trainable = sum(p.numel() for p in trainable_parameters(model))
+    train(model, rows, rows[:4], tokenizer.pad_token_id, steps=3, batch_size=4, lr=1e-2, eval_every=3,
+          warmup_ratio=0.0, seed=0)
+    selection = {n.removeprefix("base_model.model."): m.neft_rows["default"].clone()
+                 for n, m in model.named_modules() if hasattr(m, "neft_rows")}
+    after = _dense_state(model)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    blocks = [k for k in before if ".layers." in k]
+    if spec == "full":
+        assert trainable == sum(p.numel() for p in base.parameters())
+        assert {k for k in blocks if k.endswith("proj.weight")} <= changed and "lm_head.weight" in changed
+    elif spec == "embed":
+        assert changed == {"model.embed_tokens.weight"}
+        assert trainable == before["model.embed_tokens.weight"].numel()
+    elif spec == "in-out":
+        expected = {k for k in before if k.endswith(("up_proj.weight", "down_proj.weight"))}
+        assert changed == expected and trainable == sum(before[k].numel() for k in expected)
+    elif spec == "lora:2":
+        assert trainable == budget_from_lora(_loader(tokenizer)(), r=2)
+        assert changed and changed <= {k for k in blocks if k.endswith("proj.weight")}
+        assert "model.embed_tokens.weight" not in changed and "lm_head.weight" not in changed
+    else:  # the budget is met to within one row (a row of down_proj costs 64 parameters here)
+        assert abs(trainable - budget_from_lora(_loader(tokenizer)(), r=2)) <= 64
+        assert changed and all(k.removesuffix(".weight") in selection for k in changed)
+        changed_rows = 0
+        for name, rows_kept in selection.items():
+            diff = (before[name + ".weight"] != after[name + ".weight"]).any(dim=1).nonzero().flatten()
+            assert set(diff.tolist()) <= set(rows_kept.tolist())  # only selected rows move
+            changed_rows += diff.numel()
+        assert changed_rows > 0
+        assert sum(r.numel() * before[n + ".weight"].shape[1] for n, r in selection.items()) == trainable
+
+
+def test_compare_end_to_end_scores_and_resume(tokenizer, data, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    results = compare(_loader(tokenizer), tokenizer, data, ALL_METHODS, [0], out, _config(), model_id="tiny")
+    assert set(results["runs"]) == {f"{m}@seed0" for m in ALL_METHODS}
+    stored = json.loads((out / "results.json").read_text())
+    assert stored["runs"].keys() == results["runs"].keys()
+    for key, run in stored["runs"].items():
+        lines = [json.loads(x) for x in (out / "outputs" / f"{key.replace(':', '_')}.jsonl").read_text().splitlines()]
+        hyps, refs = [x["hypothesis"] for x in lines], [x["reference"] for x in lines]
+        assert refs == list(data["test"]["target"])
+        assert run["scores"]["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score)
+        assert run["scores"]["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score)
+    neft, lora = stored["runs"]["neft:match-lora:2@seed0"], stored["runs"]["lora:2@seed0"]
+    assert abs(neft["trainable_params"] - lora["trainable_params"]) <= 64 and lora["trainable_params"] == 2048
+    assert neft["calibration"]["steps"] == 2 and lora["calibration"] is None
+    assert stored["runs"]["base@seed0"]["trainable_params"] == 0
+    assert 0 < neft["adapter_bytes"] < stored["runs"]["full@seed0"]["adapter_bytes"]
+    table = (out / "results.md").read_text()
+    assert f"| neft:match-lora:2 | {neft['trainable_params']:,} |" in table and "nrefs:1" in table
+    assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
+
+    # Resume: finished runs are skipped and kept as they were; a new seed is added.
+    capsys.readouterr()
+    again = compare(_loader(tokenizer), tokenizer, data, ["base", "lora:2"], [0, 1], out, _config(), model_id="tiny")
+    printed = capsys.readouterr().out
+    assert "base@seed0: already done, skipped" in printed and "lora:2@seed0: already done, skipped" in printed
+    assert "lora:2@seed1: bleu=" in printed
+    assert again["runs"]["lora:2@seed0"] == stored["runs"]["lora:2@seed0"]
+    assert {"base@seed1", "lora:2@seed1"} <= set(again["runs"])
+    assert "| lora:2 | 2,048 | " in (out / "results.md").read_text() and "±" in (out / "results.md").read_text()
+
+
+def test_other_configuration_and_bad_input_are_refused(tokenizer, data, tmp_path):
+    out = tmp_path / "cmp"
+    compare(_loader(tokenizer), tokenizer, data, ["base"], [0], out, _config(), model_id="tiny")
+    with pytest.raises(ValueError, match=r"different configuration \(config: .*steps.*Use a new --out folder"):
+        compare(_loader(tokenizer), tokenizer, data, ["base"], [0], out, _config(steps=5), model_id="tiny")
+    with pytest.raises(ValueError, match="different configuration"):
+        smaller = dict(data, train=data["train"].select(range(10)))
+        compare(_loader(tokenizer), tokenizer, smaller, ["base"], [0], out, _config(), model_id="tiny")
+    with pytest.raises(ValueError, match="missing or empty"):
+        compare(_loader(tokenizer), tokenizer, dict(data, test=data["test"].select([])), ["base"], [0], tmp_path / "x")
+    with pytest.raises(ValueError, match="Unknown method"):
+        compare(_loader(tokenizer), tokenizer, data, ["lora:8", "prefix"], [0], tmp_path / "y")
+
+
+def test_interrupted_run_keeps_finished_results(tokenizer, data, tmp_path):
+    out = tmp_path / "cmp"
+
+    def failing_loader():
+        if (out / "results.json").exists():  # the first run is stored; the second dies while loading its model
+            raise RuntimeError("machine went away")
+        return make_tiny_llama(vocab=len(tokenizer))
+
+    with pytest.raises(RuntimeError, match="went away"):
+        compare(failing_loader, tokenizer, data, ["base", "lora:2"], [0], out, _config(), model_id="tiny")
+    stored = json.loads((out / "results.json").read_text())
+    assert list(stored["runs"]) == ["base@seed0"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no half-written files
+    resumed = compare(_loader(tokenizer), tokenizer, data, ["base", "lora:2"], [0], out, _config(), model_id="tiny")
+    assert resumed["runs"]["base@seed0"] == stored["runs"]["base@seed0"] and "lora:2@seed0" in resumed["runs"]
+
+
+def test_cli_reports_bad_input(tmp_path, capsys):
+    (tmp_path / "a.en").write_text("one\ntwo\n")
+    (tmp_path / "a.fr").write_text("un\n")
+    args = ["compare", "--train", str(tmp_path / "a.en"), str(tmp_path / "a.fr"), "--eval", str(tmp_path / "a.en"),
+            str(tmp_path / "a.fr"), "--out", str(tmp_path / "o")]
+    assert main([*args, "--methods", "lora:8,bogus"]) == 2
+    assert "Unknown method 'bogus'" in capsys.readouterr().err
+    assert main([*args, "--methods", "lora:8"]) == 2
+    assert "has 2 lines but" in capsys.readouterr().err
+    assert main(["compare", "--train", str(tmp_path / "nope.jsonl"), "--eval", str(tmp_path / "nope.jsonl"),
+                 "--out", str(tmp_path / "o"), "--methods", "lora:8"]) == 2
+    assert "does not exist" in capsys.readouterr().err
