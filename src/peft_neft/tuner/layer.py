@@ -22,6 +22,8 @@ from peft.tuners.tuners_utils import BaseTunerLayer, _get_in_out_features, check
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from .row_update import add_rows_, linear_with_rows
+
 
 class NeFTLayer(BaseTunerLayer):
     """Holds, per adapter, a trainable ``neft_delta`` (k x in) and the ``neft_rows`` it updates."""
@@ -197,18 +199,26 @@ class Linear(nn.Module, NeFTLayer):
             if self.merged:
                 self.unmerge()
             return self.base_layer(x, *args, **kwargs)
-        result = self.base_layer(x, *args, **kwargs)
         if self.merged:
-            return result
-        for name in self.active_adapters:
-            if name not in self.neft_delta:
-                continue
-            if self._rows_awaiting_load:
+            return self.base_layer(x, *args, **kwargs)
+        active = [name for name in self.active_adapters if name in self.neft_delta]
+        if self._rows_awaiting_load:
+            for name in active:
                 self._require_rows_loaded(name)
-            delta = self.neft_delta[name]
-            update = nn.functional.linear(x.to(delta.dtype), delta)
-            result = result.index_add(-1, self.neft_rows[name], update.to(result.dtype))
+        base = self.base_layer
+        if len(active) == 1 and self._is_plain_linear(base) and not args and not kwargs:
+            # One autograd node: the base GEMM and the row update, saving only x, D and the index.
+            return linear_with_rows(x, base.weight, base.bias, self.neft_delta[active[0]], self.neft_rows[active[0]])
+        result = base(x, *args, **kwargs)
+        for name in active:
+            result = add_rows_(result, x, self.neft_delta[name], self.neft_rows[name])
         return result
+
+    @staticmethod
+    def _is_plain_linear(base: nn.Module) -> bool:
+        """A float ``nn.Linear`` without hooks, whose GEMM NeFT may run itself (quantized bases keep their own)."""
+        return (type(base) is nn.Linear and type(base.weight.data) is torch.Tensor
+                and not (base._forward_hooks or base._forward_pre_hooks))
 
     def __repr__(self) -> str:
         return "neft." + super().__repr__()
