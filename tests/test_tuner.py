@@ -190,3 +190,16 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name])
+
+
+def test_bf16_autocast_trains_float32_deltas_with_the_gradients_of_a_float32_run():
+    grads = []
+    for autocast in (False, True):
+        model = get_peft_model(make_tiny_llama(), NeFTConfig(neurons=ROWS))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = model(input_ids=_ids(), labels=_ids()).loss
+        loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    for name, grad in grads[1].items():
+        assert grad.dtype == torch.float32
+        torch.testing.assert_close(grad, grads[0][name], rtol=0.1, atol=2e-3)

@@ -206,8 +206,10 @@ class Linear(nn.Module, NeFTLayer):
             for name in active:
                 self._require_rows_loaded(name)
         base = self.base_layer
-        if len(active) == 1 and self._is_plain_linear(base) and not args and not kwargs:
+        fusable = len(active) == 1 and self._is_plain_linear(base) and not args and not kwargs
+        if fusable and not torch.is_autocast_enabled(x.device.type):
             # One autograd node: the base GEMM and the row update, saving only x, D and the index.
+            # (Under autocast the base GEMM must run through autocast's own linear, so it is not fused.)
             return linear_with_rows(x, base.weight, base.bias, self.neft_delta[active[0]], self.neft_rows[active[0]])
         result = base(x, *args, **kwargs)
         for name in active:
