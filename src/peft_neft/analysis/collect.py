@@ -116,6 +116,8 @@ class _Recorder:
 
     def _hook(self, name: str):
         def hook(module: nn.Module, args, output) -> None:
+            if self.mask is None:  # another recorder's forward (model_a may be model_b)
+                return
             tensor = output[0] if isinstance(output, (tuple, list)) else output
             self.outputs[name] = tensor.detach()[self.mask].float()
 
@@ -125,7 +127,10 @@ class _Recorder:
         device = next(model.parameters()).device
         self.mask = mask.bool().to(device)
         self.outputs = {}
-        model(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False)
+        try:
+            model(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False)
+        finally:
+            self.mask = None
         return {name: t.cpu() for name, t in self.outputs.items()}
 
     def remove(self) -> None:
