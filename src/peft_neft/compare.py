@@ -221,6 +221,7 @@ def batch_order(num_rows: int, steps: int, batch_size: int, seed: int) -> list[l
 def train(
     model: torch.nn.Module, train_rows: Sequence[dict], val_rows: Sequence[dict], pad_id: int, *,
     steps: int, batch_size: int, lr: float, eval_every: int, warmup_ratio: float, seed: int, desc: str = "train",
+    val_batch_size: int = 16,
 ) -> dict[str, Any]:
     """AdamW with linear warmup and decay; the trainable weights end at their best-validation-loss checkpoint."""
     params = trainable_parameters(model)
@@ -244,7 +245,7 @@ def train(
         train_seconds += time.perf_counter() - start
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if step % eval_every == 0 or step == steps:
-            val = validation_loss(model, val_rows, pad_id, batch_size)
+            val = validation_loss(model, val_rows, pad_id, val_batch_size)
             curve.append({"step": step, "val_loss": val, "train_loss": loss.item()})
             if val < best["loss"]:
                 best = {"loss": val, "step": step, "weights": [p.detach().clone() for p in params]}
@@ -391,6 +392,7 @@ def compare(
             _write_outputs(out / "outputs" / f"{re.sub(r'[^a-z0-9@.-]+', '_', key)}.jsonl", data["test"], row.pop("hypotheses"))
             results["runs"][key] = row
             _save_results(out / "results.json", results)
+            write_report(results, out, [m.spec for m in methods])
             print(f"[compare] {key}: " + ", ".join(f"{k}={row['scores'][k]:.2f}" for k in _metric_names(config.task)))
     write_report(results, out, [m.spec for m in methods])
     return results
@@ -421,12 +423,13 @@ def _run_one(load_model, tokenizer, method: Method, seed: int, scores, train_row
     best_model, best_stats, search = None, None, []
     for factor in (config.lr_grid if method.kind != "base" else (1.0,)):
         model = prepare_model(load_model(), method, seed, scores)
-        stats = {"best_val_loss": validation_loss(model, val_rows, tokenizer.pad_token_id, config.batch_size),
+        stats = {"best_val_loss": validation_loss(model, val_rows, tokenizer.pad_token_id, config.eval_batch_size),
                  "best_step": 0, "train_seconds": 0.0, "time_per_step_s": 0.0, "curve": []}
         if method.kind != "base":
             stats = train(model, train_rows, val_rows, tokenizer.pad_token_id, steps=config.steps,
                           batch_size=config.batch_size, lr=base_lr * factor, eval_every=config.eval_every,
-                          warmup_ratio=config.warmup_ratio, seed=seed, desc=f"{method.spec} seed {seed} lr {base_lr * factor:g}")
+                          warmup_ratio=config.warmup_ratio, seed=seed, desc=f"{method.spec} seed {seed} lr {base_lr * factor:g}",
+                          val_batch_size=config.eval_batch_size)
         stats["lr"] = base_lr * factor
         search.append({k: stats[k] for k in ("lr", "best_val_loss", "best_step")})
         if best_stats is None or stats["best_val_loss"] < best_stats["best_val_loss"]:
