@@ -363,6 +363,11 @@ def write_json(path: Path, payload: dict) -> None:
     print(f"wrote {path}")
 
 
+def ratio(a: float, b: float):
+    """``a / b``, or "n/a" where ``b`` is not positive (an RSS delta lost in page-granular noise)."""
+    return a / b if b > 0 else "n/a"
+
+
 def table(headers: list[str], rows: list[list]) -> str:
     cells = [[str(h) for h in headers]] + [[f"{c:.3f}" if isinstance(c, float) else str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]

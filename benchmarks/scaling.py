@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
               rows_result[f"neft_{p:g}%"]["median_s"] / floor["median_s"],
               rows_result[f"neft_{p:g}%"]["median_s"] / rows_result[f"lora_{p:g}%"]["median_s"],
               rows_result[f"neft_{p:g}%"]["peak_bytes"] / 2**20,
-              rows_result[f"neft_{p:g}%"]["peak_bytes"] / rows_result[f"lora_{p:g}%"]["peak_bytes"]] for p in args.pcts]
+              bc.ratio(rows_result[f"neft_{p:g}%"]["peak_bytes"], rows_result[f"lora_{p:g}%"]["peak_bytes"])]
+             for p in args.pcts]
     print(bc.table(["budget", "trainable", "NeFT ms", "NeFT/floor", "NeFT/LoRA", "NeFT MiB", "mem NeFT/LoRA"], table))
 
     width_result = {}
@@ -120,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     for h, r in width_result.items():
         wtable.append([h, r["neft"]["median_s"] * 1e3, r["neft"]["median_s"] / r["floor"]["median_s"],
                        r["neft"]["median_s"] / r["lora"]["median_s"], r["neft"]["median_s"] / r["full"]["median_s"],
-                       r["neft"]["peak_bytes"] / r["lora"]["peak_bytes"], r["neft"]["peak_bytes"] / r["full"]["peak_bytes"]])
+                       bc.ratio(r["neft"]["peak_bytes"], r["lora"]["peak_bytes"]),
+                       bc.ratio(r["neft"]["peak_bytes"], r["full"]["peak_bytes"])])
     print(bc.table(["hidden", "NeFT ms", "/floor", "/LoRA", "/full", "mem /LoRA", "mem /full"], wtable))
 
     out = args.out or bc.RESULTS_DIR / f"scaling_{args.device.split(':')[0]}.json"

@@ -48,11 +48,12 @@ def ratio_rows(results: dict, budgets: dict[str, list[float]], key: str) -> list
     for scope, pcts in budgets.items():
         for pct in pcts:
             neft = results[f"neft_{pct:g}%_{scope}"][key]
-            row = [f"{pct:g}% {scope}", neft / results[f"lora_{pct:g}%_{scope}"][key], neft / results["full"][key]]
+            row = [f"{pct:g}% {scope}", bc.ratio(neft, results[f"lora_{pct:g}%_{scope}"][key]),
+                   bc.ratio(neft, results["full"][key])]
             for kind in ("masked", "shira", "supertuning"):
                 other = results.get(f"{kind}_{top:g}%_up_down") if (scope, pct) == ("up_down", top) else None
-                row.append(neft / other[key] if other else "")
-            row.append(neft / results["floor"][key])
+                row.append(bc.ratio(neft, other[key]) if other else "")
+            row.append(bc.ratio(neft, results["floor"][key]))
             rows.append(row)
     return rows
 
