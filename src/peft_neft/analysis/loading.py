@@ -23,7 +23,6 @@ def load_analysis_model(spec: str | os.PathLike) -> tuple[PreTrainedModel, PreTr
     if not adapter_config.is_file():
         model, tokenizer = load_model_and_tokenizer(None if str(spec) == "default" else spec)
         return model.eval(), tokenizer
-    import peft_neft  # noqa: F401  (registers NeFT so peft can read NeFT adapters)
     from peft import PeftModel
 
     base_name = json.loads(adapter_config.read_text()).get("base_model_name_or_path") or None
