@@ -513,6 +513,7 @@ def markdown_table(results: dict[str, Any], order: Sequence[str] = ()) -> str:
 def plot(results: dict[str, Any], path: str | os.PathLike) -> None:
     """Main score vs trainable parameters: NeFT and LoRA as lines, the other methods as points."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -538,6 +539,10 @@ def plot(results: dict[str, Any], path: str | os.PathLike) -> None:
             ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
                         marker="o", capsize=3, label=name)
     ax.set_xscale("log")
+    xs = [max(g["runs"][0]["trainable_params"], 1) for g in summarize(results) if g["runs"][0]["kind"] != "base"]
+    if xs:  # a margin of a factor 4 each side keeps points off the edges and the log ticks readable
+        ax.set_xlim(min(xs) / 4, max(xs) * 4)
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("trainable parameters")
     ax.set_ylabel(metric if metric != "bleu" else "BLEU")
     ax.grid(alpha=0.3)
