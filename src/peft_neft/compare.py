@@ -19,6 +19,7 @@ Methods (paper section 5.1):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -46,7 +47,7 @@ from .tuner import NeFTConfig
 RESULTS_FORMAT = "peft-neft-compare/1"
 IN_OUT_MODULES = ("up_proj", "down_proj")
 NEFT_STRATEGIES = {"neft": "lowest", "neft-random": "random", "neft-reversed": "reversed"}
-# Per-method learning rates used when no grid is searched (chosen once on the demo's validation split).
+# Per-method learning rates when nothing else is given: common defaults, not tuned here (use ``lr_grid``).
 DEFAULT_LR = {"base": 0.0, "full": 5e-5, "embed": 1e-3, "in-out": 5e-5, "lora": 1e-3, "neft": 5e-4}
 
 
@@ -304,8 +305,6 @@ def memory_mb(model: torch.nn.Module) -> tuple[float, str]:
 
 
 def _fingerprint(data: dict[str, Dataset]) -> dict[str, Any]:
-    import hashlib
-
     out = {}
     for split, table in data.items():
         digest = hashlib.sha256(json.dumps([list(table["source"]), list(table["target"])]).encode()).hexdigest()[:16]
