@@ -179,3 +179,18 @@ def test_interrupted_atomic_save_keeps_the_previous_adapter(trained, tmp_path, m
     kept = _deltas(PeftModel.from_pretrained(make_tiny_llama(), target))
     assert all(torch.equal(previous[k], kept[k]) for k in previous)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".adapter")] == []
+
+
+def test_atomic_writes_get_ordinary_permissions(trained, tmp_path):
+    import os
+    import stat
+
+    from peft_neft.selection import NeuronSelection
+
+    model, _ = trained
+    peft_neft.save_pretrained_atomically(model, tmp_path / "adapter")
+    NeuronSelection(rows={"m": torch.tensor([1])}).save(tmp_path / "sel.safetensors")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "adapter").stat().st_mode) == 0o777 & ~mask
+    assert stat.S_IMODE((tmp_path / "sel.safetensors").stat().st_mode) == 0o666 & ~mask
