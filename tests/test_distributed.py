@@ -1,6 +1,6 @@
 """NeFT under data parallelism on 2 CPU processes (gloo), started with the real ``accelerate launch``.
 
-* DDP through accelerate (``examples/accelerate/train_neft.py`` with ``examples/accelerate/ddp.yaml``).
+* DDP through accelerate (``docs/examples/accelerate/train_neft.py`` with ``docs/examples/accelerate/ddp.yaml``).
 * FSDP2 (``torch.distributed.fsdp.fully_shard``, what accelerate's FSDP2 plugin calls). accelerate 1.15 only
   turns on FSDP for accelerator back-ends (its CPU path is plain DDP), so on CPU this file shards the model
   itself, in the worker at the bottom, launched by accelerate as well.
@@ -23,8 +23,8 @@ import torch
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE = ROOT / "examples" / "accelerate" / "train_neft.py"
-DDP_CONFIG = ROOT / "examples" / "accelerate" / "ddp.yaml"
+EXAMPLE = ROOT / "docs" / "examples" / "accelerate" / "train_neft.py"
+DDP_CONFIG = ROOT / "docs" / "examples" / "accelerate" / "ddp.yaml"
 COMMON = ["--model", "tiny", "--steps", "4", "--rows-per-module", "8", "--seed", "0", "--lr", "1e-2"]
 PER_PROCESS_BATCH = 2
 

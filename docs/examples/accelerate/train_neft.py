@@ -1,6 +1,6 @@
 """Train a NeFT adapter with ``accelerate`` (one process, DDP, FSDP or DeepSpeed: the launcher decides).
 
-    accelerate launch --config_file examples/accelerate/ddp.yaml examples/accelerate/train_neft.py \
+    accelerate launch --config_file docs/examples/accelerate/ddp.yaml docs/examples/accelerate/train_neft.py \
         --model default --text-file train.txt --rows-per-module 32 --steps 200 --output-dir out/neft
 
 ``--model tiny`` builds a small random Llama from a config (no download), which is what the tests use.
