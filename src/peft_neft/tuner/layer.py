@@ -212,6 +212,10 @@ class Linear(nn.Module, NeFTLayer):
             # (Under autocast the base GEMM must run through autocast's own linear, so it is not fused.)
             return linear_with_rows(x, base.weight, base.bias, self.neft_delta[active[0]], self.neft_rows[active[0]])
         result = base(x, *args, **kwargs)
+        if active and type(base) not in (nn.Linear, Conv1D):
+            # Quantized kernels (e.g. bitsandbytes) return outputs of custom autograd Functions, which
+            # autograd forbids modifying in place; one copy keeps the row update out of their way.
+            result = result.clone()
         for name in active:
             result = add_rows_(result, x, self.neft_delta[name], self.neft_rows[name])
         return result
