@@ -122,3 +122,14 @@ def test_merge_refuses_a_quantized_weight_with_a_clear_message():
     layer.base_layer.weight = torch.nn.Parameter(layer.base_layer.weight.detach().to(torch.int8), requires_grad=False)
     with pytest.raises(NotImplementedError, match="quantized base"):
         layer.merge()
+
+
+def test_get_delta_weight_is_the_dense_difference_a_merge_makes():
+    model = get_peft_model(make_tiny_llama(), NeFTConfig(neurons=A))
+    _randomize(model, "default", 7)
+    layer = model.base_model.model.model.layers[0].mlp.up_proj
+    original = layer.base_layer.weight.detach().clone()
+    delta = layer.get_delta_weight("default")
+    model.merge_adapter()
+    torch.testing.assert_close(layer.base_layer.weight - original, delta, rtol=1e-6, atol=1e-6)
+    assert torch.count_nonzero(delta.abs().sum(1)) == 3
