@@ -141,9 +141,9 @@ def test_compare_end_to_end_scores_and_resume(tokenizer, data, tmp_path, capsys)
     again = compare(_loader(tokenizer), tokenizer, data, ["base", "lora:2"], [0, 1], out, _config(), model_id="tiny")
     printed = capsys.readouterr().out
     assert "base@seed0: already done, skipped" in printed and "lora:2@seed0: already done, skipped" in printed
-    assert "lora:2@seed1: bleu=" in printed
+    assert "lora:2@seed1: bleu=" in printed and "base@seed1: skipped, the untrained model" in printed
     assert again["runs"]["lora:2@seed0"] == stored["runs"]["lora:2@seed0"]
-    assert {"base@seed1", "lora:2@seed1"} <= set(again["runs"])
+    assert "lora:2@seed1" in again["runs"] and "base@seed1" not in again["runs"]  # base is evaluated once
     assert "| lora:2 | 2,048 | " in (out / "results.md").read_text() and "±" in (out / "results.md").read_text()
 
 
@@ -190,3 +190,24 @@ def test_cli_reports_bad_input(tmp_path, capsys):
     assert main(["compare", "--train", str(tmp_path / "nope.jsonl"), "--eval", str(tmp_path / "nope.jsonl"),
                  "--out", str(tmp_path / "o"), "--methods", "lora:8"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_cli_runs_a_comparison_and_resumes(tokenizer, tmp_path, capsys):
+    model_dir = tmp_path / "tiny"
+    make_tiny_llama(vocab=len(tokenizer)).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    pairs = django_translation_pairs("fr")
+    for split, n in (("train", 12), ("test", 4)):
+        (tmp_path / f"{split}.en").write_text("\n".join(pairs[split]["source"][:n]) + "\n")
+        (tmp_path / f"{split}.fr").write_text("\n".join(pairs[split]["target"][:n]) + "\n")
+    args = ["compare", "--model", str(model_dir), "--train", str(tmp_path / "train.en"), str(tmp_path / "train.fr"),
+            "--eval", str(tmp_path / "test.en"), str(tmp_path / "test.fr"), "--source-lang", "en",
+            "--target-lang", "fr", "--methods", "base,lora:2", "--seeds", "0,1", "--steps", "2", "--batch-size", "2",
+            "--eval-every", "1", "--max-new-tokens", "3", "--eval-batch-size", "3", "--out", str(tmp_path / "out")]
+    assert main(args) == 0
+    stored = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert set(stored["runs"]) == {"base@seed0", "lora:2@seed0", "lora:2@seed1"}
+    assert stored["identity"]["config"]["eval_batch_size"] == 3 and stored["identity"]["data"]["validation"]
+    capsys.readouterr()
+    assert main(args) == 0
+    assert capsys.readouterr().out.count("already done, skipped") == 3

@@ -7,7 +7,7 @@ greedy generation on the test set. Each finished (method, seed) run is written t
 stopped. ``results.md`` holds the table and ``results.png`` the score-vs-parameters plot.
 
 Methods (paper section 5.1):
-  ``base``                 no training (the zero-shot base model)
+  ``base``                 no training (the zero-shot base model; evaluated once, for the first seed)
   ``full``                 every parameter
   ``embed``                the input embedding only (tied to the LM head in SmolLM2, so that too)
   ``in-out``               the MLP input and output projections, ``up_proj`` and ``down_proj``, fully
@@ -379,6 +379,10 @@ def compare(
             key = run_key(method, seed)
             if key in results["runs"]:
                 print(f"[compare] {key}: already done, skipped")
+                continue
+            done_base = next((k for k, r in results["runs"].items() if r["kind"] == "base"), None)
+            if method.kind == "base" and done_base:
+                print(f"[compare] {key}: skipped, the untrained model does not depend on the seed ({done_base})")
                 continue
             scores, calibration = None, None
             if method.kind == "neft":

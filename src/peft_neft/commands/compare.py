@@ -44,6 +44,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
                         help="factors tried around each method's lr, the best on validation loss wins (e.g. 0.33,1,3)")
     parser.add_argument("--calibration-steps", type=int, default=50, help="full fine-tuning steps that score neurons")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="greedy generation length limit (all methods)")
+    parser.add_argument("--eval-batch-size", type=int, default=16,
+                        help="sequences per batch for validation loss and greedy decoding")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
@@ -107,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
         task=args.task, source_lang=args.source_lang, target_lang=args.target_lang, steps=args.steps,
         batch_size=args.batch_size, eval_every=args.eval_every, learning_rates=dict(args.lr), lr_grid=args.lr_grid,
         calibration_steps=args.calibration_steps, max_source_tokens=args.max_source_tokens,
-        max_target_tokens=args.max_target_tokens, max_new_tokens=args.max_new_tokens, char_level=args.char_level,
+        max_target_tokens=args.max_target_tokens, max_new_tokens=args.max_new_tokens,
+        eval_batch_size=args.eval_batch_size, char_level=args.char_level,
     )
     path = resolve_model_path(args.model)
     _, tokenizer = load_model_and_tokenizer(path)
