@@ -16,6 +16,7 @@ from peft_neft.compare import (
     CompareConfig,
     compare,
     parse_method,
+    paired_tests,
     parse_methods,
     prepare_model,
     train,
@@ -135,6 +136,13 @@ def test_compare_end_to_end_scores_and_resume(tokenizer, data, tmp_path, capsys)
     table = (out / "results.md").read_text()
     assert f"| neft:match-lora:2 | {neft['trainable_params']:,} |" in table and "nrefs:1" in table
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
+    # Paired tests: NeFT against the LoRA it matches, the ablations against NeFT, same seed.
+    tests = {(r["system"], r["baseline"]): r["tests"] for r in paired_tests(stored, out)}
+    assert set(tests) == {("neft:match-lora:2", "lora:2"), ("neft-random:match-lora:2", "neft:match-lora:2"),
+                          ("neft-reversed:match-lora:2", "neft:match-lora:2")}
+    delta = tests[("neft:match-lora:2", "lora:2")]["chrf"]["delta"]
+    assert delta == pytest.approx(neft["scores"]["chrf"] - lora["scores"]["chrf"])
+    assert "## Paired tests" in table and "| neft:match-lora:2 | lora:2 | 0 | " in table
 
     # Resume: finished runs are skipped and kept as they were; a new seed is added.
     capsys.readouterr()

@@ -42,6 +42,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_linear_sc
 from .atomic import atomic_path
 from .tasks import TASKS, encode_for_generation, encode_for_training, score
 from .tasks.prompts import IGNORE_INDEX
+from .tasks.significance import DEFAULT_SAMPLES, paired_bootstrap
 from .tuner import NeFTConfig
 
 RESULTS_FORMAT = "peft-neft-compare/1"
@@ -392,7 +393,7 @@ def compare(
             row = _run_one(load_model, tokenizer, method, seed, scores, train_rows, val_rows, prompts, data["test"], config,
                            total_params)
             row["calibration"] = calibration
-            _write_outputs(out / "outputs" / f"{re.sub(r'[^a-z0-9@.-]+', '_', key)}.jsonl", data["test"], row.pop("hypotheses"))
+            _write_outputs(_outputs_path(out, key), data["test"], row.pop("hypotheses"))
             results["runs"][key] = row
             _save_results(out / "results.json", results)
             write_report(results, out, [m.spec for m in methods])
@@ -456,6 +457,10 @@ def _run_one(load_model, tokenizer, method: Method, seed: int, scores, train_row
         "scores": {k: v for k, v in scored.items() if k != "signatures"}, "signatures": scored["signatures"],
         "device": str(_device_of(best_model)), "hypotheses": hypotheses,
     }
+
+
+def _outputs_path(out: Path, key: str) -> Path:
+    return out / "outputs" / f"{re.sub(r'[^a-z0-9@.-]+', '_', key)}.jsonl"
 
 
 def _write_outputs(path: Path, test: Dataset, hypotheses: list[str]) -> None:
@@ -556,12 +561,59 @@ def plot(results: dict[str, Any], path: str | os.PathLike) -> None:
     plt.close(fig)
 
 
+def paired_baseline(spec: str) -> str | None:
+    """What a method is tested against: NeFT against the LoRA rank it matches, an ablation against NeFT."""
+    method = parse_method(spec)
+    if method.kind != "neft":
+        return None
+    if method.strategy != "lowest":
+        return "neft:" + spec.partition(":")[2]
+    return f"lora:{method.rank}" if method.rank else None
+
+
+def paired_tests(results: dict[str, Any], out_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Paired bootstrap tests of each NeFT run against its baseline run of the same seed (stored outputs)."""
+    config, rows = results["identity"]["config"], []
+    for key, run in results["runs"].items():
+        baseline = paired_baseline(run["method"])
+        other = f"{baseline}@seed{run['seed']}"
+        if baseline is None or other not in results["runs"]:
+            continue
+        ours, theirs = (_read_outputs(_outputs_path(Path(out_dir), k)) for k in (key, other))
+        tests = paired_bootstrap(config["task"], ours["hypothesis"], theirs["hypothesis"], ours["reference"],
+                                 char_level=config["char_level"])
+        rows.append({"system": run["method"], "baseline": baseline, "seed": run["seed"], "tests": tests})
+    return rows
+
+
+def _read_outputs(path: Path) -> dict[str, list[str]]:
+    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    return {field: [line[field] for line in lines] for field in ("reference", "hypothesis")}
+
+
+def paired_table(results: dict[str, Any], out_dir: str | os.PathLike) -> str:
+    """Markdown for :func:`paired_tests`, empty when no run has its baseline yet."""
+    rows = paired_tests(results, out_dir)
+    if not rows:
+        return ""
+    metrics = _metric_names(results["identity"]["config"]["task"])
+    header = ["system", "baseline", "seed", *[f"Δ {m} (p)" for m in metrics]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in sorted(rows, key=lambda r: (r["system"], r["seed"])):
+        cells = [f"{row['tests'][m]['delta']:+.2f} ({row['tests'][m]['p_value']:.3f})" for m in metrics]
+        lines.append("| " + " | ".join([row["system"], row["baseline"], str(row["seed"]), *cells]) + " |")
+    return ("\n## Paired tests\n\nEach NeFT run against its baseline run of the same seed, on the same test "
+            f"sentences: paired bootstrap resampling ({DEFAULT_SAMPLES} resamples, sacrebleu's test for BLEU/chrF). "
+            "p is the chance of a difference this large from resampling the test set alone; it says nothing "
+            "about the spread between training seeds.\n\n" + "\n".join(lines) + "\n")
+
+
 def write_report(results: dict[str, Any], out_dir: str | os.PathLike, order: Sequence[str] = ()) -> str:
-    """Write ``results.md`` and ``results.png`` next to ``results.json``; return the table."""
+    """Write ``results.md`` (table and paired tests) and ``results.png`` next to ``results.json``; return the table."""
     out = Path(out_dir)
     if not results["runs"]:
         return ""
-    table = markdown_table(results, order)
+    table = markdown_table(results, order) + paired_table(results, out)
     with atomic_path(out / "results.md") as tmp:
         tmp.write_text(table)
     plot(results, out / "results.png")

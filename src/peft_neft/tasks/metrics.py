@@ -31,7 +31,8 @@ class CharTokenizer:
         return [c for c in text if not c.isspace()]
 
 
-def _check(hypotheses: Sequence[str], references: Sequence[str]) -> None:
+def check_pairs(hypotheses: Sequence[str], references: Sequence[str]) -> None:
+    """Refuse unpaired or empty inputs with a message that says which."""
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references; they must pair up one to one.")
     if not references:
@@ -40,7 +41,7 @@ def _check(hypotheses: Sequence[str], references: Sequence[str]) -> None:
 
 def translation_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, object]:
     """Corpus BLEU and chrF (sacrebleu defaults, one reference each) and their signatures."""
-    _check(hypotheses, references)
+    check_pairs(hypotheses, references)
     bleu, chrf = sacrebleu.metrics.BLEU(), sacrebleu.metrics.CHRF()
     bleu_score = bleu.corpus_score(list(hypotheses), [list(references)])
     chrf_score = chrf.corpus_score(list(hypotheses), [list(references)])
@@ -51,16 +52,20 @@ def translation_scores(hypotheses: Sequence[str], references: Sequence[str]) -> 
     }
 
 
-def rouge_scores(hypotheses: Sequence[str], references: Sequence[str], char_level: bool = False) -> dict[str, object]:
-    """Mean ROUGE-1/2/L F1 (x100) over the pairs, with the tokenization named in ``signatures``."""
-    _check(hypotheses, references)
+def rouge_per_document(hypotheses: Sequence[str], references: Sequence[str],
+                       char_level: bool = False) -> dict[str, list[float]]:
+    """ROUGE-1/2/L F1 (x100) of each pair, from rouge-score with the tokenizer described above."""
+    check_pairs(hypotheses, references)
     tokenizer = CharTokenizer() if char_level else UnicodeWordTokenizer()
     scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), tokenizer=tokenizer)
-    totals = dict.fromkeys(ROUGE_TYPES, 0.0)
-    for hyp, ref in zip(hypotheses, references):
-        for name, value in scorer.score(ref, hyp).items():
-            totals[name] += value.fmeasure
-    scores: dict[str, object] = {name: 100 * total / len(references) for name, total in totals.items()}
+    per_pair = [scorer.score(ref, hyp) for hyp, ref in zip(hypotheses, references)]
+    return {name: [100 * s[name].fmeasure for s in per_pair] for name in ROUGE_TYPES}
+
+
+def rouge_scores(hypotheses: Sequence[str], references: Sequence[str], char_level: bool = False) -> dict[str, object]:
+    """Mean ROUGE-1/2/L F1 (x100) over the pairs, with the tokenization named in ``signatures``."""
+    per_document = rouge_per_document(hypotheses, references, char_level)
+    scores: dict[str, object] = {name: sum(values) / len(values) for name, values in per_document.items()}
     scores["signatures"] = {"rouge": f"rouge-score|F1|tok:{'char' if char_level else 'unicode-words-lowercase'}|no-stemming"}
     return scores
 
