@@ -427,9 +427,10 @@ def _run_one(load_model, tokenizer, method: Method, seed: int, scores, train_row
     best_model, best_stats, search = None, None, []
     for factor in (config.lr_grid if method.kind != "base" else (1.0,)):
         model = prepare_model(load_model(), method, seed, scores)
-        stats = {"best_val_loss": validation_loss(model, val_rows, tokenizer.pad_token_id, config.eval_batch_size),
-                 "best_step": 0, "train_seconds": 0.0, "time_per_step_s": 0.0, "curve": []}
-        if method.kind != "base":
+        if method.kind == "base":
+            stats = {"best_val_loss": validation_loss(model, val_rows, tokenizer.pad_token_id, config.eval_batch_size),
+                     "best_step": 0, "train_seconds": 0.0, "time_per_step_s": 0.0, "curve": []}
+        else:
             stats = train(model, train_rows, val_rows, tokenizer.pad_token_id, steps=config.steps,
                           batch_size=config.batch_size, lr=base_lr * factor, eval_every=config.eval_every,
                           warmup_ratio=config.warmup_ratio, seed=seed, desc=f"{method.spec} seed {seed} lr {base_lr * factor:g}",
