@@ -1,0 +1,52 @@
+"""Print the cross-task tables of docs/results.md from the grid folders' results.json and outputs.
+
+    python docs/results/summarize_grid.py docs/results/grid-*
+
+Per task and metric: mean ± sample std over the seeds present (n in brackets), and the paired
+bootstrap tests that `peft-neft compare` also writes into each folder's results.md.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from peft_neft.compare import paired_tests, summarize
+
+COLUMNS = ["base", "full", "lora:8", "neft:match-lora:8", "lora:64", "neft:match-lora:64",
+           "neft-random:match-lora:8", "neft-reversed:match-lora:8"]
+METRICS = {"translation": ("bleu", "chrf"), "summarization": ("rouge1", "rouge2", "rougeL")}
+
+
+def cell(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.2f} (1)"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} ({len(values)})"
+
+
+def main(folders: list[str]) -> None:
+    loaded = [(Path(f).name, json.loads((Path(f) / "results.json").read_text()), f) for f in folders]
+    print("| task | metric | " + " | ".join(COLUMNS) + " |")
+    print("|---|---|" + "---|" * len(COLUMNS))
+    for name, results, _ in loaded:
+        groups = {g["method"]: g["runs"] for g in summarize(results)}
+        task = results["identity"]["config"]["task"]
+        for metric in (*METRICS[task], "best_val_loss"):
+            values = {m: [r["scores"][metric] if metric in r["scores"] else r[metric] for r in groups.get(m, [])]
+                      for m in COLUMNS}
+            print(f"| {name} | {metric} | " + " | ".join(cell(values[m]) for m in COLUMNS) + " |")
+    print("\n| task | system | baseline | seed | " + " | ".join(f"Δ {m} (p)" for m in ("bleu", "chrf", "rougeL")) + " |")
+    print("|---|---|---|---|---|---|---|")
+    for name, results, folder in loaded:
+        for row in sorted(paired_tests(results, folder), key=lambda r: (r["system"], r["seed"])):
+            cells = [f"{row['tests'][m]['delta']:+.2f} ({row['tests'][m]['p_value']:.3f})" if m in row["tests"] else "-"
+                     for m in ("bleu", "chrf", "rougeL")]
+            print(f"| {name} | {row['system']} | {row['baseline']} | {row['seed']} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
