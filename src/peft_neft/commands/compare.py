@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..compare import DEFAULT_LR
 
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ..compare import CompareConfig, compare, markdown_table, parse_methods
+    from ..compare import CompareConfig, compare, parse_methods
     from ..models import load_model_and_tokenizer, resolve_model_path
     from ..tasks import TASKS
 
@@ -114,9 +115,9 @@ def run(args: argparse.Namespace) -> int:
     )
     path = resolve_model_path(args.model)
     _, tokenizer = load_model_and_tokenizer(path)
-    results = compare(lambda: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), tokenizer,
+    compare(lambda: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), tokenizer,
                       {"train": train, "validation": validation, "test": test}, methods, args.seeds, args.out,
                       config, model_id=str(args.model))
-    print(markdown_table(results, [m.spec for m in methods]))
+    print(Path(args.out, "results.md").read_text(encoding="utf-8"), end="")  # table and paired tests
     print(f"results, table and plot written to {args.out}/")
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from .compare import add_data_arguments
 
@@ -31,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ..compare import CompareConfig, compare, markdown_table, parse_methods
+    from ..compare import CompareConfig, compare, parse_methods
     from ..models import default_model_dir, load_model_and_tokenizer
     from ..tasks import django_translation_pairs
 
@@ -48,9 +49,9 @@ def run(args: argparse.Namespace) -> int:
         eval_every=args.eval_every, learning_rates=dict(args.lr), lr_grid=args.lr_grid,
         calibration_steps=args.calibration_steps, max_new_tokens=args.max_new_tokens, max_target_tokens=48,
     )
-    results = compare(lambda: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), tokenizer, data,
+    compare(lambda: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), tokenizer, data,
                       methods, args.seeds, args.out, config, model_id="smollm2-135m-instruct")
-    print(markdown_table(results, [m.spec for m in methods]))
+    print(Path(args.out, "results.md").read_text(encoding="utf-8"), end="")  # table and paired tests
     print(f"table: {args.out}/results.md, plot: {args.out}/results.png, outputs: {args.out}/outputs/ "
           f"({time.perf_counter() - start:.0f} s)")
     return 0
