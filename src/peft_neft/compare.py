@@ -381,8 +381,8 @@ def compare(
             if key in results["runs"]:
                 print(f"[compare] {key}: already done, skipped")
                 continue
-            done_base = next((k for k, r in results["runs"].items() if r["kind"] == "base"), None)
-            if method.kind == "base" and done_base:
+            if method.kind == "base" and (done_base := next((k for k, r in results["runs"].items()
+                                                              if r["kind"] == "base"), None)):
                 print(f"[compare] {key}: skipped, the untrained model does not depend on the seed ({done_base})")
                 continue
             scores, calibration = None, None

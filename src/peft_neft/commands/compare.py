@@ -116,8 +116,8 @@ def run(args: argparse.Namespace) -> int:
     path = resolve_model_path(args.model)
     _, tokenizer = load_model_and_tokenizer(path)
     compare(lambda: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), tokenizer,
-                      {"train": train, "validation": validation, "test": test}, methods, args.seeds, args.out,
-                      config, model_id=str(args.model))
+            {"train": train, "validation": validation, "test": test}, methods, args.seeds, args.out,
+            config, model_id=str(args.model))
     print(Path(args.out, "results.md").read_text(encoding="utf-8"), end="")  # table and paired tests
     print(f"results, table and plot written to {args.out}/")
     return 0

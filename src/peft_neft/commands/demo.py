@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         calibration_steps=args.calibration_steps, max_new_tokens=args.max_new_tokens, max_target_tokens=48,
     )
     compare(lambda: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), tokenizer, data,
-                      methods, args.seeds, args.out, config, model_id="smollm2-135m-instruct")
+            methods, args.seeds, args.out, config, model_id="smollm2-135m-instruct")
     print(Path(args.out, "results.md").read_text(encoding="utf-8"), end="")  # table and paired tests
     print(f"table: {args.out}/results.md, plot: {args.out}/results.png, outputs: {args.out}/outputs/ "
           f"({time.perf_counter() - start:.0f} s)")
