@@ -14,11 +14,13 @@ from conftest import make_tiny_llama
 from peft_neft.cli import main
 from peft_neft.compare import (
     CompareConfig,
+    _shape_scores,
     compare,
     parse_method,
     paired_tests,
     parse_methods,
     prepare_model,
+    select_for,
     train,
     trainable_parameters,
 )
@@ -116,6 +118,22 @@ def test_each_method_trains_only_what_it_should(tokenizer, data, spec):
         assert sum(r.numel() * before[n + ".weight"].shape[1] for n, r in selection.items()) == trainable
 
 
+def test_random_rows_do_not_depend_on_calibration(tokenizer, data):
+    """neft-random skips the calibration: shape-only scores pick the rows calibrated scores would."""
+    from peft_neft.calibration import calibrate, pad_collate
+
+    rows = [encode_for_training(tokenizer, "Translate.", s, t) for s, t in zip(data["train"]["source"], data["train"]["target"])]
+    model, method = _loader(tokenizer)(), parse_method("neft-random:match-lora:2")
+    calibrated = calibrate(_loader(tokenizer)(), rows, steps=2, lr=1e-3, batch_size=4, seed=0,
+                           collate_fn=pad_collate(tokenizer.pad_token_id), progress=False)
+    for seed in (0, 1):
+        expected = select_for(model, method, calibrated, seed).rows
+        got = select_for(model, method, _shape_scores(model, CompareConfig().neft_target_modules), seed).rows
+        assert got.keys() == expected.keys() and all(torch.equal(got[n], expected[n]) for n in got)
+    by_seed = [{n: r.tolist() for n, r in select_for(model, method, calibrated, seed).rows.items()} for seed in (0, 1)]
+    assert by_seed[0] != by_seed[1]  # the seed, not the scores, decides random rows
+
+
 def test_compare_end_to_end_scores_and_resume(tokenizer, data, tmp_path, capsys):
     out = tmp_path / "cmp"
     results = compare(_loader(tokenizer), tokenizer, data, ALL_METHODS, [0], out, _config(), model_id="tiny")
@@ -131,6 +149,7 @@ def test_compare_end_to_end_scores_and_resume(tokenizer, data, tmp_path, capsys)
     neft, lora = stored["runs"]["neft:match-lora:2@seed0"], stored["runs"]["lora:2@seed0"]
     assert abs(neft["trainable_params"] - lora["trainable_params"]) <= 64 and lora["trainable_params"] == 2048
     assert neft["calibration"]["steps"] == 2 and lora["calibration"] is None
+    assert stored["runs"]["neft-random:match-lora:2@seed0"]["calibration"] is None  # random rows need no scores
     assert stored["runs"]["base@seed0"]["trainable_params"] == 0
     assert 0 < neft["adapter_bytes"] < stored["runs"]["full@seed0"]["adapter_bytes"]
     table = (out / "results.md").read_text()

@@ -28,7 +28,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -386,7 +386,9 @@ def compare(
                 print(f"[compare] {key}: skipped, the untrained model does not depend on the seed ({done_base})")
                 continue
             scores, calibration = None, None
-            if method.kind == "neft":
+            if method.kind == "neft" and method.strategy == "random":
+                scores = _shape_scores(load_model(), config.neft_target_modules)
+            elif method.kind == "neft":
                 if seed not in calibrations:
                     calibrations[seed] = _calibrate(load_model, train_rows, config, seed, tokenizer.pad_token_id)
                 scores, calibration = calibrations[seed]
@@ -419,6 +421,13 @@ def _calibrate(load_model: Callable[[], PreTrainedModel], train_rows: list[dict]
             "target_modules": list(config.neft_target_modules)}
     del model
     return scores, info
+
+
+def _shape_scores(model: PreTrainedModel, target_modules: Sequence[str]):
+    """Scores that carry only the target modules' shapes: all random rows need, so no calibration is run."""
+    from .selection.scoring import score_models
+
+    return replace(score_models(model, model, target_modules), method="none (random rows)")
 
 
 def _run_one(load_model, tokenizer, method: Method, seed: int, scores, train_rows, val_rows, prompts, test: Dataset,
