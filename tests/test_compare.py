@@ -13,6 +13,7 @@ from transformers import AutoTokenizer
 from conftest import make_tiny_llama
 from peft_neft.cli import main
 from peft_neft.compare import (
+    DEFAULT_LR,
     CompareConfig,
     _shape_scores,
     compare,
@@ -174,9 +175,17 @@ def test_compare_end_to_end_scores_and_resume(tokenizer, data, tmp_path, capsys)
     assert "| lora:2 | 2,048 | " in (out / "results.md").read_text() and "±" in (out / "results.md").read_text()
 
 
-def test_other_configuration_and_bad_input_are_refused(tokenizer, data, tmp_path):
+def test_other_configuration_and_bad_input_are_refused(tokenizer, data, tmp_path, monkeypatch):
     out = tmp_path / "cmp"
     compare(_loader(tokenizer), tokenizer, data, ["base"], [0], out, _config(), model_id="tiny")
+    # Learning rates are stored resolved: naming a default is the same configuration, and changed
+    # defaults refuse the folder instead of mixing two rates in it.
+    compare(_loader(tokenizer), tokenizer, data, ["base"], [0], out, _config(learning_rates={"lora": DEFAULT_LR["lora"]}),
+            model_id="tiny")
+    with monkeypatch.context() as patch:
+        patch.setitem(DEFAULT_LR, "neft", 10 * DEFAULT_LR["neft"])
+        with pytest.raises(ValueError, match="different configuration"):
+            compare(_loader(tokenizer), tokenizer, data, ["base"], [0], out, _config(), model_id="tiny")
     with pytest.raises(ValueError, match=r"different configuration \(config: .*steps.*Use a new --out folder"):
         compare(_loader(tokenizer), tokenizer, data, ["base"], [0], out, _config(steps=5), model_id="tiny")
     with pytest.raises(ValueError, match="different configuration"):

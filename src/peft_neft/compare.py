@@ -111,7 +111,8 @@ class CompareConfig:
     batch_size: int = 8
     eval_every: int = 25
     warmup_ratio: float = 0.1
-    learning_rates: dict[str, float] = field(default_factory=dict)  # kind -> lr, overrides DEFAULT_LR
+    # kind -> lr; kinds left out take DEFAULT_LR. Stored resolved, so a folder never mixes two defaults.
+    learning_rates: dict[str, float] = field(default_factory=dict)
     lr_grid: tuple[float, ...] = (1.0,)  # factors tried around each method's lr, chosen on validation loss
     calibration_steps: int = 50
     calibration_lr: float | None = None  # None: the lr of ``full``
@@ -134,10 +135,11 @@ class CompareConfig:
         if not self.lr_grid or any(f <= 0 for f in self.lr_grid):
             raise ValueError(f"lr_grid must hold positive factors, got {self.lr_grid}.")
         self.lr_grid = tuple(float(f) for f in self.lr_grid)
+        self.learning_rates = {kind: float(self.learning_rates.get(kind, lr)) for kind, lr in DEFAULT_LR.items()}
         self.neft_target_modules = tuple(self.neft_target_modules)
 
     def lr(self, kind: str) -> float:
-        return float(self.learning_rates.get(kind, DEFAULT_LR[kind]))
+        return self.learning_rates[kind]
 
 
 # ---------------------------------------------------------------- methods -> trainable models
