@@ -1,9 +1,10 @@
 """Print the cross-task tables of docs/results.md from the grid folders' results.json and outputs.
 
     python docs/results/summarize_grid.py docs/results/grid-*
+    python docs/results/summarize_grid.py docs/results/tuned-*
 
-Per task and metric: mean ± sample std over the seeds present (n in brackets), and the paired
-bootstrap tests that `peft-neft compare` also writes into each folder's results.md.
+Per task and metric: mean ± sample std over the seeds present (n in brackets), the learning rate each
+run chose, and the paired bootstrap tests that `peft-neft compare` also writes into each folder's results.md.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ def main(folders: list[str]) -> None:
             values = {m: [r["scores"][metric] if metric in r["scores"] else r[metric] for r in groups.get(m, [])]
                       for m in COLUMNS}
             print(f"| {name} | {metric} | " + " | ".join(cell(values[m]) for m in COLUMNS) + " |")
+        chosen = [",".join(f"{r['lr']:g}" for r in groups[m]) if m in groups and m != "base" else "-" for m in COLUMNS]
+        print(f"| {name} | lr (per seed) | " + " | ".join(chosen) + " |")
     print("\n| task | system | baseline | seed | " + " | ".join(f"Δ {m} (p)" for m in ("bleu", "chrf", "rougeL")) + " |")
     print("|---|---|---|---|---|---|---|")
     for name, results, folder in loaded:
