@@ -10,3 +10,12 @@ peft-neft compare --task translation --source-lang en --target-lang fr \
   --methods lora:8,neft:match-lora:8 --seeds 0,1 --steps 30 --batch-size 8 --eval-every 15 \
   --lr lora=5e-4 --lr neft=5e-4 --lr-grid 1,3,9,27 \
   --calibration-steps 10 --max-new-tokens 40 --eval-batch-size 32 --threads 1 --out docs/results/tuned-multi30k-en-fr
+
+# Then the selection ablations at the same budget and rate grid, seed 0 (random rows need no calibration).
+peft-neft compare --task translation --source-lang en --target-lang fr \
+  --train /work/shared/data/multi30k/train.en.gz /work/shared/data/multi30k/train.fr.gz --limit-train 2000 \
+  --validation /work/shared/data/multi30k/val.en.gz /work/shared/data/multi30k/val.fr.gz --limit-validation 100 \
+  --eval /work/shared/data/multi30k/test_2016_flickr.en.gz /work/shared/data/multi30k/test_2016_flickr.fr.gz --limit-eval 500 \
+  --methods neft-random:match-lora:8,neft-reversed:match-lora:8 --seeds 0 --steps 30 --batch-size 8 --eval-every 15 \
+  --lr lora=5e-4 --lr neft=5e-4 --lr-grid 1,3,9,27 \
+  --calibration-steps 10 --max-new-tokens 40 --eval-batch-size 32 --threads 1 --out docs/results/tuned-multi30k-en-fr
