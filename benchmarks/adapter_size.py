@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_common as bc  # noqa: E402
 import torch  # noqa: E402
 
-SCOPES = {"up_down": bc.UP_DOWN, "all_linear": bc.ALL_LINEARS}
+SCOPES = {"up_down": bc.DEFAULT_TARGET_MODULES, "all_linear": bc.ALL_LINEARS}
 
 
 def ideal_bytes(model: torch.nn.Module, bytes_per_value: int) -> int:

@@ -33,9 +33,10 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from peft_neft._targets import DEFAULT_TARGET_MODULES
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "docs" / "performance"
-UP_DOWN = ("up_proj", "down_proj")
 ALL_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 MMAP_ENV = "MALLOC_MMAP_THRESHOLD_"
 

@@ -32,7 +32,7 @@ def _randomize_adapter(model: torch.nn.Module) -> None:
 
 def build_variants(base: torch.nn.Module, pct: float) -> dict[str, torch.nn.Module]:
     """Merged variants get their own weights (a deep copy): merging must not touch the shared base."""
-    targets = bc.target_names(base, bc.UP_DOWN)
+    targets = bc.target_names(base, bc.DEFAULT_TARGET_MODULES)
     budget = int(pct / 100 * bc.total_params(base))
     variants = {"base": bc.shared_copy(base).eval()}
     for kind, build in (("neft", bc.build_neft), ("lora", bc.build_lora)):

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     base = bc.load_base(args.device, getattr(torch, args.dtype), args.random_weights)
     batch = bc.make_batch(base.config.vocab_size, args.batch, args.seq, args.device)
-    targets = bc.target_names(base, bc.UP_DOWN)
+    targets = bc.target_names(base, bc.DEFAULT_TARGET_MODULES)
     budget = int(args.budget / 100 * bc.total_params(base))
     methods = [bc.build_floor(base, "floor"), bc.build_neft(base, "neft", targets, budget, args.delta_dtype),
                bc.build_lora(base, "lora", targets, budget)]

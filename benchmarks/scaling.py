@@ -22,7 +22,7 @@ import torch  # noqa: E402
 
 
 def rows_builders(base, pcts: list[float]) -> dict:
-    targets = bc.target_names(base, bc.UP_DOWN)
+    targets = bc.target_names(base, bc.DEFAULT_TARGET_MODULES)
     n_total = bc.total_params(base)
     builders = {"floor": functools.partial(bc.build_floor, base, "floor")}
     for pct in pcts:
@@ -33,7 +33,7 @@ def rows_builders(base, pcts: list[float]) -> dict:
 
 
 def width_builders(base, pct: float) -> dict:
-    targets = bc.target_names(base, bc.UP_DOWN)
+    targets = bc.target_names(base, bc.DEFAULT_TARGET_MODULES)
     budget = int(pct / 100 * bc.total_params(base))
     return {"floor": functools.partial(bc.build_floor, base, "floor"),
             "full": functools.partial(bc.build_full, base, "full"),

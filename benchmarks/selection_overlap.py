@@ -21,8 +21,9 @@ from peft_neft.atomic import atomic_path
 from peft_neft.calibration import calibrate, gradient_scores, tokenize_pair
 from peft_neft.models import load_model_and_tokenizer
 from peft_neft.selection import NeuronScores, overlap, select_neurons
-from peft_neft.selection.scores import find_target_modules, weight_rows
-from peft_neft.selection.scoring import cosine_rows
+from peft_neft._shapes import weight_rows
+from peft_neft._targets import DEFAULT_TARGET_MODULES, find_target_modules
+from peft_neft.selection.cosine import cosine_rows
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k"
 
@@ -50,7 +51,7 @@ def main() -> None:
     first = [tokenize_pair(tokenizer, p, c, 96) for p, c in pairs(0, args.pairs)]
     other = [tokenize_pair(tokenizer, p, c, 96) for p, c in pairs(args.pairs, args.pairs)]
     runs, seconds = {}, {}
-    targets = find_target_modules(model, ["up_proj", "down_proj"])
+    targets = find_target_modules(model, DEFAULT_TARGET_MODULES)
     before = {name: weight_rows(m).detach().clone() for name, m in targets.items()}
     start = time.perf_counter()
 

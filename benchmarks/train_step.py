@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_common as bc  # noqa: E402
 import torch  # noqa: E402
 
-SCOPES = {"up_down": bc.UP_DOWN, "all_linear": bc.ALL_LINEARS}
+SCOPES = {"up_down": bc.DEFAULT_TARGET_MODULES, "all_linear": bc.ALL_LINEARS}
 
 
 def method_builders(base, budgets: dict[str, list[float]], delta_dtype: str) -> dict:

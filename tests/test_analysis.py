@@ -174,7 +174,7 @@ def test_bad_input_gives_clear_errors():
                        selection=NeuronSelection(rows={UP0: torch.tensor([3, 1535])}))
     with pytest.raises(ValueError, match="correlate_with"):
         analyze_models(a, copy.deepcopy(a), token_inputs(), correlate_with="hidden", progress=False)
-    with pytest.raises(ValueError, match="No Linear layer"):
+    with pytest.raises(ValueError, match=r"Unknown target modules \['nope'\]"):
         analyze_models(a, copy.deepcopy(a), token_inputs(), target_modules=["nope"], progress=False)
 
 

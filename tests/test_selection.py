@@ -22,7 +22,7 @@ from peft_neft.selection import (
     select_hybrid,
     select_neurons,
 )
-from peft_neft.selection.scoring import cosine_rows
+from peft_neft.selection.cosine import cosine_rows
 
 UP0, UP1 = "model.layers.0.mlp.up_proj", "model.layers.1.mlp.up_proj"
 DOWN0, DOWN1 = "model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"

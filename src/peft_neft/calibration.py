@@ -23,17 +23,11 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers.pytorch_utils import Conv1D
 
-from .selection.scores import (
-    DEFAULT_TARGETS,
-    NeuronScores,
-    TargetModules,
-    count_params,
-    find_target_modules,
-    model_fingerprint,
-    module_shape,
-    weight_rows,
-)
-from .selection.scoring import cosine_rows
+from ._shapes import count_params, model_fingerprint, module_shape, weight_rows
+from ._targets import DEFAULT_TARGET_MODULES as DEFAULT_TARGETS
+from ._targets import TargetModules, find_target_modules
+from .selection.cosine import cosine_rows
+from .selection.neuron_scores import NeuronScores
 
 Batch = dict[str, torch.Tensor]
 

@@ -427,7 +427,7 @@ def _calibrate(load_model: Callable[[], PreTrainedModel], train_rows: list[dict]
 
 def _shape_scores(model: PreTrainedModel, target_modules: Sequence[str]):
     """Scores that carry only the target modules' shapes: all random rows need, so no calibration is run."""
-    from .selection.scoring import score_models
+    from .selection.cosine import score_models
 
     return replace(score_models(model, model, target_modules), method="none (random rows)")
 

@@ -12,9 +12,13 @@ raises ``PeftCompatibilityError`` naming the missing piece; the test-suite runs 
 
 from __future__ import annotations
 
+import peft.mapping as mapping
+import peft.utils as utils
 from peft.utils import PeftType
 
-PEFT_TYPE_NAME = "NEFT"
+from .tuner.config import PEFT_TYPE_NAME, NeFTConfig
+from .tuner.model import NeFTModel
+
 METHOD_NAME = "neft"
 PREFIX = "neft_"
 
@@ -25,9 +29,6 @@ class PeftCompatibilityError(RuntimeError):
 
 def check_peft_compatibility() -> None:
     """Fail loudly if the installed ``peft`` changed the internals :func:`register` uses."""
-    import peft.mapping as mapping
-    import peft.utils as utils
-
     needed = {
         "peft.utils.register_peft_method": getattr(utils, "register_peft_method", None),
         "peft.mapping.PEFT_TYPE_TO_CONFIG_MAPPING": getattr(mapping, "PEFT_TYPE_TO_CONFIG_MAPPING", None),
@@ -63,17 +64,11 @@ def _add_peft_type_member(name: str) -> PeftType:
 
 def register() -> PeftType:
     """Register NeFT with peft (idempotent) and return ``PeftType.NEFT``."""
-    import peft.mapping as mapping
-    from peft.utils import register_peft_method
-
-    from .tuner.config import NeFTConfig
-    from .tuner.model import NeFTModel
-
     check_peft_compatibility()
     peft_type = _add_peft_type_member(PEFT_TYPE_NAME)
     registered_config = mapping.PEFT_TYPE_TO_CONFIG_MAPPING.get(peft_type)
     if registered_config is None:
-        register_peft_method(name=METHOD_NAME, config_cls=NeFTConfig, model_cls=NeFTModel, prefix=PREFIX)
+        utils.register_peft_method(name=METHOD_NAME, config_cls=NeFTConfig, model_cls=NeFTModel, prefix=PREFIX)
     elif registered_config is not NeFTConfig:
         raise PeftCompatibilityError(
             f"peft already has a method registered as {PEFT_TYPE_NAME!r} ({registered_config.__name__}); "

@@ -6,7 +6,7 @@
 - :func:`select_neurons_by_probe`: a :class:`~peft_neft.NeuronSelection` from per-layer ridge probes.
 """
 
-from .collect import NeuronScores, check_same_architecture, neuron_pearson_scores
+from .collect import PearsonScores, check_same_architecture, neuron_pearson_scores
 from .inputs import load_texts
 from .loading import load_analysis_model
 from .probe import fit_ridge_classifier, select_neurons_by_probe
@@ -22,7 +22,7 @@ from .utilization import (
 
 __all__ = [
     "DEFAULT_STRONG_THRESHOLD",
-    "NeuronScores",
+    "PearsonScores",
     "StreamingPearson",
     "UtilizationReport",
     "analyze_models",

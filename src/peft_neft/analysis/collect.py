@@ -17,28 +17,29 @@ recording the highest value per neuron" (section 6.1) are offered through ``corr
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Optional, Union
+from typing import Literal, Optional
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from .._shapes import module_shape
+from .._targets import DEFAULT_TARGET_MODULES, ROW_MODULES, TargetModules, block_name, find_target_modules, layer_index
 from .inputs import Inputs, batches, tokenize
 from .streaming import StreamingPearson
 
 CorrelateWith = Literal["layer_output", "other_model"]
-TargetModules = Union[str, Sequence[str]]
-DEFAULT_TARGET_MODULES = ("up_proj", "down_proj")
-_LAYER_INDEX = re.compile(r"\.(\d+)\.")
 
 
 @dataclass
-class NeuronScores:
-    """Highest Pearson coefficient per neuron in model A and model B, neurons in module order."""
+class PearsonScores:
+    """Highest Pearson coefficient per neuron in model A and model B, neurons in module order.
+
+    ``layers`` holds each module's decoder-block index, -1 for a module outside the numbered blocks.
+    """
 
     modules: list[str]
     sizes: list[int]
@@ -54,28 +55,11 @@ class NeuronScores:
         return dict(zip(self.modules, starts))
 
 
-def layer_index(module_name: str) -> int:
-    """The decoder-layer number in a module name (``model.layers.3.mlp.up_proj`` -> 3), or -1."""
-    match = _LAYER_INDEX.search(module_name + ".")
-    return int(match.group(1)) if match else -1
-
-
-def _matches(target_modules: TargetModules, name: str) -> bool:
-    if isinstance(target_modules, str):
-        return re.fullmatch(target_modules, name) is not None
-    return any(name == t or name.endswith("." + t) for t in target_modules)
-
-
-def find_target_modules(model: nn.Module, target_modules: TargetModules, extra: Sequence[str] = ()) -> list[str]:
-    """Names of the Linear layers matched by ``target_modules`` (peft's rule) plus ``extra``, in model order."""
+def analysed_modules(model: nn.Module, target_modules: TargetModules, extra: Sequence[str] = ()) -> list[str]:
+    """Names of the Linear/Conv1D layers ``target_modules`` matches (peft's rule) plus ``extra``, in model order."""
     _reject_peft_model(model)
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and (_matches(target_modules, n) or n in extra)]
-    if not names:
-        raise ValueError(
-            f"No Linear layer matches target_modules={target_modules!r}. Name modules as in "
-            "model.named_modules(), e.g. ['up_proj', 'down_proj']."
-        )
-    return names
+    targets = find_target_modules(model, target_modules)
+    return [n for n, m in model.named_modules() if n in targets or (n in extra and isinstance(m, ROW_MODULES))]
 
 
 def _reject_peft_model(model: nn.Module) -> None:
@@ -139,13 +123,13 @@ class _Recorder:
 
 
 def _layer_container(module_name: str) -> str:
-    match = _LAYER_INDEX.search(module_name + ".")
-    if match is None:
+    container = block_name(module_name)
+    if container is None:
         raise ValueError(
             f"Module {module_name!r} is not inside a numbered decoder layer, so correlate_with='layer_output' has "
             "no layer hidden state for it. Use correlate_with='other_model' or leave it out of target_modules."
         )
-    return module_name[:match.start()] + "." + match.group(1)
+    return container
 
 
 @torch.inference_mode()
@@ -161,7 +145,7 @@ def neuron_pearson_scores(
     batch_size: int = 8,
     max_length: int = 128,
     progress: bool = True,
-) -> NeuronScores:
+) -> PearsonScores:
     """Run both models over ``inputs`` and return each neuron's highest Pearson coefficient in each model.
 
     Activations are streamed into :class:`StreamingPearson` batch by batch, so memory does not grow with
@@ -170,10 +154,10 @@ def neuron_pearson_scores(
     if correlate_with not in ("layer_output", "other_model"):
         raise ValueError(f"correlate_with must be 'layer_output' or 'other_model', got {correlate_with!r}.")
     check_same_architecture(model_a, model_b)
-    names = find_target_modules(model_a, target_modules, extra_modules)
+    names = analysed_modules(model_a, target_modules, extra_modules)
     ids = tokenize(inputs, tokenizer, max_length)
     modules = dict(model_a.named_modules())
-    sizes = [modules[n].out_features for n in names]
+    sizes = [module_shape(modules[n])[0] for n in names]
     if correlate_with == "layer_output":
         containers = {n: _layer_container(n) for n in names}
         width = _hidden_width(model_a)
@@ -216,10 +200,10 @@ def neuron_pearson_scores(
             corr = stats_a[name].correlation()
             scores_a.append(corr.max(dim=1).values)
             scores_b.append(corr.max(dim=0).values)
-    return NeuronScores(
+    return PearsonScores(
         modules=names,
         sizes=sizes,
-        layers=[layer_index(n) for n in names],
+        layers=[-1 if layer_index(n) is None else layer_index(n) for n in names],
         scores_a=torch.cat(scores_a),
         scores_b=torch.cat(scores_b),
         correlate_with=correlate_with,

@@ -18,8 +18,10 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from ..selection.neuron_selection import NeuronSelection
-from .collect import DEFAULT_TARGET_MODULES, TargetModules, find_target_modules
+from .._shapes import module_shape, weight_rows
+from .._targets import DEFAULT_TARGET_MODULES, TargetModules
+from ..neuron_selection import NeuronSelection
+from .collect import analysed_modules
 from .inputs import Inputs, batches, tokenize
 
 
@@ -116,14 +118,15 @@ def select_neurons_by_probe(
     classes = sorted(set(labels), key=str)
     if len(classes) < 2:
         raise ValueError(f"The probe needs at least two distinct labels, got only {classes}.")
-    names = find_target_modules(model, target_modules)
+    names = analysed_modules(model, target_modules)
     modules = dict(model.named_modules())
-    total = sum(modules[n].out_features for n in names)
+    shapes = {n: module_shape(modules[n]) for n in names}
+    total = sum(out_f for out_f, _ in shapes.values())
     if (num_neurons is None) == (num_params is None):
         raise ValueError("Pass exactly one budget: num_neurons=... or num_params=....")
     if num_neurons is not None and not 0 < num_neurons <= total:
         raise ValueError(f"num_neurons must lie in [1, {total}] (the neurons of the target modules), got {num_neurons}.")
-    cost = torch.cat([torch.full((modules[n].out_features,), modules[n].in_features) for n in names])
+    cost = torch.cat([torch.full((out_f,), in_f) for out_f, in_f in shapes.values()])
     if num_params is not None and num_params < int(cost.min()):
         raise ValueError(f"num_params={num_params} is below the cost of one neuron ({int(cost.min())} parameters).")
     label_ids = torch.tensor([classes.index(label) for label in labels])
@@ -132,7 +135,7 @@ def select_neurons_by_probe(
     for name in names:
         weights, bias = fit_ridge_classifier(features[name], label_ids, alpha)
         accuracy[name] = float(((features[name] @ weights + bias).argmax(1) == label_ids).float().mean())
-        rows = modules[name].weight.detach().float().cpu()
+        rows = weight_rows(modules[name]).detach().float().cpu()
         cosine = nn.functional.normalize(rows, dim=1) @ nn.functional.normalize(weights, dim=0)
         scores[name] = cosine.abs().max(dim=1).values
     flat = torch.cat([scores[n] for n in names])
@@ -157,6 +160,6 @@ def select_neurons_by_probe(
         "classes": [str(c) for c in classes],
         "num_examples": len(dataset),
         "probe_train_accuracy": accuracy,
-        "shapes": {n: list(modules[n].weight.shape) for n in names},
+        "shapes": {n: list(shape) for n, shape in shapes.items()},
     }
     return NeuronSelection(rows=rows, scores=scores, metadata=metadata)

@@ -10,8 +10,9 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from ..selection.neuron_selection import NeuronSelection
-from .collect import DEFAULT_TARGET_MODULES, CorrelateWith, NeuronScores, TargetModules, neuron_pearson_scores
+from .._targets import DEFAULT_TARGET_MODULES, ROW_MODULES, TargetModules
+from ..neuron_selection import NeuronSelection
+from .collect import CorrelateWith, PearsonScores, neuron_pearson_scores
 from .inputs import Inputs
 
 #: Default "strongly affected" threshold as a fraction of all analysed neurons. The paper uses
@@ -48,7 +49,7 @@ def resolve_threshold(strong_threshold: Union[int, float], num_neurons: int) -> 
     return int(round(strong_threshold * num_neurons))
 
 
-def selection_mask(selection: NeuronSelection, scores: NeuronScores) -> torch.Tensor:
+def selection_mask(selection: NeuronSelection, scores: PearsonScores) -> torch.Tensor:
     """Boolean mask over the flat neuron order: True for neurons in ``selection`` (the trained rows)."""
     offsets = scores.offsets()
     sizes = dict(zip(scores.modules, scores.sizes))
@@ -74,7 +75,7 @@ def selection_mask(selection: NeuronSelection, scores: NeuronScores) -> torch.Te
 class UtilizationReport:
     """Per-neuron scores, ranks and categories of model B relative to model A, with summaries."""
 
-    scores: NeuronScores
+    scores: PearsonScores
     rank_a: torch.Tensor
     rank_b: torch.Tensor
     strong_threshold: int
@@ -168,7 +169,7 @@ class UtilizationReport:
 
 
 def compare_utilization(
-    scores: NeuronScores,
+    scores: PearsonScores,
     selection: Optional[NeuronSelection] = None,
     strong_threshold: Union[int, float] = DEFAULT_STRONG_THRESHOLD,
     bucket_edges: Sequence[float] = DEFAULT_BUCKET_EDGES,
@@ -214,10 +215,10 @@ def analyze_models(
     """
     if selection is not None:
         names = dict(model_a.named_modules())
-        foreign = [n for n in selection.rows if not isinstance(names.get(n), nn.Linear)]
+        foreign = [n for n in selection.rows if not isinstance(names.get(n), ROW_MODULES)]
         if foreign:
             raise ValueError(
-                f"The selection names {foreign[:3]}, which are not Linear layers of model_a: the selection was made "
+                f"The selection names {foreign[:3]}, which are not Linear/Conv1D layers of model_a: the selection was made "
                 "for another model. Module names are relative to the base model."
             )
     scores = neuron_pearson_scores(

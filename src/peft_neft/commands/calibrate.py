@@ -14,7 +14,7 @@ _FIELDS = (("prompt", "completion"), ("source", "target"))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..selection.cli_args import add_selection_arguments
+    from ._selection_options import add_selection_arguments
 
     parser.add_argument("--model", default="default", help="transformers folder, or 'default' (embedded SmolLM2-135M)")
     parser.add_argument("--data", required=True,
@@ -59,7 +59,7 @@ def read_pairs(path: str | Path, max_examples: int | None = None) -> list[tuple[
 def run(args: argparse.Namespace) -> int:
     from ..calibration import calibrate, gradient_scores, tokenize_pair
     from ..models import load_model_and_tokenizer
-    from ..selection.cli_args import select_and_save
+    from ._selection_options import select_and_save
 
     pairs = read_pairs(args.data, args.max_examples)
     model, tokenizer = load_model_and_tokenizer(None if args.model == "default" else args.model)

@@ -1,9 +1,9 @@
-"""Neuron selection: scores, budgets and the ``NeuronSelection`` container."""
+"""Neuron selection: scores, budgets, and the choice of rows that makes a ``NeuronSelection``."""
 
-from .neuron_selection import NeuronSelection, overlap
+from ..neuron_selection import NeuronSelection, overlap
 from .budget import budget_from_lora
-from .scores import NeuronScores
-from .scoring import score_checkpoints, score_models
+from .cosine import score_checkpoints, score_models
+from .neuron_scores import NeuronScores
 from .select import select_hybrid, select_neurons
 
 __all__ = [

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Optional
 
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
-from .scores import TargetModules, find_target_modules, module_shape
-
-_BLOCK_INDEX = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
-
-
-def layer_index(module_name: str) -> Optional[int]:
-    """The decoder-block index in a module name (``model.layers.7.mlp.up_proj`` -> 7), None outside blocks."""
-    match = _BLOCK_INDEX.search(module_name)
-    return int(match.group(1)) if match else None
+from .._shapes import module_shape
+from .._targets import ROW_MODULES, TargetModules, find_target_modules, layer_index
 
 
 def budget_from_lora(model: nn.Module, r: int, target_modules: Optional[TargetModules] = None) -> int:
@@ -32,7 +23,7 @@ def budget_from_lora(model: nn.Module, r: int, target_modules: Optional[TargetMo
     if target_modules is None:
         modules = [
             m for name, m in model.named_modules()
-            if isinstance(m, (nn.Linear, Conv1D)) and layer_index(name) is not None
+            if isinstance(m, ROW_MODULES) and layer_index(name) is not None
         ]
         if not modules:
             raise ValueError("The model has no Linear layers inside numbered decoder blocks; pass target_modules.")

@@ -7,9 +7,10 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .budget import Budget, layer_index, resolve_budget
-from .neuron_selection import NeuronSelection
-from .scores import NeuronScores
+from .._targets import layer_index
+from ..neuron_selection import NeuronSelection
+from .budget import Budget, resolve_budget
+from .neuron_scores import NeuronScores
 
 STRATEGIES = ("lowest", "reversed", "random")
 

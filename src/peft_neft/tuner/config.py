@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 import torch
 from peft.config import PeftConfig
+from peft.utils import PeftType
 
-from ..selection.neuron_selection import NeuronSelection
+from .._targets import matches
+from ..neuron_selection import NeuronSelection
 
 NeuronsSpec = Union[Mapping[str, Sequence[int]], NeuronSelection, str, os.PathLike]
 
 _DELTA_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 _PEFT_MODEL_PREFIX = "base_model.model."
+PEFT_TYPE_NAME = "NEFT"
+"""The member of peft's ``PeftType`` enum that importing ``peft_neft`` adds (see :mod:`peft_neft.registration`)."""
 
 
 def normalize_rows(module: str, rows: Any) -> torch.Tensor:
@@ -53,13 +56,6 @@ def normalize_rows(module: str, rows: Any) -> torch.Tensor:
     return tensor
 
 
-def _target_matches(target_modules: Union[str, Sequence[str]], name: str) -> bool:
-    """peft's matching rule: a regex must match the full name, a list entry the name or its suffix."""
-    if isinstance(target_modules, str):
-        return re.fullmatch(target_modules, name) is not None
-    return any(name == t or name.endswith("." + t) for t in target_modules)
-
-
 @dataclass
 class NeFTConfig(PeftConfig):
     """Configuration of a NeFT adapter.
@@ -92,10 +88,8 @@ class NeFTConfig(PeftConfig):
     )
 
     def __post_init__(self) -> None:
-        from ..registration import PEFT_TYPE_NAME, _add_peft_type_member
-
         super().__post_init__()
-        self.peft_type = _add_peft_type_member(PEFT_TYPE_NAME)
+        self.peft_type = PeftType[PEFT_TYPE_NAME]
         if self.delta_dtype not in _DELTA_DTYPES:
             raise ValueError(f"delta_dtype must be one of {sorted(_DELTA_DTYPES)}, got {self.delta_dtype!r}.")
         if self.neurons is not None:
@@ -111,7 +105,7 @@ class NeFTConfig(PeftConfig):
             )
         self.neuron_counts = {name: int(count) for name, count in self.neuron_counts.items()}
         if self.target_modules is not None:
-            unmatched = [n for n in self.neuron_counts if not _target_matches(self.target_modules, n)]
+            unmatched = [n for n in self.neuron_counts if not matches(self.target_modules, n)]
             if unmatched:
                 raise ValueError(
                     f"Selected modules {unmatched[:5]} do not match target_modules={self.target_modules!r}. "

@@ -11,23 +11,19 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 from transformers.pytorch_utils import Conv1D
 
-from .scores import (
-    DEFAULT_TARGETS,
-    NeuronScores,
+from .._shapes import count_params, fingerprint_of, meta_model, model_fingerprint, module_shape, weight_rows
+from .._targets import (
+    DEFAULT_TARGET_MODULES,
+    ROW_MODULES,
     TargetModules,
     check_targets_found,
-    count_params,
     find_target_modules,
-    fingerprint_of,
-    linear_suffixes,
     matches,
-    model_fingerprint,
-    module_shape,
-    weight_rows,
+    row_module_names,
 )
+from .neuron_scores import NeuronScores
 
 _CHUNK_ELEMENTS = 1 << 22
 
@@ -53,7 +49,7 @@ def cosine_rows(original: torch.Tensor, finetuned: torch.Tensor) -> torch.Tensor
 
 
 def score_models(
-    original: nn.Module, finetuned: nn.Module, target_modules: TargetModules = DEFAULT_TARGETS
+    original: nn.Module, finetuned: nn.Module, target_modules: TargetModules = DEFAULT_TARGET_MODULES
 ) -> NeuronScores:
     """Score every output neuron of the target modules by the cosine similarity of its row (Conv1D: column)."""
     orig_modules = find_target_modules(original, target_modules)
@@ -61,7 +57,7 @@ def score_models(
     scores, in_features = {}, {}
     for name, module in orig_modules.items():
         other = ft_modules.get(name)
-        if other is None or not isinstance(other, (nn.Linear, Conv1D)):
+        if other is None or not isinstance(other, ROW_MODULES):
             raise ValueError(f"The fine-tuned model has no Linear module {name!r}: the two models differ in structure.")
         if module_shape(other) != module_shape(module):
             raise ValueError(
@@ -95,19 +91,6 @@ def _safetensors_files(path: str | os.PathLike) -> list[Path]:
     return files
 
 
-def _module_types(checkpoint_dir: Path) -> dict[str, nn.Module] | None:
-    """The model's modules, built on the meta device from config.json (no weights), or None without a config."""
-    if not (checkpoint_dir / "config.json").is_file():
-        return None
-    config = AutoConfig.from_pretrained(checkpoint_dir)
-    with torch.device("meta"):
-        try:
-            model = AutoModelForCausalLM.from_config(config)
-        except ValueError:  # not a causal LM: a bare model's checkpoint uses the bare model's names
-            model = AutoModel.from_config(config)
-    return dict(model.named_modules())
-
-
 class _Checkpoint:
     """Read-only view of a (possibly sharded) safetensors checkpoint: key -> lazily loaded tensor."""
 
@@ -131,7 +114,7 @@ class _Checkpoint:
 def score_checkpoints(
     base_dir: str | os.PathLike,
     finetuned_dir: str | os.PathLike,
-    target_modules: TargetModules = DEFAULT_TARGETS,
+    target_modules: TargetModules = DEFAULT_TARGET_MODULES,
 ) -> NeuronScores:
     """Like :func:`score_models`, but streamed tensor by tensor from two safetensors checkpoints.
 
@@ -140,7 +123,8 @@ def score_checkpoints(
     (scored per column) from Linear layers; without one every 2-D ``*.weight`` is taken as a Linear.
     """
     base_path = Path(base_dir)
-    modules = _module_types(base_path if base_path.is_dir() else base_path.parent)
+    model_dir = base_path if base_path.is_dir() else base_path.parent
+    modules = dict(meta_model(model_dir).named_modules()) if (model_dir / "config.json").is_file() else None
     with ExitStack() as stack:
         base, tuned = _Checkpoint(base_dir, stack), _Checkpoint(finetuned_dir, stack)
         shapes = {key: base.shape(key) for key in base.keys()}
@@ -151,8 +135,8 @@ def score_checkpoints(
             if key.endswith(".weight") and len(shape) == 2 and matches(target_modules, key[: -len(".weight")])
         }
         if modules is not None:
-            candidates = {n: k for n, k in candidates.items() if isinstance(modules.get(n), (nn.Linear, Conv1D))}
-            available = linear_suffixes(modules.items())
+            candidates = {n: k for n, k in candidates.items() if isinstance(modules.get(n), ROW_MODULES)}
+            available = row_module_names(modules.items())
         else:
             available = sorted({k[: -len(".weight")].rsplit(".", 1)[-1] for k, s in shapes.items() if len(s) == 2})
         check_targets_found(target_modules, candidates, available)

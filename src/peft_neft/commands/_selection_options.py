@@ -1,4 +1,4 @@
-"""Command-line options shared by ``peft-neft select`` and ``peft-neft calibrate``: budget, strategy, output."""
+"""Options shared by ``peft-neft select`` and ``peft-neft calibrate`` (budget, strategy, output), and their use."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from typing import Callable
 
 from torch import nn
 
-from .budget import budget_from_lora
-from .neuron_selection import NeuronSelection
-from .scores import NeuronScores
-from .select import STRATEGIES, select_neurons
+from .._targets import DEFAULT_TARGET_MODULES
+from ..neuron_selection import NeuronSelection
+from ..selection import NeuronScores, budget_from_lora, select_neurons
+from ..selection.select import STRATEGIES
 
 
 def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,8 +22,8 @@ def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
     budget.add_argument("--lora-rank", type=int, help="budget: as many parameters as LoRA of this rank on every block Linear")
     parser.add_argument("--strategy", choices=STRATEGIES, default="lowest",
                         help="lowest: most changed first (paper); reversed: least changed first; random (seeded)")
-    parser.add_argument("--target-modules", nargs="+", default=["up_proj", "down_proj"],
-                        help="Linear layers whose rows are scored (default: up_proj down_proj)")
+    parser.add_argument("--target-modules", nargs="+", default=list(DEFAULT_TARGET_MODULES),
+                        help=f"Linear layers whose rows are scored (default: {' '.join(DEFAULT_TARGET_MODULES)})")
     parser.add_argument("--per-layer-quota", action="store_true", help="give every layer its share of the budget")
     parser.add_argument("--seed", type=int, default=0, help="seed (random strategy, calibration data order)")
     parser.add_argument("--out", required=True, help="where to write the selection (.safetensors)")

@@ -6,8 +6,8 @@ import os
 import textwrap
 from typing import TYPE_CHECKING
 
-from ..atomic import atomic_path
-from .budget import layer_index
+from ._targets import layer_index
+from .atomic import atomic_path
 
 if TYPE_CHECKING:
     from .neuron_selection import NeuronSelection

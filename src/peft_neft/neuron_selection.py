@@ -16,7 +16,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..atomic import atomic_path
+from ._shapes import check_fingerprint, module_shapes
+from ._targets import layer_index
+from .atomic import atomic_path
+from .selection_plot import plot_selection
 
 _ROWS = "rows/"
 _SCORES = "scores/"
@@ -55,25 +58,14 @@ class NeuronSelection:
     def check_model(self, model: nn.Module) -> None:
         """Raise a clear error unless every selected module exists in ``model`` with the rows in range
         and, when the selection records one, the model's fingerprint matches."""
-        from .scores import model_fingerprint, module_shape
-
-        modules = dict(model.named_modules())
-        for name, rows in self.rows.items():
-            if name not in modules:
-                raise ValueError(
-                    f"The selection names module {name!r}, which the model does not have: was it made for another model?"
-                )
-            out_f, _ = module_shape(modules[name])
+        for name, (out_f, _) in module_shapes(model, self.rows, "the selection").items():
+            rows = self.rows[name]
             if rows.numel() and int(rows.max()) >= out_f:
                 raise ValueError(
                     f"The selection picks row {int(rows.max())} of module {name!r}, which has {out_f} output neurons: "
                     "it was made for another base model."
                 )
-        if self.fingerprint is not None and self.fingerprint != model_fingerprint(model):
-            raise ValueError(
-                f"The selection was made on a base model with other weight shapes (fingerprint {self.fingerprint} "
-                f"vs {model_fingerprint(model)}). Select neurons on the model you will train."
-            )
+        check_fingerprint(model, self.fingerprint, "the selection", "Select neurons on the model you will train.")
 
     def _combine(self, other: "NeuronSelection", op: str) -> "NeuronSelection":
         if not isinstance(other, NeuronSelection):
@@ -119,8 +111,6 @@ class NeuronSelection:
 
     def summary_rows(self) -> list[dict[str, Any]]:
         """One dict per decoder block: selected neurons per module kind, and their parameters."""
-        from .budget import layer_index
-
         in_features = self.metadata.get("in_features", {})
         out_features = self.metadata.get("out_features", {})
         table: dict[Any, dict[str, Any]] = {}
@@ -163,9 +153,7 @@ class NeuronSelection:
         return line
 
     def plot(self, path: str | os.PathLike) -> None:
-        """Write a PNG of the selected neurons per layer and module (see :mod:`peft_neft.selection.plot`)."""
-        from .plot import plot_selection
-
+        """Write a PNG of the selected neurons per layer and module (see :mod:`peft_neft.selection_plot`)."""
         plot_selection(self, path)
 
     def save(self, path: str | os.PathLike) -> None:

@@ -1,0 +1,87 @@
+"""Shapes of a model's row modules and the fingerprint that ties scores and selections to one base model.
+
+Also builds a model's module tree on the meta device (no weights) from its ``config.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+from transformers.pytorch_utils import Conv1D
+
+
+def module_shape(module: nn.Module) -> tuple[int, int]:
+    """(out_features, in_features) of a Linear or Conv1D: a "row" is one output neuron."""
+    if isinstance(module, Conv1D):
+        in_f, out_f = module.weight.shape
+        return int(out_f), int(in_f)
+    if isinstance(module, nn.Linear):
+        return int(module.out_features), int(module.in_features)
+    raise TypeError(f"Only nn.Linear and Conv1D have neuron rows, got {type(module).__name__}.")
+
+
+def weight_rows(module: nn.Module) -> torch.Tensor:
+    """The weight as (out_features, in_features); a transposed view for Conv1D."""
+    return module.weight.T if isinstance(module, Conv1D) else module.weight
+
+
+def fingerprint_of(shapes: Iterable[tuple[str, Sequence[int]]]) -> str:
+    """A short hash of the names and shapes of a model's 2-D weights."""
+    digest = hashlib.sha256()
+    for name, shape in sorted((n, tuple(int(d) for d in s)) for n, s in shapes if len(s) == 2):
+        digest.update(f"{name}:{shape};".encode())
+    return digest.hexdigest()[:16]
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """Fingerprint of a model in memory (tied weights counted once, as in its safetensors checkpoint)."""
+    return fingerprint_of((n, p.shape) for n, p in model.named_parameters())
+
+
+def count_params(model: nn.Module) -> int:
+    """All parameters of the model, tied weights counted once."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def module_shapes(model: nn.Module, names: Iterable[str], owner: str) -> dict[str, tuple[int, int]]:
+    """(out_features, in_features) of each named module; a clear error for one the model does not have.
+
+    ``owner`` names what lists the modules in the error (``"the selection"``, ``"the scores"``).
+    """
+    modules = dict(model.named_modules())
+    shapes = {}
+    for name in names:
+        if name not in modules:
+            raise ValueError(
+                f"Module {name!r} in {owner} is not a module of this model: was it made for another model?"
+            )
+        shapes[name] = module_shape(modules[name])
+    return shapes
+
+
+def check_fingerprint(model: nn.Module, fingerprint: str | None, owner: str, fix: str) -> None:
+    """Raise unless ``model`` has the weight shapes ``fingerprint`` records (None: nothing recorded)."""
+    if fingerprint is not None and fingerprint != model_fingerprint(model):
+        raise ValueError(
+            f"{owner.capitalize()} comes from another base model: its weight shapes differ (fingerprint "
+            f"{fingerprint} vs {model_fingerprint(model)}). {fix}"
+        )
+
+
+def meta_model(model_dir: str | os.PathLike) -> nn.Module:
+    """The model of a transformers folder built on the meta device from its ``config.json`` (no weights).
+
+    A causal LM when transformers knows one for the config, else the bare model (whose checkpoints use
+    the bare model's module names).
+    """
+    config = AutoConfig.from_pretrained(model_dir)
+    with torch.device("meta"):
+        try:
+            return AutoModelForCausalLM.from_config(config)
+        except ValueError:
+            return AutoModel.from_config(config)

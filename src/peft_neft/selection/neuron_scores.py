@@ -1,0 +1,64 @@
+"""``NeuronScores``: one score per output neuron of each target module, plus what a budget needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._shapes import check_fingerprint, module_shapes
+
+
+@dataclass
+class NeuronScores:
+    """Per-neuron scores of one model's target modules.
+
+    Attributes:
+        scores: module name -> 1-D tensor (out_features,). LOWER means "select first" for every
+            method: the cosine similarity between original and fine-tuned row for ``"cosine"``
+            (float64: after a few steps ``1 - cos`` is ~1e-9, below float32's resolution near 1),
+            the negative accumulated gradient norm for ``"gradient"``.
+        in_features: module name -> parameters one row of that module costs.
+        total_params: all parameters of the base model (the denominator of percent budgets).
+        method: how the scores were made (``"cosine"``, ``"gradient"``, ...).
+        metadata: JSON-serializable provenance; ``"fingerprint"`` identifies the base model's shapes.
+    """
+
+    scores: dict[str, torch.Tensor]
+    in_features: dict[str, int]
+    total_params: int
+    method: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.scores:
+            raise ValueError("NeuronScores needs at least one scored module.")
+        missing = sorted(set(self.scores) - set(self.in_features))
+        if missing:
+            raise ValueError(f"NeuronScores: in_features is missing for modules {missing[:5]}.")
+        for name, s in self.scores.items():
+            if s.ndim != 1 or s.numel() == 0:
+                raise ValueError(f"Scores of module {name!r} must be a non-empty 1-D tensor, got shape {tuple(s.shape)}.")
+            if torch.isnan(s).any():
+                raise ValueError(f"Scores of module {name!r} contain NaN; recompute them.")
+
+    @property
+    def out_features(self) -> dict[str, int]:
+        return {name: int(s.numel()) for name, s in self.scores.items()}
+
+    @property
+    def fingerprint(self) -> str | None:
+        return self.metadata.get("fingerprint")
+
+    def check_model(self, model: nn.Module) -> None:
+        """Raise a clear error unless ``model`` has the shapes these scores were computed on."""
+        for name, shape in module_shapes(model, self.scores, "the scores").items():
+            expected = (self.scores[name].numel(), self.in_features[name])
+            if shape != expected:
+                raise ValueError(
+                    f"Scores of module {name!r} are for shape (out={expected[0]}, in={expected[1]}) but the "
+                    f"model's module has (out={shape[0]}, in={shape[1]}): the scores come from another base model."
+                )
+        check_fingerprint(model, self.fingerprint, "the scores", "Score the model you will train.")
