@@ -154,7 +154,10 @@ class NeuronSelection:
 
     def plot(self, path: str | os.PathLike) -> None:
         """Write a PNG of the selected neurons per layer and module (see :mod:`peft_neft.selection_plot`)."""
-        plot_selection(self, path)
+        title = self.metadata.get("method", "selection")
+        if self.metadata.get("strategy"):
+            title += f" / {self.metadata['strategy']}"
+        plot_selection(self.rows, self.metadata.get("out_features", {}), f"{title}: {self.budget_report()}", path)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the selection to one safetensors file (no pickle), atomically."""

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import os
 import textwrap
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+
+import torch
 
 from ._targets import layer_index
 from .atomic import atomic_path
 
-if TYPE_CHECKING:
-    from .neuron_selection import NeuronSelection
 
-
-def plot_selection(selection: "NeuronSelection", path: str | os.PathLike) -> None:
+def plot_selection(
+    rows: Mapping[str, torch.Tensor], out_features: Mapping[str, int], title: str, path: str | os.PathLike
+) -> None:
     """Write a PNG: a heatmap (module kind x layer) of the percentage of rows selected, and stacked bars of
-    selected neurons per layer. Needs matplotlib (``pip install peft-neft[plot]``)."""
+    selected neurons per layer. ``out_features`` (module -> rows it has) may be empty: the heatmap then
+    shows counts. Needs matplotlib (``pip install peft-neft[plot]``)."""
     try:
         import matplotlib
 
@@ -25,8 +27,7 @@ def plot_selection(selection: "NeuronSelection", path: str | os.PathLike) -> Non
         raise ImportError("Plotting a selection needs matplotlib: pip install 'peft-neft[plot]'.") from err
     import numpy as np
 
-    out_features = selection.metadata.get("out_features", {})
-    names = sorted(set(selection.rows) | set(out_features))
+    names = sorted(set(rows) | set(out_features))
     layers = sorted({layer_index(n) for n in names if layer_index(n) is not None})
     kinds = sorted({n.rsplit(".", 1)[-1] for n in names})
     if not layers:
@@ -35,7 +36,7 @@ def plot_selection(selection: "NeuronSelection", path: str | os.PathLike) -> Non
     share = np.full((len(kinds), len(layers)), np.nan)
     for name in names:
         k, col = kinds.index(name.rsplit(".", 1)[-1]), layers.index(layer_index(name)) if layer_index(name) in layers else 0
-        count = int(selection.rows[name].numel()) if name in selection.rows else 0
+        count = int(rows[name].numel()) if name in rows else 0
         counts[k, col] += count
         if name in out_features:
             share[k, col] = 100.0 * count / out_features[name]
@@ -60,12 +61,8 @@ def plot_selection(selection: "NeuronSelection", path: str | os.PathLike) -> Non
     bottom.set_xlabel("layer")
     bottom.set_ylabel("selected neurons")
     bottom.legend(fontsize=8)
-    meta = selection.metadata
-    title = f"{meta.get('method', 'selection')}"
-    if meta.get("strategy"):
-        title += f" / {meta['strategy']}"
     width = max(40, int(fig.get_figwidth() * 14))
-    fig.suptitle(textwrap.fill(f"{title}: {selection.budget_report()}", width), fontsize=8)
+    fig.suptitle(textwrap.fill(title, width), fontsize=8)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
