@@ -1,12 +1,14 @@
 # Run from the repository root on the project's 2-core CPU (no GPU), 2026-11-23, two compare commands at a time
 # (two lanes, one torch thread each). Resumes into the folder and skips finished (method, seed) runs.
+# DATA is a folder holding multi30k/ (Multi30k task 1, data/task1/raw of github.com/multi30k/dataset) and
+# dialogsumx/ (DialogSumX, dialogsumx.{train,dev,test}.jsonl.gz, from github.com/cylnlp/convsumx).
 
 # LoRA r8 and NeFT matched to it, each trained at 5e-4, 1.5e-3, 4.5e-3 and 1.35e-2 (the same grid for both);
 # the rate with the lowest validation loss is kept and only that model is decoded on the test set.
 peft-neft compare --task summarization --source-lang en --target-lang fr \
-  --train /work/shared/data/dialogsumx/dialogsumx.train.jsonl.gz --source-field en_dialogue --target-field fr_summary \
-  --validation /work/shared/data/dialogsumx/dialogsumx.dev.jsonl.gz --limit-validation 32 \
-  --eval /work/shared/data/dialogsumx/dialogsumx.test.jsonl.gz --limit-eval 200 \
+  --train $DATA/dialogsumx/dialogsumx.train.jsonl.gz --source-field en_dialogue --target-field fr_summary \
+  --validation $DATA/dialogsumx/dialogsumx.dev.jsonl.gz --limit-validation 32 \
+  --eval $DATA/dialogsumx/dialogsumx.test.jsonl.gz --limit-eval 200 \
   --methods lora:8,neft:match-lora:8 --seeds 0 --steps 20 --batch-size 4 --eval-every 20 \
   --lr lora=5e-4 --lr neft=5e-4 --lr-grid 1,3,9,27 \
   --calibration-steps 10 --max-source-tokens 384 --max-new-tokens 80 --eval-batch-size 16 --threads 1 \

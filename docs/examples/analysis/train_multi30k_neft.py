@@ -6,7 +6,10 @@ x% of all model parameters are covered, Reversed_x% the rows with the HIGHEST si
 Each selection is trained with peft + NeFTConfig, merged (merge_and_unload) and saved as a plain
 transformers folder, next to its saved NeuronSelection.
 
-    python docs/analysis/train_multi30k_neft.py --out /tmp/neft_m30k
+How the models of docs/analysis.md were made (2-core CPU, no GPU; MULTI30K is a folder with Multi30k's
+data/task1/raw/train.{en,de}.gz from github.com/multi30k/dataset):
+
+    OMP_NUM_THREADS=1 python docs/examples/analysis/train_multi30k_neft.py --data MULTI30K --out /tmp/neft_m30k
 """
 
 from __future__ import annotations
@@ -21,14 +24,13 @@ import torch
 from peft import get_peft_model
 
 import peft_neft
+from peft_neft._targets import DEFAULT_TARGET_MODULES as TARGETS
 from peft_neft.models import load_model_and_tokenizer
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "multi30k"
-TARGETS = ("up_proj", "down_proj")
 
 
-def read_lines(name: str, limit: int) -> list[str]:
-    with gzip.open(DATA / name, "rt", encoding="utf-8") as handle:
+def read_lines(folder: Path, name: str, limit: int) -> list[str]:
+    with gzip.open(folder / name, "rt", encoding="utf-8") as handle:
         return [next(handle).strip() for _ in range(limit)]
 
 
@@ -96,6 +98,7 @@ def pick(cosines: dict[str, torch.Tensor], in_features: dict[str, int], budget: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True, help="folder with Multi30k's train.en.gz and train.de.gz")
     parser.add_argument("--out", required=True)
     parser.add_argument("--examples", type=int, default=512)
     parser.add_argument("--calib-steps", type=int, default=16)
@@ -108,7 +111,8 @@ def main() -> None:
     out = Path(args.out)
     torch.manual_seed(0)
     base, tokenizer = load_model_and_tokenizer(None)
-    examples = encode(tokenizer, read_lines("train.en.gz", args.examples), read_lines("train.de.gz", args.examples))
+    examples = encode(tokenizer, read_lines(args.data, "train.en.gz", args.examples),
+                       read_lines(args.data, "train.de.gz", args.examples))
     pad_id = tokenizer.pad_token_id
     total = sum(p.numel() for p in base.parameters())
     budget = int(total * args.percent / 100)

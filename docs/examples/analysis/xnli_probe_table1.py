@@ -12,7 +12,11 @@ Methods, all with the same data order, steps and batch size:
               parameters (the paper's 6 %), AdamW, lr --neft-lr
   neft_random NeFT on random up_proj/down_proj rows of the same parameter budget (a control)
 
-    python docs/analysis/xnli_probe_table1.py --out docs/analysis/xnli_table1.json
+How docs/analysis/xnli_table1*.json were made (2-core CPU, no GPU; XNLI is a folder with the XNLI dev split
+as dev-{en,fr,de}.tsv.gz, tab-separated premise / hypothesis / label, e.g. the XTREME-format copy in
+github.com/GautamGupta17/MESH; the exact options of each run are in docs/analysis.md):
+
+    OMP_NUM_THREADS=1 python docs/examples/analysis/xnli_probe_table1.py --data XNLI --out docs/analysis/xnli_table1.json
 """
 
 from __future__ import annotations
@@ -30,16 +34,16 @@ import torch
 from peft import get_peft_model
 
 import peft_neft
+from peft_neft._targets import DEFAULT_TARGET_MODULES
 from peft_neft.analysis import select_neurons_by_probe
 from peft_neft.atomic import atomic_path
 from peft_neft.models import load_model_and_tokenizer
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "xnli"
 LABELS = ("entailment", "neutral", "contradiction")
 
 
-def read_xnli(lang: str) -> list[tuple[str, str, str]]:
-    with gzip.open(DATA / f"dev-{lang}.tsv.gz", "rt", encoding="utf-8") as handle:
+def read_xnli(folder: Path, lang: str) -> list[tuple[str, str, str]]:
+    with gzip.open(folder / f"dev-{lang}.tsv.gz", "rt", encoding="utf-8") as handle:
         return [tuple(row) for row in csv.reader(io.StringIO(handle.read()), delimiter="\t", quoting=csv.QUOTE_NONE)]
 
 
@@ -113,6 +117,7 @@ def random_rows(model, names, budget: int, seed: int = 0) -> dict[str, torch.Ten
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True, help="folder with XNLI's dev-{lang}.tsv.gz")
     parser.add_argument("--out", required=True)
     parser.add_argument("--train", type=int, default=240)
     parser.add_argument("--test", type=int, default=150)
@@ -126,9 +131,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     base, tokenizer = load_model_and_tokenizer(None)
-    english = read_xnli("en")
+    english = read_xnli(args.data, "en")
     train_rows = english[: args.train]
-    tests = {lang: read_xnli(lang)[-args.test:] for lang in args.langs}
+    tests = {lang: read_xnli(args.data, lang)[-args.test:] for lang in args.langs}
     total = sum(p.numel() for p in base.parameters())
     budget = int(total * args.percent / 100)
     started = time.time()
@@ -138,7 +143,7 @@ def main() -> None:
     results = {"args": vars(args), "total_params": total, "probe": {
         "seconds": round(probe_seconds, 1), "neurons": selection.num_neurons, "params": selection.metadata["num_params"],
         "per_module_type": {t: sum(int(r.numel()) for n, r in selection.rows.items() if n.endswith(t))
-                            for t in ("up_proj", "down_proj")},
+                            for t in DEFAULT_TARGET_MODULES},
         "mean_probe_train_accuracy": sum(selection.metadata["probe_train_accuracy"].values())
         / len(selection.metadata["probe_train_accuracy"])}, "methods": {}}
     for method in args.methods:
