@@ -5,6 +5,8 @@
 
 Per task and metric: mean ± sample std over the seeds present (n in brackets), the learning rate each
 run chose, and the paired bootstrap tests that `peft-neft compare` also writes into each folder's results.md.
+The tests read each folder's per-sentence outputs, ``outputs/*.jsonl.gz`` (gzipped JSON lines: source,
+reference, hypothesis), through ``peft_neft.compare.paired_tests``.
 """
 
 from __future__ import annotations
