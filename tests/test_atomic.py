@@ -56,7 +56,10 @@ def _same(a, b):
 
 
 def _leftovers(folder: Path, name: str):
-    return sorted(p.name for p in folder.iterdir() if p.name.startswith(f".{name}."))
+    """Hidden temporaries beside ``folder/name`` and, for a saved adapter, inside it."""
+    beside = [p.name for p in folder.iterdir() if p.name.startswith(f".{name}.")]
+    inside = [p.name for p in (folder / name).glob(".neft-save.*")] if (folder / name).is_dir() else []
+    return sorted(beside + inside)
 
 
 def test_atomic_save_keeps_every_other_file_in_the_folder(tmp_path):

@@ -1,9 +1,10 @@
 """Atomic writes: a file appears complete under its final name, or not at all; nothing else is touched.
 
-Every writer here first writes beside its target, under a hidden name ``.<target name>.<random>.tmp``, and
-moves the result into place with ``os.replace`` (one atomic rename on POSIX and Windows). A process killed
-mid-write leaves only such hidden temporaries; the next write to the same target removes them. One writer
-per target at a time is assumed: a second concurrent writer's temporaries would be removed as leftovers.
+Every writer here first writes to a hidden temporary on the target's file system (``.<target name>.<random>.tmp``
+beside a file or folder; ``.neft-save.<random>.tmp`` inside an adapter folder) and moves the result into place
+with ``os.replace`` (one atomic rename on POSIX and Windows). A process killed mid-write leaves only such hidden
+temporaries; the next write to the same target removes them. One writer per target at a time is assumed: a
+second concurrent writer's temporaries would be removed as leftovers.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 _CONFIG_NAME = "adapter_config.json"
+_SAVE_PREFIX = ".neft-save."  # save_pretrained_atomically's temporary folder, inside the target
 
 
 def _umask() -> int:
@@ -24,13 +26,12 @@ def _umask() -> int:
     return mask
 
 
-def _leftovers(target: Path, suffix: str) -> list[Path]:
-    """Temporaries ``.<target name>.<random><suffix>`` beside ``target``, left by an interrupted write."""
-    prefix = f".{target.name}."
-    if not target.parent.is_dir():
+def _leftovers(folder: Path, prefix: str, suffix: str) -> list[Path]:
+    """Temporaries ``<prefix><random><suffix>`` in ``folder``, left by an interrupted write."""
+    if not folder.is_dir():
         return []
     return [
-        entry for entry in target.parent.iterdir()
+        entry for entry in folder.iterdir()
         if entry.name.startswith(prefix) and entry.name.endswith(suffix)
         and "." not in entry.name[len(prefix):-len(suffix)]  # mkstemp's random part has no dot
     ]
@@ -51,7 +52,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    for leftover in _leftovers(target, ".tmp"):
+    for leftover in _leftovers(target.parent, f".{target.name}.", ".tmp"):
         _remove(leftover)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
@@ -74,11 +75,11 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    for old in _leftovers(target, ".old"):
+    for old in _leftovers(target.parent, f".{target.name}.", ".old"):
         if not target.exists() and (old / "contents").exists():
             os.replace(old / "contents", target)  # a kill between the renames hid it there
         _remove(old)
-    for leftover in _leftovers(target, ".tmp"):
+    for leftover in _leftovers(target.parent, f".{target.name}.", ".tmp"):
         _remove(leftover)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; give it a normal folder's mode
@@ -105,10 +106,11 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 def save_pretrained_atomically(model, save_directory: str | os.PathLike, **kwargs) -> None:
     """``model.save_pretrained(save_directory, **kwargs)``, but no file is ever half-written.
 
-    The save goes to a temporary folder beside ``save_directory``; then each file it wrote replaces its
-    counterpart in ``save_directory`` with one atomic rename, weights before ``adapter_config.json``. Every
-    other file in the folder (a tokenizer, training arguments, other adapters' subfolders) is kept, as with
-    plain ``save_pretrained``, and an existing ``README.md`` is updated the way peft updates it.
+    The save goes to a hidden temporary folder inside ``save_directory`` (so it is on the same file system
+    even when the folder is a mount point or a symlink); then each file it wrote replaces its counterpart
+    with one atomic rename, weights before ``adapter_config.json``. Every other file in the folder (a
+    tokenizer, training arguments, other adapters' subfolders) is kept, as with plain ``save_pretrained``,
+    and an existing ``README.md`` is updated the way peft updates it.
 
     At every instant each file is either its complete old or complete new version. A crash between an
     adapter's two renames leaves its new weights beside its old config: that loads as the new adapter when
@@ -119,9 +121,9 @@ def save_pretrained_atomically(model, save_directory: str | os.PathLike, **kwarg
     if not kwargs.get("is_main_process", True):  # peft writes nothing on other ranks; neither do we
         return
     target.mkdir(parents=True, exist_ok=True)
-    for leftover in [*_leftovers(target, ".tmp"), *_leftovers(target, ".old")]:
+    for leftover in _leftovers(target, _SAVE_PREFIX, ".tmp"):
         _remove(leftover)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_SAVE_PREFIX, suffix=".tmp", dir=target))
     try:
         if (target / "README.md").is_file():
             shutil.copy2(target / "README.md", tmp / "README.md")  # peft updates an existing model card
