@@ -168,6 +168,18 @@ def test_a_failing_writer_changes_nothing_and_leaves_nothing_behind(tmp_path, mo
     assert _leftovers(tmp_path, "adapter") == []
 
 
+def test_atomic_save_recovers_an_adapter_a_killed_folder_swap_hid_and_cleans_up(tmp_path):
+    # What a SIGKILL between the two renames of a whole-folder swap leaves: the old folder moved aside.
+    model = _two_adapter_model()
+    hidden = tmp_path / ".adapter.x1.old" / "contents"
+    model.save_pretrained(hidden, selected_adapters=["default"])
+    (tmp_path / ".adapter.x2.tmp").mkdir()
+    save_pretrained_atomically(model, tmp_path / "adapter", selected_adapters=["other"])
+    assert _same(_load(tmp_path / "adapter"), _deltas(model, "default"))
+    assert _same(_load(tmp_path / "adapter", "other"), _deltas(model, "other"))
+    assert _leftovers(tmp_path, "adapter") == []
+
+
 _CHILD = textwrap.dedent(
     """
     import os, sys, time

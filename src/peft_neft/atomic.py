@@ -65,6 +65,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.remove(tmp)
 
 
+def _recover_folder(target: Path) -> None:
+    """Undo what a kill during a folder swap left beside ``target``: move a hidden old folder back, drop temporaries."""
+    for old in _leftovers(target.parent, f".{target.name}.", ".old"):
+        if not target.exists() and (old / "contents").exists():
+            os.replace(old / "contents", target)  # a kill between the two renames hid it there
+        _remove(old)
+    for leftover in _leftovers(target.parent, f".{target.name}.", ".tmp"):
+        _remove(leftover)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; on success it takes the place of ``path`` as a whole.
@@ -75,12 +85,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    for old in _leftovers(target.parent, f".{target.name}.", ".old"):
-        if not target.exists() and (old / "contents").exists():
-            os.replace(old / "contents", target)  # a kill between the renames hid it there
-        _remove(old)
-    for leftover in _leftovers(target.parent, f".{target.name}.", ".tmp"):
-        _remove(leftover)
+    _recover_folder(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; give it a normal folder's mode
     try:
@@ -120,7 +125,9 @@ def save_pretrained_atomically(model, save_directory: str | os.PathLike, **kwarg
     target = Path(save_directory)
     if not kwargs.get("is_main_process", True):  # peft writes nothing on other ranks; neither do we
         return
-    target.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _recover_folder(target)  # whole-folder swaps of earlier saves may have left a folder hidden beside it
+    target.mkdir(exist_ok=True)
     for leftover in _leftovers(target, _SAVE_PREFIX, ".tmp"):
         _remove(leftover)
     tmp = Path(tempfile.mkdtemp(prefix=_SAVE_PREFIX, suffix=".tmp", dir=target))
