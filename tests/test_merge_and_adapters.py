@@ -237,6 +237,20 @@ def test_loading_an_lm_head_adapter_onto_a_tied_base_is_refused(tmp_path):
         PeftModel.from_pretrained(_tied_llama(), tmp_path)
 
 
+def test_a_weight_tied_after_get_peft_model_is_refused_before_any_merge():
+    model = _tied_llama()
+    model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
+    peft_model = get_peft_model(model, NeFTConfig(neurons={"lm_head": [3, 7], **A}))
+    _randomize(peft_model, "default", 12)
+    peft_model.base_model.model.lm_head.base_layer.weight = peft_model.base_model.model.model.embed_tokens.weight
+    before = _weights(peft_model)
+    for merge in (peft_model.merge_adapter, peft_model.merge_and_unload):
+        with pytest.raises(ValueError, match="tied to 'model.embed_tokens.weight'"):
+            merge()
+    after = _weights(peft_model)
+    assert all(torch.equal(before[n], after[n]) for n in before)
+
+
 def test_the_untie_fix_in_the_error_message_gives_an_exact_merge():
     model = _tied_llama()
     embeddings = model.model.embed_tokens.weight.detach().clone()

@@ -12,6 +12,26 @@ from .config import NeFTConfig
 from .layer import Linear, NeFTLayer
 
 
+def _names_of_parameters(model: nn.Module) -> dict[int, list[str]]:
+    """Every name of each parameter, by ``id``: a tied weight has several."""
+    names_of: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names_of.setdefault(id(param), []).append(name)
+    return names_of
+
+
+def _refuse_tied_weight(name: str, base: nn.Module, names_of: dict[int, list[str]]) -> None:
+    """Raise if ``base.weight`` is shared with a parameter outside module ``name``: a row merge would change both."""
+    tied = [other for other in names_of.get(id(base.weight), []) if not other.startswith(f"{name}.")]
+    if tied:
+        raise ValueError(
+            f"NeFT cannot adapt module {name!r}: its weight is tied to {tied[0]!r} (a shared parameter, as with "
+            "tie_word_embeddings=True), so merging its rows would change that weight too. Untie it first: "
+            f"`model.{name}.weight = torch.nn.Parameter(model.{name}.weight.detach().clone()); "
+            f"model.config.tie_word_embeddings = False`, or remove {name!r} from the selection."
+        )
+
+
 class NeFTModel(BaseTuner):
     """Creates a NeFT model from a pretrained transformers model.
 
@@ -32,9 +52,7 @@ class NeFTModel(BaseTuner):
                 "Module names are relative to the base model (as in base_model.named_modules()); was the selection "
                 "made for another model?"
             )
-        names_of = {}  # every name of each parameter: a tied weight has several
-        for param_name, param in model.named_parameters(remove_duplicate=False):
-            names_of.setdefault(id(param), []).append(param_name)
+        names_of = _names_of_parameters(model)
         for name in config.neuron_counts:
             base = modules[name].get_base_layer() if isinstance(modules[name], NeFTLayer) else modules[name]
             if not isinstance(base, (nn.Linear, Conv1D)):
@@ -42,14 +60,7 @@ class NeFTModel(BaseTuner):
                     f"NeFT cannot adapt module {name!r} of type {type(base).__name__}: only torch.nn.Linear and "
                     "transformers' Conv1D are supported. Remove it from the selection."
                 )
-            tied = [other for other in names_of.get(id(base.weight), []) if not other.startswith(f"{name}.")]
-            if tied:
-                raise ValueError(
-                    f"NeFT cannot adapt module {name!r}: its weight is tied to {tied[0]!r} (tie_word_embeddings=True), "
-                    "so merging its rows would change that weight too. Untie it first: "
-                    f"`model.{name}.weight = torch.nn.Parameter(model.{name}.weight.detach().clone()); "
-                    f"model.config.tie_word_embeddings = False`, or remove {name!r} from the selection."
-                )
+            _refuse_tied_weight(name, base, names_of)
 
     def _prepare_adapter_config(self, peft_config: NeFTConfig, model_config: dict) -> NeFTConfig:
         return peft_config
@@ -91,9 +102,11 @@ class NeFTModel(BaseTuner):
 
     def _check_merge_allowed(self) -> None:
         super()._check_merge_allowed()
+        names_of = _names_of_parameters(self.model)
         for module in self.model.modules():
             if isinstance(module, NeFTLayer):
                 module._weight_rows_view()  # raises a clear error for quantized weights
+                _refuse_tied_weight(module.module_name, module.get_base_layer(), names_of)  # tied after injection
 
     def _check_every_layer_merges(self, adapter_names: Optional[list[str]], safe_merge: bool) -> None:
         """Raise before any layer changes if one of them cannot merge (or, with ``safe_merge``, gives NaN/inf)."""
