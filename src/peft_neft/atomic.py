@@ -118,9 +118,9 @@ def save_pretrained_atomically(model, save_directory: str | os.PathLike, **kwarg
     and an existing ``README.md`` is updated the way peft updates it.
 
     At every instant each file is either its complete old or complete new version. A crash between an
-    adapter's two renames leaves its new weights beside its old config: that loads as the new adapter when
-    the selection is unchanged, and is refused at load ("files from different saves") when it changed;
-    saving again repairs it. Temporaries left by a killed save are removed by the next save.
+    adapter's two renames leaves its new weights beside its old config: exactly the new adapter when the
+    selection's modules and row counts are unchanged (the config stores only those); see docs/layer.md for
+    the other case. Saving again repairs it. Temporaries left by a killed save are removed by the next save.
     """
     target = Path(save_directory)
     if not kwargs.get("is_main_process", True):  # peft writes nothing on other ranks; neither do we
