@@ -188,7 +188,8 @@ def _assert_same_training(model_factory, selections, optimizer_name):
     deltas = _initial_deltas(selections, model_factory, seed=5)
     reference, _ = _masked_full(model_factory, selections, deltas, STEPS, optimizer_name)
     neft, _ = _neft(model_factory, selections, deltas, STEPS, optimizer_name)
-    original = {name: _row_view(m, m.weight).detach() for name, m in model_factory().named_modules() if name in reference}
+    modules = dict(model_factory().named_modules())
+    original = {name: _row_view(modules[name], modules[name].weight).detach() for name in reference}
     for name in reference:
         rows = sorted(r for rows_of in selections.values() for r in rows_of.get(name, []))
         assert not torch.allclose(reference[name][rows], original[name][rows])

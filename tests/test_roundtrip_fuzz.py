@@ -37,8 +37,8 @@ def _case(seed: int):
         torch.manual_seed(seed)
         if kind == "llama":
             config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate,
-                                 num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
-                                 tie_word_embeddings=False)
+                                 num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                                 max_position_embeddings=32, tie_word_embeddings=False)
             return LlamaForCausalLM(config).eval().to(dtype)
         config = GPT2Config(n_embd=hidden, n_layer=layers, n_head=4, vocab_size=vocab, n_positions=32,
                             n_inner=intermediate)
