@@ -133,3 +133,135 @@ def test_get_delta_weight_is_the_dense_difference_a_merge_makes():
     model.merge_adapter()
     torch.testing.assert_close(layer.base_layer.weight - original, delta, rtol=1e-6, atol=1e-6)
     assert torch.count_nonzero(delta.abs().sum(1)) == 3
+
+
+# ---- a failed safe merge changes nothing ----
+
+
+def _modules(model):
+    return {n: type(m).__name__ for n, m in model.named_modules()}
+
+
+def test_failed_safe_merge_and_unload_leaves_the_model_untouched():
+    model = get_peft_model(make_tiny_llama(), NeFTConfig(neurons=A))
+    _randomize(model, "default", 8)
+    late = model.base_model.model.model.layers[1].mlp.down_proj  # merged after layer 0's up_proj
+    with torch.no_grad():
+        late.neft_delta["default"][0, 3] = float("nan")
+    ids = _ids()
+    with torch.no_grad():
+        with model.disable_adapter():
+            base_logits = model(input_ids=ids).logits
+    before, modules = _weights(model), _modules(model)
+    with pytest.raises(ValueError, match="down_proj.*non-finite"):
+        model.merge_and_unload(safe_merge=True)
+    assert _modules(model) == modules  # no layer was unloaded
+    after = _weights(model)
+    assert all(torch.equal(before[n], after[n]) for n in before)  # and none has a delta baked in
+    assert not any(layer.merged for layer in model.modules() if hasattr(layer, "merged_adapters"))
+    with torch.no_grad():
+        late.neft_delta["default"].nan_to_num_(0.0)
+        with model.disable_adapter():
+            torch.testing.assert_close(model(input_ids=ids).logits, base_logits, rtol=0, atol=0)
+
+
+def test_failed_safe_merge_adapter_leaves_every_layer_unmerged():
+    model = get_peft_model(make_tiny_llama(), NeFTConfig(neurons=A))
+    _randomize(model, "default", 9)
+    with torch.no_grad():
+        model.base_model.model.model.layers[1].mlp.down_proj.neft_delta["default"][1, 0] = float("inf")
+    before = _weights(model)
+    with pytest.raises(ValueError, match="non-finite"):
+        model.merge_adapter(safe_merge=True)
+    after = _weights(model)
+    assert all(torch.equal(before[n], after[n]) for n in before)
+    assert not any(layer.merged for layer in model.modules() if hasattr(layer, "merged_adapters"))
+
+
+def test_safe_merge_checks_overlapping_adapters_together():
+    # Each fp16 delta alone merges to a finite weight; the two together overflow the same rows.
+    model = get_peft_model(make_tiny_llama().half(), NeFTConfig(neurons=A), adapter_name="a")
+    model.add_adapter("b", NeFTConfig(neurons=B))
+    layer = model.base_model.model.model.layers[0].mlp.up_proj
+    with torch.no_grad():
+        layer.neft_delta["a"].fill_(40000.0)
+        layer.neft_delta["b"].fill_(40000.0)
+    before = _weights(model)
+    with pytest.raises(ValueError, match="non-finite"):
+        model.merge_adapter(adapter_names=["a", "b"], safe_merge=True)
+    after = _weights(model)
+    assert all(torch.equal(before[n], after[n]) for n in before)
+    assert not layer.merged
+
+
+def test_merge_of_a_layer_whose_rows_were_never_loaded_changes_no_other_layer():
+    model = get_peft_model(make_tiny_llama(), NeFTConfig(neurons=A))
+    _randomize(model, "default", 10)
+    model.base_model.model.model.layers[1].mlp.down_proj._rows_awaiting_load.add("default")
+    before, modules = _weights(model), _modules(model)
+    with pytest.raises(RuntimeError, match="never loaded"):
+        model.merge_and_unload()
+    assert _modules(model) == modules
+    after = _weights(model)
+    assert all(torch.equal(before[n], after[n]) for n in before)
+
+
+# ---- tied input/output embeddings ----
+
+
+def _tied_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         tie_word_embeddings=True)
+    model = LlamaForCausalLM(config).eval()
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    return model
+
+
+def test_get_peft_model_refuses_rows_of_a_weight_tied_to_the_input_embeddings():
+    with pytest.raises(ValueError, match=r"'lm_head'.*tied to 'model\.embed_tokens\.weight'.*[Uu]ntie"):
+        get_peft_model(_tied_llama(), NeFTConfig(neurons={"lm_head": [3, 7]}))
+
+
+def test_loading_an_lm_head_adapter_onto_a_tied_base_is_refused(tmp_path):
+    from peft import PeftModel
+
+    untied = _tied_llama()
+    untied.lm_head.weight = torch.nn.Parameter(untied.lm_head.weight.detach().clone())
+    untied.config.tie_word_embeddings = False
+    get_peft_model(untied, NeFTConfig(neurons={"lm_head": [3, 7]})).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="tied"):
+        PeftModel.from_pretrained(_tied_llama(), tmp_path)
+
+
+def test_a_weight_tied_after_get_peft_model_is_refused_before_any_merge():
+    model = _tied_llama()
+    model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
+    peft_model = get_peft_model(model, NeFTConfig(neurons={"lm_head": [3, 7], **A}))
+    _randomize(peft_model, "default", 12)
+    peft_model.base_model.model.lm_head.base_layer.weight = peft_model.base_model.model.model.embed_tokens.weight
+    before = _weights(peft_model)
+    for merge in (peft_model.merge_adapter, peft_model.merge_and_unload):
+        with pytest.raises(ValueError, match="tied to 'model.embed_tokens.weight'"):
+            merge()
+    after = _weights(peft_model)
+    assert all(torch.equal(before[n], after[n]) for n in before)
+
+
+def test_the_untie_fix_in_the_error_message_gives_an_exact_merge():
+    model = _tied_llama()
+    embeddings = model.model.embed_tokens.weight.detach().clone()
+    # The fix the error message names, verbatim:
+    model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
+    model.config.tie_word_embeddings = False
+    peft_model = get_peft_model(model, NeFTConfig(neurons={"lm_head": [3, 7]}))
+    _randomize(peft_model, "default", 11)
+    ids = torch.tensor([[3, 7, 1, 2, 3, 7]])
+    with torch.no_grad():
+        unmerged = peft_model(input_ids=ids).logits
+        plain = peft_model.merge_and_unload()
+        torch.testing.assert_close(plain(input_ids=ids).logits, unmerged, rtol=1e-5, atol=1e-5)
+    assert torch.equal(plain.model.embed_tokens.weight, embeddings)

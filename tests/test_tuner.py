@@ -193,13 +193,26 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
 
 def test_bf16_autocast_trains_float32_deltas_with_the_gradients_of_a_float32_run():
+    """Non-zero deltas, so the delta's part of every gradient counts; autocast takes the unfused path.
+
+    Stated tolerance: relative error below 3% and cosine above 0.999 per delta (measured 0.6-0.7%).
+    """
     grads = []
     for autocast in (False, True):
         model = get_peft_model(make_tiny_llama(), NeFTConfig(neurons=ROWS))
+        generator = torch.Generator().manual_seed(4)
+        with torch.no_grad():
+            for param in model.parameters():
+                if param.requires_grad:
+                    param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             loss = model(input_ids=_ids(), labels=_ids()).loss
         loss.backward()
         grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[1].keys() == grads[0].keys() and len(grads[0]) == len(ROWS)
     for name, grad in grads[1].items():
-        assert grad.dtype == torch.float32
-        torch.testing.assert_close(grad, grads[0][name], rtol=0.1, atol=2e-3)
+        reference = grads[0][name]
+        assert grad.dtype == torch.float32 and reference.norm() > 0
+        relative = float((grad - reference).norm() / reference.norm())
+        cosine = float(torch.nn.functional.cosine_similarity(grad.flatten(), reference.flatten(), dim=0))
+        assert relative < 0.03 and cosine > 0.999, (name, relative, cosine)

@@ -1,4 +1,11 @@
-"""Atomic writes: a file or folder appears complete under its final name, or not at all."""
+"""Atomic writes: a file appears complete under its final name, or not at all; nothing else is touched.
+
+Every writer here first writes to a hidden temporary on the target's file system (``.<target name>.<random>.tmp``
+beside a file or folder; ``.neft-save.<random>.tmp`` inside an adapter folder) and moves the result into place
+with ``os.replace`` (one atomic rename on POSIX and Windows). A process killed mid-write leaves only such hidden
+temporaries; the next write to the same target removes them. One writer per target at a time is assumed: a
+second concurrent writer's temporaries would be removed as leftovers.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+_CONFIG_NAME = "adapter_config.json"
+_SAVE_PREFIX = ".neft-save."  # save_pretrained_atomically's temporary folder, inside the target
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -16,11 +26,34 @@ def _umask() -> int:
     return mask
 
 
+def _leftovers(folder: Path, prefix: str, suffix: str) -> list[Path]:
+    """Temporaries ``<prefix><random><suffix>`` in ``folder``, left by an interrupted write."""
+    if not folder.is_dir():
+        return []
+    return [
+        entry for entry in folder.iterdir()
+        if entry.name.startswith(prefix) and entry.name.endswith(suffix)
+        and "." not in entry.name[len(prefix):-len(suffix)]  # mkstemp's random part has no dot
+    ]
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary file path beside ``path``; on success it replaces ``path`` in one rename."""
+    """Yield a temporary file path beside ``path``; on success it replaces ``path`` in one rename.
+
+    If the body raises (or the process dies), ``path`` keeps its previous contents (or stays absent).
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in _leftovers(target.parent, f".{target.name}.", ".tmp"):
+        _remove(leftover)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
@@ -32,15 +65,27 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.remove(tmp)
 
 
+def _recover_folder(target: Path) -> None:
+    """Undo what a kill during a folder swap left beside ``target``: move a hidden old folder back, drop temporaries."""
+    for old in _leftovers(target.parent, f".{target.name}.", ".old"):
+        if not target.exists() and (old / "contents").exists():
+            os.replace(old / "contents", target)  # a kill between the two renames hid it there
+        _remove(old)
+    for leftover in _leftovers(target.parent, f".{target.name}.", ".tmp"):
+        _remove(leftover)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder beside ``path``; on success it takes the place of ``path``.
+    """Yield a temporary folder beside ``path``; on success it takes the place of ``path`` as a whole.
 
-    An existing folder at ``path`` is kept until the new one is complete, then moved aside and
-    removed, so a failure at any point leaves the old contents loadable.
+    The old folder is moved aside to ``.<name>.<random>.old/contents`` and the new one renamed into place.
+    If the second rename fails, the old folder is moved back; if the process dies between the two renames,
+    the next ``atomic_dir`` on the same path moves it back before anything else.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    _recover_folder(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; give it a normal folder's mode
     try:
@@ -48,8 +93,14 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
             os.replace(target, old / "contents")
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
+            try:
+                os.replace(tmp, target)
+            except BaseException:
+                os.replace(old / "contents", target)
+                raise
+            finally:
+                if target.exists():  # never remove the only copy of the old folder
+                    shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
     finally:
@@ -58,10 +109,38 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def save_pretrained_atomically(model, save_directory: str | os.PathLike, **kwargs) -> None:
-    """``model.save_pretrained(save_directory, **kwargs)``, but all-or-nothing.
+    """``model.save_pretrained(save_directory, **kwargs)``, but no file is ever half-written.
 
-    The adapter is written to a temporary folder beside ``save_directory`` and moved into place only when
-    complete, so an interrupted save never leaves a half-written adapter and never destroys the previous one.
+    The save goes to a hidden temporary folder inside ``save_directory`` (so it is on the same file system
+    even when the folder is a mount point or a symlink); then each file it wrote replaces its counterpart
+    with one atomic rename, weights before ``adapter_config.json``. Every other file in the folder (a
+    tokenizer, training arguments, other adapters' subfolders) is kept, as with plain ``save_pretrained``,
+    and an existing ``README.md`` is updated the way peft updates it.
+
+    At every instant each file is either its complete old or complete new version. A crash between an
+    adapter's two renames leaves its new weights beside its old config: exactly the new adapter when the
+    selection's modules and row counts are unchanged (the config stores only those); see docs/layer.md for
+    the other case. Saving again repairs it. Temporaries left by a killed save are removed by the next save.
     """
-    with atomic_dir(save_directory) as tmp:
+    target = Path(save_directory)
+    if not kwargs.get("is_main_process", True):  # peft writes nothing on other ranks; neither do we
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _recover_folder(target)  # whole-folder swaps of earlier saves may have left a folder hidden beside it
+    target.mkdir(exist_ok=True)
+    for leftover in _leftovers(target, _SAVE_PREFIX, ".tmp"):
+        _remove(leftover)
+    tmp = Path(tempfile.mkdtemp(prefix=_SAVE_PREFIX, suffix=".tmp", dir=target))
+    try:
+        if (target / "README.md").is_file():
+            shutil.copy2(target / "README.md", tmp / "README.md")  # peft updates an existing model card
         model.save_pretrained(tmp, **kwargs)
+        written = sorted(p.relative_to(tmp) for p in tmp.rglob("*") if p.is_file())  # weights first, configs last
+        mode = 0o666 & ~_umask()
+        for relative in sorted(written, key=lambda p: (p.name == _CONFIG_NAME, p.name == "README.md")):
+            destination = target / relative
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(tmp / relative, mode)
+            os.replace(tmp / relative, destination)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -125,24 +125,49 @@ class NeFTLayer(BaseTunerLayer):
         return weight.data.T if self.is_conv1d else weight.data
 
     def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
-        """Add the deltas into the selected rows of the base weight: ``W[R] += D``."""
+        """Add the deltas into the selected rows of the base weight: ``W[R] += D``.
+
+        With ``safe_merge`` every adapter's result is checked before the weight is changed at all.
+        """
         adapter_names = check_adapters_to_merge(self, adapter_names)
-        for name in adapter_names:
-            if name not in self.neft_delta:
-                continue
+        plan = self.merge_plan(adapter_names, safe_merge=safe_merge)
+        weight = self._weight_rows_view()
+        for name, rows, original, merged in plan:
+            weight.index_copy_(0, rows, merged)
+            self.neft_original_rows[name] = original
+            self.merged_adapters.append(name)
+
+    def merge_plan(
+        self, adapter_names: list[str], safe_merge: bool = False
+    ) -> list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """``(name, rows, original rows, merged rows)`` per adapter, in merge order, without touching the weight.
+
+        Overlapping adapters compose: each one's original rows are the previous one's merged rows. Raises,
+        naming the module, if a merge is impossible (rows never loaded, a quantized weight, or, with
+        ``safe_merge``, a non-finite result), so a model can check every layer before changing any.
+        """
+        names = [name for name in adapter_names if name in self.neft_delta]
+        for name in names:
             self._require_rows_loaded(name)
-            weight = self._weight_rows_view()
+        if not names:
+            return []
+        weight = self._weight_rows_view()
+        touched = torch.unique(torch.cat([self.neft_rows[name] for name in names]))  # sorted
+        scratch = weight.index_select(0, touched)
+        plan = []
+        for name in names:
             rows = self.neft_rows[name]
-            original = weight.index_select(0, rows)
+            where = torch.searchsorted(touched, rows)
+            original = scratch.index_select(0, where)
             merged = (original.float() + self.neft_delta[name].detach().float()).to(weight.dtype)
             if safe_merge and not torch.isfinite(merged).all():
                 raise ValueError(
                     f"Merging NeFT adapter {name!r} into module {self.module_name!r} gives non-finite weights; "
-                    "the adapter is broken (check the training loss for NaN/inf)."
+                    "the adapter is broken (check the training loss for NaN/inf). Nothing was merged."
                 )
-            weight.index_copy_(0, rows, merged)
-            self.neft_original_rows[name] = original
-            self.merged_adapters.append(name)
+            scratch.index_copy_(0, where, merged)
+            plan.append((name, rows, original, merged))
+        return plan
 
     def unmerge(self) -> None:
         """Restore the rows saved at merge time, so the base weight is bit-for-bit the original."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
@@ -10,6 +10,26 @@ from transformers.pytorch_utils import Conv1D
 
 from .config import NeFTConfig
 from .layer import Linear, NeFTLayer
+
+
+def _names_of_parameters(model: nn.Module) -> dict[int, list[str]]:
+    """Every name of each parameter, by ``id``: a tied weight has several."""
+    names_of: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names_of.setdefault(id(param), []).append(name)
+    return names_of
+
+
+def _refuse_tied_weight(name: str, base: nn.Module, names_of: dict[int, list[str]]) -> None:
+    """Raise if ``base.weight`` is shared with a parameter outside module ``name``: a row merge would change both."""
+    tied = [other for other in names_of.get(id(base.weight), []) if not other.startswith(f"{name}.")]
+    if tied:
+        raise ValueError(
+            f"NeFT cannot adapt module {name!r}: its weight is tied to {tied[0]!r} (a shared parameter, as with "
+            "tie_word_embeddings=True), so merging its rows would change that weight too. Untie it first: "
+            f"`model.{name}.weight = torch.nn.Parameter(model.{name}.weight.detach().clone()); "
+            f"model.config.tie_word_embeddings = False`, or remove {name!r} from the selection."
+        )
 
 
 class NeFTModel(BaseTuner):
@@ -32,6 +52,7 @@ class NeFTModel(BaseTuner):
                 "Module names are relative to the base model (as in base_model.named_modules()); was the selection "
                 "made for another model?"
             )
+        names_of = _names_of_parameters(model)
         for name in config.neuron_counts:
             base = modules[name].get_base_layer() if isinstance(modules[name], NeFTLayer) else modules[name]
             if not isinstance(base, (nn.Linear, Conv1D)):
@@ -39,6 +60,7 @@ class NeFTModel(BaseTuner):
                     f"NeFT cannot adapt module {name!r} of type {type(base).__name__}: only torch.nn.Linear and "
                     "transformers' Conv1D are supported. Remove it from the selection."
                 )
+            _refuse_tied_weight(name, base, names_of)
 
     def _prepare_adapter_config(self, peft_config: NeFTConfig, model_config: dict) -> NeFTConfig:
         return peft_config
@@ -80,7 +102,27 @@ class NeFTModel(BaseTuner):
 
     def _check_merge_allowed(self) -> None:
         super()._check_merge_allowed()
+        names_of = _names_of_parameters(self.model)
         for module in self.model.modules():
             if isinstance(module, NeFTLayer):
                 module._weight_rows_view()  # raises a clear error for quantized weights
+                _refuse_tied_weight(module.module_name, module.get_base_layer(), names_of)  # tied after injection
+
+    def _check_every_layer_merges(self, adapter_names: Optional[list[str]], safe_merge: bool) -> None:
+        """Raise before any layer changes if one of them cannot merge (or, with ``safe_merge``, gives NaN/inf)."""
+        for module in self.model.modules():
+            if isinstance(module, NeFTLayer):
+                names = adapter_names if adapter_names is not None else module.active_adapters
+                module.merge_plan([n for n in names if n not in module.merged_adapters], safe_merge=safe_merge)
+
+    def merge_adapter(self, adapter_names: Optional[list[str]] = None, safe_merge: bool = False) -> None:
+        self._check_every_layer_merges(adapter_names, safe_merge)
+        super().merge_adapter(adapter_names=adapter_names, safe_merge=safe_merge)
+
+    def _unload_and_optionally_merge(self, merge: bool = True, progressbar: bool = False, safe_merge: bool = False,
+                                     adapter_names: Optional[list[str]] = None) -> nn.Module:
+        if merge:
+            self._check_every_layer_merges(adapter_names, safe_merge)
+        return super()._unload_and_optionally_merge(merge=merge, progressbar=progressbar, safe_merge=safe_merge,
+                                                   adapter_names=adapter_names)
 
