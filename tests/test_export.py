@@ -35,7 +35,8 @@ GPT2_ROWS = {
 
 def tiny_gpt2():
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=128, n_positions=64, n_embd=32, n_layer=2, n_head=4, tie_word_embeddings=False)
+    config = GPT2Config(vocab_size=128, n_positions=64, n_embd=32, n_layer=2, n_head=4, tie_word_embeddings=False,
+                        bos_token_id=0, eos_token_id=0)
     return GPT2LMHeadModel(config).eval()
 
 
@@ -119,7 +120,7 @@ def test_exported_files_are_a_standard_lora(exported):
     assert sorted(config["target_modules"]) == sorted(LLAMA_ROWS)
     assert config["base_model_name_or_path"] == str(exported["llama"]["base"])
     ranks = {name: len(rows) for name, rows in LLAMA_ROWS.items()}
-    assert {k.replace("\\", ""): v for k, v in config["rank_pattern"].items()} == ranks
+    assert config["rank_pattern"] == ranks
     assert config["alpha_pattern"] == config["rank_pattern"]
     assert config["r"] == config["lora_alpha"] == 4
     tensors = safetensors.torch.load_file(lora / "adapter_model.safetensors")
@@ -260,3 +261,45 @@ def test_output_holding_another_adapter_is_kept(tmp_path, exported):
     assert sorted(json.loads((out / "adapter_config.json").read_text())["target_modules"]) == sorted(LLAMA_ROWS)
     with pytest.raises(ValueError, match="holds the source adapter"):
         export_lora(exported["llama"]["neft"], exported["llama"]["neft"], overwrite=True)
+
+
+class Nested(torch.nn.Module):
+    """A module named ``proj`` and another whose name ends in ``.proj``: peft's list rule would catch both."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.proj = torch.nn.Linear(8, 8)
+        self.sub = torch.nn.Module()
+        self.sub.proj = torch.nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.sub.proj(torch.relu(self.proj(x)))
+
+
+def test_names_that_are_suffixes_of_other_names(tmp_path):
+    """``proj`` is also the ``.``-suffix of ``sub.proj``: the export must adapt and rank each exactly."""
+    both = {"proj": [2], "sub.proj": [0, 3, 7]}
+    neft = get_peft_model(Nested(), NeFTConfig(neurons=both)).eval()
+    randomize(neft)
+    neft.save_pretrained(tmp_path / "both")
+    x = torch.randn(5, 8, generator=torch.Generator().manual_seed(0))
+    # The same adapter with "proj" only, written by hand (the list rule would catch "sub.proj" too).
+    (tmp_path / "outer").mkdir()
+    config = json.loads((tmp_path / "both" / "adapter_config.json").read_text())
+    config["neuron_counts"], config["target_modules"] = {"proj": 1}, ["proj"]
+    (tmp_path / "outer" / "adapter_config.json").write_text(json.dumps(config))
+    tensors = safetensors.torch.load_file(tmp_path / "both" / "adapter_model.safetensors")
+    outer = {k: v for k, v in tensors.items() if ".sub." not in k}
+    safetensors.torch.save_file(outer, tmp_path / "outer" / "adapter_model.safetensors")
+    by_hand = Nested()
+    with torch.no_grad():
+        by_hand.proj.weight[2] += outer["base_model.model.proj.neft_delta"][0]
+        expected = {"both": neft(x), "outer": by_hand(x)}
+    for name, rows in (("both", both), ("outer", {"proj": [2]})):
+        export_lora(tmp_path / name, tmp_path / f"{name}_lora", base=Nested())
+        lora = PeftModel.from_pretrained(Nested(), tmp_path / f"{name}_lora").eval()
+        adapted = {n for n, m in lora.named_modules() if hasattr(m, "lora_A")}
+        assert adapted == {f"base_model.model.{n}" for n in rows}
+        with torch.no_grad():
+            assert (lora(x) - expected[name]).abs().max() <= 1e-6

@@ -211,21 +211,22 @@ def _save_tensors(tensors: dict[str, torch.Tensor], folder: Path) -> None:
                                 metadata={"format": "pt"})
 
 
+def _suffix_of_another(name: str, modules: dict[str, nn.Module]) -> bool:
+    return any(other.endswith("." + name) for other in modules)
+
+
 def _target_modules(names: list[str], modules: dict[str, nn.Module]) -> Union[list[str], str]:
-    """The adapted names as a list (peft matches a list entry as a name suffix), or an exact regex if the
-    list would also catch other Linear layers of the base."""
-    def caught(module_name: str) -> bool:
-        return any(module_name == n or module_name.endswith("." + n) for n in names)
-
-    chosen = set(names)
-    extra = [n for n, m in modules.items() if n not in chosen and isinstance(m, (nn.Linear, Conv1D)) and caught(n)]
-    return sorted(names) if not extra else "|".join(re.escape(n) for n in sorted(names))
+    """The adapted names as a list; as an exact regex if peft's list rule (a name or a ``.``-suffix of it)
+    would also catch other modules of the base."""
+    if not any(_suffix_of_another(n, modules) for n in names):
+        return sorted(names)
+    return "|".join(re.escape(n) for n in sorted(names))
 
 
-def _pattern(values: dict[str, int]) -> dict[str, int]:
-    """rank_pattern/alpha_pattern: escaped exact names, longest first, since peft takes the first key that
-    matches a name's suffix (``(.*\\.)?KEY$``)."""
-    return {re.escape(n): values[n] for n in sorted(values, key=lambda n: (-len(n), n))}
+def _pattern(values: dict[str, int], modules: dict[str, nn.Module]) -> dict[str, int]:
+    """rank_pattern/alpha_pattern keys. peft matches a key as ``(.*\\.)?KEY$``, so a name that is also the
+    ``.``-suffix of another module's name gets ``^`` to match itself only."""
+    return {("^" + re.escape(n)) if _suffix_of_another(n, modules) else n: v for n, v in sorted(values.items())}
 
 
 def _model_card(source: Path, config: dict, updates: dict[str, RowUpdate], out_sizes: dict[str, int]) -> str:
@@ -272,7 +273,7 @@ def _export_one(folder: Path, out: Path, base, max_rank: Optional[int]) -> None:
     top = max(ranks.values())
     lora_config = LoraConfig(
         r=top, lora_alpha=top, target_modules=_target_modules(list(updates), modules),
-        rank_pattern=_pattern(ranks), alpha_pattern=_pattern(ranks), lora_dropout=0.0, bias="none",
+        rank_pattern=_pattern(ranks, modules), alpha_pattern=_pattern(ranks, modules), lora_dropout=0.0, bias="none",
         use_rslora=False, fan_in_fan_out=any(conv for _, conv in shapes.values()),
         base_model_name_or_path=config.get("base_model_name_or_path"), task_type=config.get("task_type"),
         revision=config.get("revision"), inference_mode=True,
