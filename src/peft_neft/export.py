@@ -233,9 +233,9 @@ def _model_card(source: Path, config: dict, updates: dict[str, RowUpdate], out_s
     ks = sorted(u.k for u in updates.values())
     params = sum(u.delta.numel() for u in updates.values())
     lora_params = sum(u.delta.numel() + out_sizes[n] * u.k for n, u in updates.items())
+    base = config.get("base_model_name_or_path")
     lines = [
-        "---", "library_name: peft", f"base_model: {config.get('base_model_name_or_path') or 'unknown'}",
-        "tags: [lora, neft, peft-neft]", "---", "",
+        "---", "library_name: peft", *([f"base_model: {base}"] if base else []), "tags: [lora, neft, peft-neft]", "---", "",
         "# LoRA adapter exported from NeFT", "",
         f"Exported by `peft-neft export-lora` from the NeFT (neuron-level fine-tuning) adapter `{source.name}`. "
         "Each adapted module's update `delta_W = S @ D` (selected rows `R`, row deltas `D`) is written as a LoRA of "
