@@ -149,6 +149,20 @@ def test_round_trip_neft_lora_neft_is_bit_exact(exported, tmp_path):
         assert torch.equal(model(input_ids=ids()).logits, case["expected"])
 
 
+def test_bfloat16_deltas_round_trip_bit_exact(tmp_path):
+    model = get_peft_model(make_tiny_llama(), NeFTConfig(neurons=LLAMA_ROWS, delta_dtype="bfloat16"))
+    randomize(model)
+    model.save_pretrained(tmp_path / "neft")
+    export_lora(tmp_path / "neft", tmp_path / "lora", base=make_tiny_llama())
+    lora = safetensors.torch.load_file(tmp_path / "lora" / "adapter_model.safetensors")
+    assert {t.dtype for t in lora.values()} == {torch.bfloat16}
+    import_lora(tmp_path / "lora", tmp_path / "back")
+    original = safetensors.torch.load_file(tmp_path / "neft" / "adapter_model.safetensors")
+    restored = safetensors.torch.load_file(tmp_path / "back" / "adapter_model.safetensors")
+    assert all(torch.equal(original[k], restored[k]) and original[k].dtype == restored[k].dtype for k in original)
+    assert json.loads((tmp_path / "back" / "adapter_config.json").read_text())["delta_dtype"] == "bfloat16"
+
+
 @pytest.mark.parametrize("use_rslora", [False, True])
 def test_row_sparse_lora_imports_exactly(tmp_path, use_rslora):
     """B with values != 1, two columns on one row, a zero column, and alpha/r != 1."""
