@@ -9,6 +9,7 @@ from .registration import register as _register
 from .selection import NeuronScores, NeuronSelection, budget_from_lora, overlap, select_neurons
 from .calibration import calibrate, gradient_scores
 from .atomic import save_pretrained_atomically
+from .export import export_lora, import_lora
 from .tuner import NeFTConfig, NeFTModel
 
 _register()
