@@ -20,7 +20,7 @@ LAYERS = [
     {"_targets", "_shapes", "atomic"},
     {"neuron_selection", "selection_plot", "models", "tasks"},
     {"tuner"},
-    {"registration", "selection", "calibration"},
+    {"registration", "selection", "calibration", "export"},
     {"analysis", "compare"},
     {"commands"},
     {"cli"},

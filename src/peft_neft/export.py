@@ -23,11 +23,15 @@ from typing import Optional, Union
 
 import safetensors.torch
 import torch
+from peft import PeftModel
 from peft.utils.constants import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from ._shapes import meta_model
 from .atomic import atomic_dir
+from .tuner import NeFTConfig
+from .tuner.layer import NeFTLayer
 
 logger = logging.getLogger(__name__)
 
@@ -139,19 +143,11 @@ def read_neft_adapter(folder: PathLike) -> tuple[dict, dict[str, RowUpdate]]:
 
 def _meta_model(base: PathLike) -> nn.Module:
     """The base model's architecture on the meta device: shapes and layer types, no weights."""
-    import transformers
-
     try:
-        config = transformers.AutoConfig.from_pretrained(base)
+        return meta_model(base)
     except (OSError, ValueError) as err:
         raise ValueError(f"Cannot read the base model config at {str(base)!r} ({err}). Pass the base model "
                          "folder or hub id with --base / base=.") from err
-    architecture = (getattr(config, "architectures", None) or [None])[0]
-    model_class = getattr(transformers, architecture, None) if architecture else None
-    with torch.device("meta"):
-        if model_class is None:
-            return transformers.AutoModelForCausalLM.from_config(config)
-        return model_class(config)
 
 
 def _base_modules(base: Union[PathLike, nn.Module, None], config: dict) -> dict[str, nn.Module]:
@@ -160,10 +156,6 @@ def _base_modules(base: Union[PathLike, nn.Module, None], config: dict) -> dict[
         if not base:
             raise ValueError("The adapter does not record its base model (base_model_name_or_path is empty); "
                              "pass the base model with --base / base=.")
-    from peft import PeftModel
-
-    from .tuner.layer import NeFTLayer
-
     model = base if isinstance(base, nn.Module) else _meta_model(base)
     if isinstance(model, PeftModel):
         model = model.get_base_model()
@@ -376,8 +368,6 @@ def import_lora(lora_dir: PathLike, out_dir: PathLike, *, overwrite: bool = Fals
     pointing at the same row are summed). A LoRA exported by :func:`export_lora` comes back bit for bit.
     Any other LoRA is refused: its update is not row-sparse.
     """
-    from .tuner import NeFTConfig
-
     source, out_dir = Path(lora_dir), Path(out_dir)
     config = _read_config(source)
     if config.get("peft_type") != "LORA":
