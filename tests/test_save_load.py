@@ -115,16 +115,19 @@ def test_loading_onto_a_base_with_other_shapes_names_the_module(trained, tmp_pat
     model, _ = trained
     model.save_pretrained(tmp_path / "adapter")
     wider = make_tiny_llama(hidden=48)
-    with pytest.raises(ValueError, match="different layer shapes"):
+    with pytest.raises(ValueError, match=r"module 'model\.layers\.0\.mlp\.up_proj' with shape \(64, 32\).*\(64, 48\)"):
         PeftModel.from_pretrained(wider, tmp_path / "adapter")
 
 
-def test_rows_out_of_range_for_the_base_are_refused(trained, tmp_path):
+def test_adapter_without_recorded_shapes_is_still_checked_by_its_delta_shapes(trained, tmp_path):
+    """Adapters saved before module shapes were recorded: the delta's shape still catches another hidden size."""
     model, _ = trained
     model.save_pretrained(tmp_path / "adapter")
-    narrower = make_tiny_llama(intermediate=16)  # up_proj rows 33 do not exist, down_proj in_features differ
-    with pytest.raises(ValueError, match="model.layers.0.mlp.up_proj|different layer shapes"):
-        PeftModel.from_pretrained(narrower, tmp_path / "adapter")
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    del config["module_shapes"]
+    (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"delta of module 'model\.layers\.0\.mlp\.up_proj'.*\(3, 32\).*\(3, 48\).*different layer shapes"):
+        PeftModel.from_pretrained(make_tiny_llama(hidden=48), tmp_path / "adapter")
 
 
 def test_truncated_adapter_file_does_not_load(trained, tmp_path):
@@ -132,7 +135,7 @@ def test_truncated_adapter_file_does_not_load(trained, tmp_path):
     model.save_pretrained(tmp_path / "adapter")
     weights = tmp_path / "adapter" / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-50])
-    with pytest.raises(Exception, match="(?i)deserializ|incomplete|invalid|truncat"):
+    with pytest.raises(ValueError, match=r"adapter_model\.safetensors' is not a readable safetensors file .*truncated or corrupt"):
         PeftModel.from_pretrained(make_tiny_llama(), tmp_path / "adapter")
 
 
@@ -141,7 +144,7 @@ def test_mixed_files_from_two_saves_are_refused(trained, tmp_path):
     model.save_pretrained(tmp_path / "adapter")
     other = NeFTConfig(neurons={**ROWS, "model.layers.0.mlp.up_proj": [1, 2]})
     other.save_pretrained(tmp_path / "adapter")  # config of another save over the old weights
-    with pytest.raises(ValueError, match="different saves|different layer shapes"):
+    with pytest.raises(ValueError, match=r"selects 3 rows of module 'model\.layers\.0\.mlp\.up_proj'.*declares 2.*different saves"):
         PeftModel.from_pretrained(make_tiny_llama(), tmp_path / "adapter")
 
 
@@ -194,3 +197,90 @@ def test_atomic_writes_get_ordinary_permissions(trained, tmp_path):
     os.umask(mask)
     assert stat.S_IMODE((tmp_path / "adapter").stat().st_mode) == 0o777 & ~mask
     assert stat.S_IMODE((tmp_path / "sel.safetensors").stat().st_mode) == 0o666 & ~mask
+
+
+def _rewrite_adapter(folder, change):
+    """Apply ``change(tensors)`` to the adapter's safetensors file (as a user's tool or a bad copy would)."""
+    weights = folder / "adapter_model.safetensors"
+    tensors = safetensors.torch.load_file(weights)
+    change(tensors)
+    safetensors.torch.save_file(tensors, weights, metadata={"format": "pt"})
+
+
+UP0_KEY = "base_model.model.model.layers.0.mlp.up_proj"
+DOWN1_KEY = "base_model.model.model.layers.1.mlp.down_proj"
+
+
+@pytest.fixture
+def saved(trained, tmp_path):
+    model, _ = trained
+    model.save_pretrained(tmp_path / "adapter")
+    return tmp_path / "adapter"
+
+
+def test_missing_delta_tensor_is_refused_naming_it(saved):
+    _rewrite_adapter(saved, lambda t: t.pop(f"{DOWN1_KEY}.neft_delta"))
+    with pytest.raises(ValueError, match=r"no tensor 'base_model\.model\.model\.layers\.1\.mlp\.down_proj\.neft_delta'"):
+        PeftModel.from_pretrained(make_tiny_llama(), saved)
+
+
+def test_missing_rows_tensor_fails_at_load_naming_it(saved):
+    _rewrite_adapter(saved, lambda t: t.pop(f"{UP0_KEY}.neft_rows"))
+    with pytest.raises(ValueError, match=r"no tensor 'base_model\.model\.model\.layers\.0\.mlp\.up_proj\.neft_rows'"):
+        PeftModel.from_pretrained(make_tiny_llama(), saved)
+
+
+def test_module_missing_from_the_file_is_refused(saved):
+    def drop(tensors):
+        tensors.pop(f"{UP0_KEY}.neft_rows")
+        tensors.pop(f"{UP0_KEY}.neft_delta")
+
+    _rewrite_adapter(saved, drop)
+    with pytest.raises(ValueError, match=r"no tensor 'base_model\.model\.model\.layers\.0\.mlp\.up_proj\.neft_(rows|delta)'"):
+        PeftModel.from_pretrained(make_tiny_llama(), saved)
+
+
+def test_float_row_indices_are_refused_not_truncated(saved):
+    def to_float(tensors):
+        tensors[f"{UP0_KEY}.neft_rows"] = torch.tensor([1.0, 9.7, 33.0])
+
+    _rewrite_adapter(saved, to_float)
+    with pytest.raises(ValueError, match=r"up_proj.*integers.*float32"):
+        PeftModel.from_pretrained(make_tiny_llama(), saved)
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [([1, 9, 64], r"must lie in \[0, 64\).*max 64"), ([-1, 9, 33], r"must lie in \[0, 64\).*min -1"),
+     ([9, 1, 33], "sorted and unique"), ([1, 9, 9], "sorted and unique")],
+)
+def test_checkpoint_rows_out_of_range_or_unsorted_are_refused(saved, rows, message):
+    def replace(tensors):
+        tensors[f"{UP0_KEY}.neft_rows"] = torch.tensor(rows)
+
+    _rewrite_adapter(saved, replace)
+    with pytest.raises(ValueError, match=message):
+        PeftModel.from_pretrained(make_tiny_llama(), saved)
+
+
+def test_adapter_refused_on_a_base_with_another_intermediate_size(tmp_path):
+    """up_proj's delta is (k, hidden) whatever the intermediate size, so only the recorded shape catches this."""
+    model = get_peft_model(make_tiny_llama(), NeFTConfig(neurons={"model.layers.0.mlp.up_proj": [1, 9, 33]}))
+    model.save_pretrained(tmp_path / "adapter")
+    with pytest.raises(ValueError, match=r"model\.layers\.0\.mlp\.up_proj.*\(64, 32\).*\(48, 32\)"):
+        PeftModel.from_pretrained(make_tiny_llama(intermediate=48), tmp_path / "adapter")
+    PeftModel.from_pretrained(make_tiny_llama(), tmp_path / "adapter")  # the right base still loads
+
+
+def test_negative_row_count_in_the_config_is_refused(saved):
+    config = json.loads((saved / "adapter_config.json").read_text())
+    config["neuron_counts"]["model.layers.0.mlp.up_proj"] = -3
+    (saved / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"neuron_counts.*model\.layers\.0\.mlp\.up_proj.*-3"):
+        PeftModel.from_pretrained(make_tiny_llama(), saved)
+
+
+def test_missing_adapter_weights_file_is_named_not_fetched(saved):
+    (saved / "adapter_model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"adapter_model\.safetensors"):
+        PeftModel.from_pretrained(make_tiny_llama(), saved)

@@ -292,3 +292,53 @@ def test_select_cli_from_two_checkpoints(tiny_llama, tmp_path, capsys):
     assert main(["select", "--base", str(tmp_path / "base"), "--finetuned", str(tmp_path / "tuned"),
                  "--percent", "150", "--out", str(out)]) == 2
     assert "(0, 100]" in capsys.readouterr().err
+
+
+def test_selection_file_for_another_model_is_refused_unless_overridden(tiny_llama, tmp_path):
+    selection = select_neurons(score_models(tiny_llama, perturbed_copy(tiny_llama)), num_neurons=6)
+    selection.save(tmp_path / "sel.safetensors")
+    wider = make_tiny_llama(hidden=48)  # every selected row exists, but the model is not the one scored
+    with pytest.raises(ValueError, match=r"other weight shapes.*ignore_fingerprint=True"):
+        get_peft_model(wider, NeFTConfig(neurons=tmp_path / "sel.safetensors"))
+    with pytest.raises(ValueError, match=r"other weight shapes"):
+        get_peft_model(make_tiny_llama(hidden=48), NeFTConfig(neurons=selection))
+    model = get_peft_model(make_tiny_llama(hidden=48), NeFTConfig(neurons=tmp_path / "sel.safetensors",
+                                                                  ignore_fingerprint=True))
+    assert model.get_nb_trainable_parameters()[0] == 6 * 48 - 3 * 48 + 3 * 64  # 3 up_proj rows of 48, 3 down of 64
+    same = get_peft_model(make_tiny_llama(seed=5), NeFTConfig(neurons=tmp_path / "sel.safetensors"))
+    assert same.peft_config["default"].selection_fingerprint == selection.fingerprint
+
+
+def _write_selection(path, tensors, metadata):
+    import safetensors.torch
+
+    safetensors.torch.save_file(tensors, path, metadata=metadata)
+
+
+@pytest.mark.parametrize(
+    ("tensors", "metadata", "message"),
+    [
+        ({"rows/m": torch.tensor([1, 2])}, {"format": "peft-neft-selection/1", "metadata": "{not json"},
+         r"metadata is not valid JSON"),
+        ({"rows/m": torch.tensor([1, 2])}, {"format": "peft-neft-selection/1", "metadata": "[1, 2]"},
+         r"metadata must be a JSON object, got a list"),
+        ({"rows/m": torch.tensor([1.0, 2.5])}, {"format": "peft-neft-selection/1"}, r"rows of module 'm'.*integers"),
+        ({"rows/m": torch.tensor([3, 1])}, {"format": "peft-neft-selection/1"}, r"rows of module 'm'.*sorted"),
+        ({"rows/m": torch.tensor([-1, 1])}, {"format": "peft-neft-selection/1"}, r"rows of module 'm'.*negative"),
+        ({"rows/m": torch.tensor([[1, 2]])}, {"format": "peft-neft-selection/1"}, r"rows of module 'm'.*1-D"),
+        ({"rows/m": torch.tensor([1, 2]), "scores/m": torch.tensor([[0.5]])}, {"format": "peft-neft-selection/1"},
+         r"scores of module 'm'.*1-D"),
+        ({"rows/m": torch.tensor([1, 2])}, {"format": "peft-neft-selection/1", "metadata": '{"fingerprint": 5}'},
+         r"fingerprint.*string"),
+    ],
+)
+def test_corrupt_selection_files_get_clear_errors(tmp_path, tensors, metadata, message):
+    _write_selection(tmp_path / "sel.safetensors", tensors, metadata)
+    with pytest.raises(ValueError, match=r"sel\.safetensors.*" + message):
+        NeuronSelection.load(tmp_path / "sel.safetensors")
+
+
+def test_a_json_file_is_not_read_as_a_selection(tmp_path):
+    (tmp_path / "sel.json").write_text('{"model.layers.0.mlp.up_proj": [1, 2]}')
+    with pytest.raises(ValueError, match=r"sel\.json' is not a safetensors file.*NeuronSelection\.save.*peft-neft select"):
+        NeuronSelection.load(tmp_path / "sel.json")

@@ -8,8 +8,26 @@ from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from ..selection.scores import fingerprint_of, module_shape
 from .config import NeFTConfig
 from .layer import Linear, NeFTLayer
+
+
+def _base_fingerprint(model: nn.Module) -> str:
+    """The fingerprint of the base model's shapes (as a selection records it), ignoring peft's wrappers.
+
+    Adapter parameters and peft's copies of ``modules_to_save`` are skipped, ``base_layer`` /
+    ``original_module`` levels are dropped from names, and a bitsandbytes 4-bit weight counts with its
+    unpacked shape.
+    """
+    shapes = []
+    for name, param in model.named_parameters():
+        if "neft_" in name or ".modules_to_save." in name:
+            continue
+        name = name.replace(".base_layer.", ".").replace(".original_module.", ".")
+        shape = getattr(getattr(param, "quant_state", None), "shape", None) or param.shape
+        shapes.append((name, shape))
+    return fingerprint_of(shapes)
 
 
 class NeFTModel(BaseTuner):
@@ -32,12 +50,30 @@ class NeFTModel(BaseTuner):
                 "Module names are relative to the base model (as in base_model.named_modules()); was the selection "
                 "made for another model?"
             )
+        shapes = {}
         for name in config.neuron_counts:
             base = modules[name].get_base_layer() if isinstance(modules[name], NeFTLayer) else modules[name]
             if not isinstance(base, (nn.Linear, Conv1D)):
                 raise TypeError(
                     f"NeFT cannot adapt module {name!r} of type {type(base).__name__}: only torch.nn.Linear and "
                     "transformers' Conv1D are supported. Remove it from the selection."
+                )
+            shapes[name] = list(module_shape(base))
+        recorded = config.module_shapes or {}
+        for name, shape in shapes.items():
+            if name in recorded and list(recorded[name]) != shape:
+                raise ValueError(
+                    f"The adapter was made for module {name!r} with shape {tuple(recorded[name])} (out, in), but this "
+                    f"base model's has {tuple(shape)}: load it onto the base model it was trained on."
+                )
+        config.module_shapes = shapes
+        if config.neurons is not None and config.selection_fingerprint and not config.ignore_fingerprint:
+            fingerprint = _base_fingerprint(model)
+            if fingerprint != config.selection_fingerprint:
+                raise ValueError(
+                    f"The neuron selection was made on a base model with other weight shapes (fingerprint "
+                    f"{config.selection_fingerprint}, this model {fingerprint}). Select neurons on the model you "
+                    "will train, or pass NeFTConfig(..., ignore_fingerprint=True) if the selection fits this model."
                 )
 
     def _prepare_adapter_config(self, peft_config: NeFTConfig, model_config: dict) -> NeFTConfig:
