@@ -342,3 +342,33 @@ def test_a_json_file_is_not_read_as_a_selection(tmp_path):
     (tmp_path / "sel.json").write_text('{"model.layers.0.mlp.up_proj": [1, 2]}')
     with pytest.raises(ValueError, match=r"sel\.json' is not a safetensors file.*NeuronSelection\.save.*peft-neft select"):
         NeuronSelection.load(tmp_path / "sel.json")
+
+
+@pytest.mark.parametrize("strategy", ["lowest", "reversed", "random"])
+def test_scores_of_an_unchanged_model_are_refused(tiny_llama, strategy):
+    scores = score_models(tiny_llama, copy.deepcopy(tiny_llama))
+    with pytest.raises(ValueError, match=r"No neuron changed.*every cosine score is 1\.0"):
+        select_neurons(scores, num_neurons=4, strategy=strategy)
+
+
+def test_calibration_at_learning_rate_zero_is_refused(tiny_llama):
+    from peft_neft.calibration import calibrate
+
+    gen = torch.Generator().manual_seed(0)
+    data = [{"input_ids": ids, "attention_mask": [1] * 8, "labels": ids}
+            for ids in torch.randint(1, 128, (4, 8), generator=gen).tolist()]
+    scores = calibrate(tiny_llama, data, steps=2, lr=0.0, batch_size=2, progress=False)
+    with pytest.raises(ValueError, match="No neuron changed"):
+        select_neurons(scores, percent=3)
+
+
+def test_select_cli_on_two_identical_checkpoints_is_an_error(tiny_llama, tmp_path, capsys):
+    tiny_llama.save_pretrained(tmp_path / "base")
+    tiny_llama.save_pretrained(tmp_path / "same")
+    out = tmp_path / "sel.safetensors"
+    capsys.readouterr()
+    code = main(["select", "--base", str(tmp_path / "base"), "--finetuned", str(tmp_path / "same"),
+                 "--num-neurons", "6", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and not out.exists()
+    assert err.startswith("peft-neft select: error: No neuron changed") and err.count("\n") == 1
