@@ -170,6 +170,8 @@ class NeuronSelection:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the selection to one safetensors file (no pickle), atomically."""
+        if os.path.isdir(path):
+            raise ValueError(f"Cannot write the selection to {os.fspath(path)!r}: it is a folder. Give a file path.")
         tensors = {_ROWS + name: rows.to(torch.int64).contiguous().cpu() for name, rows in self.rows.items()}
         tensors.update({_SCORES + name: s.detach().contiguous().cpu() for name, s in self.scores.items()})
         header = {"format": _FORMAT, "metadata": json.dumps(self.metadata, sort_keys=True)}

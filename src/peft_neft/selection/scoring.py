@@ -9,7 +9,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 from transformers.pytorch_utils import Conv1D
@@ -99,7 +99,13 @@ def _module_types(checkpoint_dir: Path) -> dict[str, nn.Module] | None:
     """The model's modules, built on the meta device from config.json (no weights), or None without a config."""
     if not (checkpoint_dir / "config.json").is_file():
         return None
-    config = AutoConfig.from_pretrained(checkpoint_dir)
+    try:
+        config = AutoConfig.from_pretrained(checkpoint_dir)
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"{os.fspath(checkpoint_dir / 'config.json')!r} is not a readable model config ({err}). "
+            "Save the model again with save_pretrained()."
+        ) from err
     with torch.device("meta"):
         try:
             model = AutoModelForCausalLM.from_config(config)
@@ -114,7 +120,13 @@ class _Checkpoint:
     def __init__(self, path: str | os.PathLike, stack: ExitStack) -> None:
         self.where: dict[str, object] = {}
         for file in _safetensors_files(path):
-            handle = stack.enter_context(safe_open(os.fspath(file), framework="pt"))
+            try:
+                handle = stack.enter_context(safe_open(os.fspath(file), framework="pt"))
+            except (SafetensorError, OSError) as err:
+                raise ValueError(
+                    f"{os.fspath(file)!r} is not a readable safetensors file ({err}): it is truncated or corrupt. "
+                    "Save the model again with save_pretrained()."
+                ) from err
             for key in handle.keys():
                 self.where[key] = handle
 
