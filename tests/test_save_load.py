@@ -284,3 +284,13 @@ def test_missing_adapter_weights_file_is_named_not_fetched(saved):
     (saved / "adapter_model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match=r"adapter_model\.safetensors"):
         PeftModel.from_pretrained(make_tiny_llama(), saved)
+
+
+def test_integer_delta_is_refused_not_converted(saved):
+    """A header whose dtype says I32 instead of F32 (one flipped byte) would turn the deltas into huge numbers."""
+    def to_int(tensors):
+        tensors[f"{UP0_KEY}.neft_delta"] = tensors[f"{UP0_KEY}.neft_delta"].view(torch.int32)
+
+    _rewrite_adapter(saved, to_int)
+    with pytest.raises(ValueError, match=r"delta of module 'model\.layers\.0\.mlp\.up_proj'.*floating point.*int32"):
+        PeftModel.from_pretrained(make_tiny_llama(), saved)

@@ -6,6 +6,7 @@ its Table 5), a per-layer summary and a plot.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -175,6 +176,7 @@ class NeuronSelection:
         tensors = {_ROWS + name: rows.to(torch.int64).contiguous().cpu() for name, rows in self.rows.items()}
         tensors.update({_SCORES + name: s.detach().contiguous().cpu() for name, s in self.scores.items()})
         header = {"format": _FORMAT, "metadata": json.dumps(self.metadata, sort_keys=True)}
+        header["sha256"] = _digest(header["metadata"], tensors)
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=header)
 
@@ -205,11 +207,23 @@ class NeuronSelection:
         rows = {k[len(_ROWS):]: v for k, v in tensors.items() if k.startswith(_ROWS)}
         scores = {k[len(_SCORES):]: v for k, v in tensors.items() if k.startswith(_SCORES)}
         try:
+            if "sha256" in header and header["sha256"] != _digest(header.get("metadata", "{}"), tensors):
+                raise ValueError("its content does not match the checksum written with it (changed or damaged since).")
             _check_loaded(rows, scores)
             metadata = _parse_metadata(header.get("metadata", "{}"))
         except ValueError as err:
             raise ValueError(f"{where!r} is a corrupt neuron selection: {err} Write it again.") from err
         return cls(rows=rows, scores=scores, metadata=metadata)
+
+
+def _digest(metadata: str, tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a selection file's metadata and tensors (names, dtypes, shapes, bytes); safetensors has none."""
+    digest = hashlib.sha256(metadata.encode())
+    for key in sorted(tensors):
+        tensor = tensors[key].contiguous()
+        digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
 
 
 def _check_loaded(rows: dict[str, torch.Tensor], scores: dict[str, torch.Tensor]) -> None:

@@ -119,6 +119,12 @@ class NeFTLayer(BaseTunerLayer):
                     )
                 self._check_rows_in_range(incoming)
                 self._rows_awaiting_load.discard(adapter_name)
+            if delta_key in state_dict and not state_dict[delta_key].dtype.is_floating_point:
+                raise ValueError(
+                    f"The NeFT delta of module {self.module_name!r} ('{prefix}neft_delta') must be floating point, "
+                    f"got {str(state_dict[delta_key].dtype).removeprefix('torch.')}: the adapter file is corrupt. "
+                    "Save it again."
+                )
             if delta_key in state_dict and state_dict[delta_key].shape != self.neft_delta[adapter_name].shape:
                 raise ValueError(
                     f"The NeFT delta of module {self.module_name!r} in the checkpoint has shape "
