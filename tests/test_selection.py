@@ -372,3 +372,25 @@ def test_select_cli_on_two_identical_checkpoints_is_an_error(tiny_llama, tmp_pat
     err = capsys.readouterr().err
     assert code == 2 and not out.exists()
     assert err.startswith("peft-neft select: error: No neuron changed") and err.count("\n") == 1
+
+
+def test_exclude_removes_rows_of_its_own_module_only():
+    scores = NeuronScores({UP0: torch.tensor([0.99, 0.5, 0.2, 0.1]), UP1: torch.tensor([0.98, 0.97, 0.3, 0.4])},
+                          {UP0: 32, UP1: 32}, total_params=10_000, method="cosine")
+    exclude = hand({UP0: [0]})
+    picked = select_neurons(scores, num_neurons=2, strategy="reversed", exclude=exclude)
+    assert {k: v.tolist() for k, v in picked.rows.items()} == {UP1: [0, 1]}  # UP1's row 0 is not excluded
+    lowest = select_neurons(scores, num_neurons=3, exclude=hand({UP1: [2]}))
+    assert {k: v.tolist() for k, v in lowest.rows.items()} == {UP0: [2, 3], UP1: [3]}
+
+
+def test_hybrid_adds_exactly_the_top_scored_rows_outside_the_lowest_part(tiny_llama):
+    scores = score_models(tiny_llama, perturbed_copy(tiny_llama))
+    lowest = select_neurons(scores, percent=3)
+    hybrid = select_hybrid(scores, percent=3, reversed_percent=6)
+    taken = {(n, int(r)) for n, rows in lowest.rows.items() for r in rows}
+    ranked = sorted(((float(s), n, r) for n, col in scores.scores.items() for r, s in enumerate(col)
+                     if (n, r) not in taken), key=lambda t: -t[0])
+    extra = {(n, r) for n, rows in hybrid.rows.items() for r in rows.tolist()} - taken
+    count = len(extra)
+    assert count > 0 and extra == {(n, r) for _, n, r in ranked[:count]}
