@@ -136,6 +136,25 @@ def test_torchao_training_updates_only_the_deltas(torchao_llama):
     for name, p in model.named_parameters():
         if name in frozen_before:
             assert torch.equal(p, frozen_before[name]), name
+    _check_gradients_against_the_dequantized_weight(model)
+
+
+def _check_gradients_against_the_dequantized_weight(model) -> None:
+    """Each layer's input and delta gradients are those of ``y = x W^T`` with rows ``R`` of ``W`` replaced by
+    ``W[R] + D``, ``W`` the dequantized base weight (deltas trained, so the delta's part of ``grad_x`` counts)."""
+    generator = torch.Generator().manual_seed(2)
+    for name, layer in _neft_layers(model).items():
+        delta, rows = layer.neft_delta["default"], layer.neft_rows["default"]
+        assert delta.abs().sum() > 0
+        x = torch.randn(2, 3, layer.in_features, generator=generator, requires_grad=True)
+        g = torch.randn(2, 3, layer.out_features, generator=generator)
+        delta.grad = None
+        layer(x).backward(g)
+        dense = layer.get_base_layer().weight.dequantize().float().clone()
+        dense[rows] += delta.detach()
+        torch.testing.assert_close(x.grad, g @ dense, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(delta.grad, g[..., rows].reshape(-1, rows.numel()).T @ x.detach().reshape(-1, x.shape[-1]),
+                                   rtol=1e-4, atol=1e-5)
 
 
 def test_torchao_merge_is_refused_with_a_clear_message(torchao_llama):
