@@ -294,3 +294,50 @@ def test_integer_delta_is_refused_not_converted(saved):
     _rewrite_adapter(saved, to_int)
     with pytest.raises(ValueError, match=r"delta of module 'model\.layers\.0\.mlp\.up_proj'.*floating point.*int32"):
         PeftModel.from_pretrained(make_tiny_llama(), saved)
+
+
+def test_conv1d_gpt2_trains_saves_and_loads(tmp_path):
+    """GPT-2's Conv1D stores its weight as (in, out): a row (output neuron) is a column of the weight."""
+    import copy
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    def make_gpt2():
+        torch.manual_seed(0)
+        return GPT2LMHeadModel(GPT2Config(n_embd=16, n_layer=2, n_head=2, vocab_size=64, n_positions=32)).eval()
+
+    rows = {"transformer.h.0.mlp.c_fc": [2, 17, 40], "transformer.h.1.attn.c_attn": [0, 5], "transformer.h.1.mlp.c_proj": [3]}
+    base = make_gpt2()
+    original = copy.deepcopy(base)
+    model = get_peft_model(base, NeFTConfig(neurons=rows))
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+        f"base_model.model.{name}.neft_delta.default" for name in rows}
+    ids = torch.randint(0, 64, (4, 12), generator=torch.Generator().manual_seed(1))
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    for _ in range(3):
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    deltas = {name: model.get_submodule(f"base_model.model.{name}").neft_delta["default"] for name in rows}
+    assert all(bool((d.abs().sum(1) > 0).all()) for d in deltas.values())
+    frozen = {n.replace(".base_layer", ""): p for n, p in model.base_model.model.named_parameters() if "neft_" not in n}
+    assert all(torch.equal(p, original.state_dict()[n]) for n, p in frozen.items())
+
+    # gradient = that of the selected columns of the dense Conv1D weight with W[:, R] += D^T
+    dense = copy.deepcopy(original)
+    with torch.no_grad():
+        for name, delta in deltas.items():
+            dense.get_submodule(name).weight[:, rows[name]] += delta.T
+    model(input_ids=ids, labels=ids).loss.backward()
+    dense(input_ids=ids, labels=ids).loss.backward()
+    for name, delta in deltas.items():
+        torch.testing.assert_close(delta.grad, dense.get_submodule(name).weight.grad[:, rows[name]].T, rtol=1e-4, atol=1e-6)
+
+    expected = model(input_ids=ids).logits.detach()
+    model.save_pretrained(tmp_path / "adapter")
+    loaded = PeftModel.from_pretrained(make_gpt2(), tmp_path / "adapter")
+    assert torch.equal(loaded(input_ids=ids).logits, expected)
+    torch.testing.assert_close(loaded.merge_and_unload()(input_ids=ids).logits, expected, rtol=1e-5, atol=1e-5)
+    wider = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=64, n_positions=32))
+    with pytest.raises(ValueError, match=r"transformer\.h\.0\.mlp\.c_fc' with shape \(64, 16\).*\(128, 32\)"):
+        PeftModel.from_pretrained(wider, tmp_path / "adapter")

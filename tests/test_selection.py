@@ -394,3 +394,34 @@ def test_hybrid_adds_exactly_the_top_scored_rows_outside_the_lowest_part(tiny_ll
     extra = {(n, r) for n, rows in hybrid.rows.items() for r in rows.tolist()} - taken
     count = len(extra)
     assert count > 0 and extra == {(n, r) for _, n, r in ranked[:count]}
+
+
+def test_select_cli_strategy_and_per_layer_quota(tiny_llama, tmp_path):
+    tiny_llama.save_pretrained(tmp_path / "base")
+    perturbed_copy(tiny_llama).save_pretrained(tmp_path / "tuned")
+    scores = score_checkpoints(tmp_path / "base", tmp_path / "tuned")
+    common = ["select", "--base", str(tmp_path / "base"), "--finetuned", str(tmp_path / "tuned"), "--num-neurons", "6"]
+
+    def run(name, *extra):
+        assert main([*common, "--out", str(tmp_path / name), *extra]) == 0
+        return NeuronSelection.load(tmp_path / name)
+
+    def as_lists(selection):
+        return {k: v.tolist() for k, v in selection.rows.items()}
+
+    cases = {
+        "reversed.safetensors": (["--strategy", "reversed"], dict(strategy="reversed")),
+        "random.safetensors": (["--strategy", "random", "--seed", "3"], dict(strategy="random", seed=3)),
+        "quota.safetensors": (["--per-layer-quota"], dict(per_layer_quota=True)),
+    }
+    results = {}
+    for name, (flags, kwargs) in cases.items():
+        results[name] = run(name, *flags)
+        assert as_lists(results[name]) == as_lists(select_neurons(scores, num_neurons=6, **kwargs)), name
+    assert results["reversed.safetensors"].metadata["strategy"] == "reversed"
+    assert results["random.safetensors"].metadata["seed"] == 3
+    assert results["quota.safetensors"].metadata["per_layer_quota"] is True
+    # each flag changes the result: the global lowest selection is PERTURBED (five rows in layer 1, one in layer 0)
+    assert all(as_lists(s) != PERTURBED for s in results.values())
+    quota = results["quota.safetensors"].summary_rows()
+    assert [r["neurons"] for r in quota] == [3, 3]
