@@ -233,3 +233,16 @@ def test_bnb_forward_training_and_merge(bnb_llama):
     _check_forward_adds_rows_to_base_output(model, "cuda")
     with pytest.raises(NotImplementedError, match="quantized base"):
         model.merge_and_unload()
+
+
+def test_torchao_base_accepts_a_selection_made_on_its_float_model(torchao_llama):
+    from peft_neft.selection import NeuronSelection
+    from peft_neft.selection.scores import model_fingerprint
+
+    float_model = make_tiny_llama(hidden=64, intermediate=128)
+    selection = NeuronSelection(rows={k: torch.tensor(v) for k, v in NEURONS.items()},
+                                metadata={"fingerprint": model_fingerprint(float_model)})
+    model = get_peft_model(torchao_llama, peft_neft.NeFTConfig(neurons=selection))
+    assert set(_neft_layers(model)) == {"base_model.model." + name for name in NEURONS}
+    with pytest.raises(ValueError, match="other weight shapes"):
+        get_peft_model(make_tiny_llama(hidden=64, intermediate=96), peft_neft.NeFTConfig(neurons=selection))

@@ -305,8 +305,10 @@ def test_selection_file_for_another_model_is_refused_unless_overridden(tiny_llam
     model = get_peft_model(make_tiny_llama(hidden=48), NeFTConfig(neurons=tmp_path / "sel.safetensors",
                                                                   ignore_fingerprint=True))
     assert model.get_nb_trainable_parameters()[0] == 6 * 48 - 3 * 48 + 3 * 64  # 3 up_proj rows of 48, 3 down of 64
-    same = get_peft_model(make_tiny_llama(seed=5), NeFTConfig(neurons=tmp_path / "sel.safetensors"))
+    same = get_peft_model(make_tiny_llama(seed=5), NeFTConfig(neurons=tmp_path / "sel.safetensors",
+                                                              modules_to_save=["lm_head"]))
     assert same.peft_config["default"].selection_fingerprint == selection.fingerprint
+    same.add_adapter("second", NeFTConfig(neurons=selection))  # peft's wrappers do not change the fingerprint
 
 
 def _write_selection(path, tensors, metadata):
