@@ -134,7 +134,10 @@ def test_silenced_neurons_are_strongly_affected_and_suppressed():
     assert not report.indirectly_affected[top_rows].any()
     assert torch.equal(report.indirectly_affected, report.strongly_affected & ~report.in_selection)
     counts = report.category_counts()
-    assert counts["suppressed"] <= counts["strongly_affected"] and counts["strongly_affected"] >= 4
+    moved = report.rank_b - report.rank_a  # counted here from the two rankings, not from the report's masks
+    assert counts["strongly_affected"] == int((moved.abs() > n // 2).sum()) >= 4
+    assert counts["suppressed"] == int((moved > n // 2).sum()) >= 4
+    assert counts["indirectly_affected"] == counts["strongly_affected"] - 4  # the four silenced rows are selected
     per_layer = report.per_layer_counts()
     assert per_layer[0]["suppressed"] >= 4 and sum(v["neurons"] for v in per_layer.values()) == n
 

@@ -66,7 +66,8 @@ def test_analyze_cli_on_smollm2_adapter(smollm2_dir, shared_data, tmp_path, caps
     # Layer 0 runs before the changed rows, so nothing there moves; the trained layer does.
     assert summary["per_module"][UP.format(0)]["avg_abs_delta_rank"] < summary["per_module"][UP.format(1)]["avg_abs_delta_rank"]
     counts = summary["category_counts"]
-    assert counts["strongly_affected"] > 0 and counts["indirectly_affected"] <= counts["strongly_affected"]
+    # some of the trained (selected) rows are themselves strongly affected, so not all strong ones are indirect
+    assert 0 < counts["indirectly_affected"] < counts["strongly_affected"]
     assert "report written" in capsys.readouterr().out
 
     foreign = NeuronSelection(rows={"model.layers.40.mlp.up_proj": torch.tensor([1])})

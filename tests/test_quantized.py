@@ -136,6 +136,25 @@ def test_torchao_training_updates_only_the_deltas(torchao_llama):
     for name, p in model.named_parameters():
         if name in frozen_before:
             assert torch.equal(p, frozen_before[name]), name
+    _check_gradients_against_the_dequantized_weight(model)
+
+
+def _check_gradients_against_the_dequantized_weight(model) -> None:
+    """Each layer's input and delta gradients are those of ``y = x W^T`` with rows ``R`` of ``W`` replaced by
+    ``W[R] + D``, ``W`` the dequantized base weight (deltas trained, so the delta's part of ``grad_x`` counts)."""
+    generator = torch.Generator().manual_seed(2)
+    for name, layer in _neft_layers(model).items():
+        delta, rows = layer.neft_delta["default"], layer.neft_rows["default"]
+        assert delta.abs().sum() > 0
+        x = torch.randn(2, 3, layer.in_features, generator=generator, requires_grad=True)
+        g = torch.randn(2, 3, layer.out_features, generator=generator)
+        delta.grad = None
+        layer(x).backward(g)
+        dense = layer.get_base_layer().weight.dequantize().float().clone()
+        dense[rows] += delta.detach()
+        torch.testing.assert_close(x.grad, g @ dense, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(delta.grad, g[..., rows].reshape(-1, rows.numel()).T @ x.detach().reshape(-1, x.shape[-1]),
+                                   rtol=1e-4, atol=1e-5)
 
 
 def test_torchao_merge_is_refused_with_a_clear_message(torchao_llama):
@@ -214,3 +233,16 @@ def test_bnb_forward_training_and_merge(bnb_llama):
     _check_forward_adds_rows_to_base_output(model, "cuda")
     with pytest.raises(NotImplementedError, match="quantized base"):
         model.merge_and_unload()
+
+
+def test_torchao_base_accepts_a_selection_made_on_its_float_model(torchao_llama):
+    from peft_neft.selection import NeuronSelection
+    from peft_neft._shapes import model_fingerprint
+
+    float_model = make_tiny_llama(hidden=64, intermediate=128)
+    selection = NeuronSelection(rows={k: torch.tensor(v) for k, v in NEURONS.items()},
+                                metadata={"fingerprint": model_fingerprint(float_model)})
+    model = get_peft_model(torchao_llama, peft_neft.NeFTConfig(neurons=selection))
+    assert set(_neft_layers(model)) == {"base_model.model." + name for name in NEURONS}
+    with pytest.raises(ValueError, match="other weight shapes"):
+        get_peft_model(make_tiny_llama(hidden=64, intermediate=96), peft_neft.NeFTConfig(neurons=selection))

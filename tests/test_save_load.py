@@ -115,16 +115,19 @@ def test_loading_onto_a_base_with_other_shapes_names_the_module(trained, tmp_pat
     model, _ = trained
     model.save_pretrained(tmp_path / "adapter")
     wider = make_tiny_llama(hidden=48)
-    with pytest.raises(ValueError, match="different layer shapes"):
+    with pytest.raises(ValueError, match=r"module 'model\.layers\.0\.mlp\.up_proj' with shape \(64, 32\).*\(64, 48\)"):
         PeftModel.from_pretrained(wider, tmp_path / "adapter")
 
 
-def test_rows_out_of_range_for_the_base_are_refused(trained, tmp_path):
+def test_adapter_without_recorded_shapes_is_still_checked_by_its_delta_shapes(trained, tmp_path):
+    """Adapters saved before module shapes were recorded: the delta's shape still catches another hidden size."""
     model, _ = trained
     model.save_pretrained(tmp_path / "adapter")
-    narrower = make_tiny_llama(intermediate=16)  # up_proj rows 33 do not exist, down_proj in_features differ
-    with pytest.raises(ValueError, match="model.layers.0.mlp.up_proj|different layer shapes"):
-        PeftModel.from_pretrained(narrower, tmp_path / "adapter")
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    del config["module_shapes"]
+    (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"delta of module 'model\.layers\.0\.mlp\.up_proj'.*\(3, 32\).*\(3, 48\).*different layer shapes"):
+        PeftModel.from_pretrained(make_tiny_llama(hidden=48), tmp_path / "adapter")
 
 
 def test_truncated_adapter_file_does_not_load(trained, tmp_path):
@@ -132,7 +135,7 @@ def test_truncated_adapter_file_does_not_load(trained, tmp_path):
     model.save_pretrained(tmp_path / "adapter")
     weights = tmp_path / "adapter" / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-50])
-    with pytest.raises(Exception, match="(?i)deserializ|incomplete|invalid|truncat"):
+    with pytest.raises(ValueError, match=r"adapter_model\.safetensors' is not a readable safetensors file .*truncated or corrupt"):
         PeftModel.from_pretrained(make_tiny_llama(), tmp_path / "adapter")
 
 
@@ -141,7 +144,7 @@ def test_mixed_files_from_two_saves_are_refused(trained, tmp_path):
     model.save_pretrained(tmp_path / "adapter")
     other = NeFTConfig(neurons={**ROWS, "model.layers.0.mlp.up_proj": [1, 2]})
     other.save_pretrained(tmp_path / "adapter")  # config of another save over the old weights
-    with pytest.raises(ValueError, match="different saves|different layer shapes"):
+    with pytest.raises(ValueError, match=r"selects 3 rows of module 'model\.layers\.0\.mlp\.up_proj'.*declares 2.*different saves"):
         PeftModel.from_pretrained(make_tiny_llama(), tmp_path / "adapter")
 
 
@@ -194,3 +197,147 @@ def test_atomic_writes_get_ordinary_permissions(trained, tmp_path):
     os.umask(mask)
     assert stat.S_IMODE((tmp_path / "adapter").stat().st_mode) == 0o777 & ~mask
     assert stat.S_IMODE((tmp_path / "sel.safetensors").stat().st_mode) == 0o666 & ~mask
+
+
+def _rewrite_adapter(folder, change):
+    """Apply ``change(tensors)`` to the adapter's safetensors file (as a user's tool or a bad copy would)."""
+    weights = folder / "adapter_model.safetensors"
+    tensors = safetensors.torch.load_file(weights)
+    change(tensors)
+    safetensors.torch.save_file(tensors, weights, metadata={"format": "pt"})
+
+
+UP0_KEY = "base_model.model.model.layers.0.mlp.up_proj"
+DOWN1_KEY = "base_model.model.model.layers.1.mlp.down_proj"
+
+
+@pytest.fixture
+def saved(trained, tmp_path):
+    model, _ = trained
+    model.save_pretrained(tmp_path / "adapter")
+    return tmp_path / "adapter"
+
+
+def test_missing_delta_tensor_is_refused_naming_it(saved):
+    _rewrite_adapter(saved, lambda t: t.pop(f"{DOWN1_KEY}.neft_delta"))
+    with pytest.raises(ValueError, match=r"no tensor 'base_model\.model\.model\.layers\.1\.mlp\.down_proj\.neft_delta'"):
+        PeftModel.from_pretrained(make_tiny_llama(), saved)
+
+
+def test_missing_rows_tensor_fails_at_load_naming_it(saved):
+    _rewrite_adapter(saved, lambda t: t.pop(f"{UP0_KEY}.neft_rows"))
+    with pytest.raises(ValueError, match=r"no tensor 'base_model\.model\.model\.layers\.0\.mlp\.up_proj\.neft_rows'"):
+        PeftModel.from_pretrained(make_tiny_llama(), saved)
+
+
+def test_module_missing_from_the_file_is_refused(saved):
+    def drop(tensors):
+        tensors.pop(f"{UP0_KEY}.neft_rows")
+        tensors.pop(f"{UP0_KEY}.neft_delta")
+
+    _rewrite_adapter(saved, drop)
+    with pytest.raises(ValueError, match=r"no tensor 'base_model\.model\.model\.layers\.0\.mlp\.up_proj\.neft_(rows|delta)'"):
+        PeftModel.from_pretrained(make_tiny_llama(), saved)
+
+
+def test_float_row_indices_are_refused_not_truncated(saved):
+    def to_float(tensors):
+        tensors[f"{UP0_KEY}.neft_rows"] = torch.tensor([1.0, 9.7, 33.0])
+
+    _rewrite_adapter(saved, to_float)
+    with pytest.raises(ValueError, match=r"up_proj.*integers.*float32"):
+        PeftModel.from_pretrained(make_tiny_llama(), saved)
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [([1, 9, 64], r"must lie in \[0, 64\).*max 64"), ([-1, 9, 33], r"must lie in \[0, 64\).*min -1"),
+     ([9, 1, 33], "sorted and unique"), ([1, 9, 9], "sorted and unique")],
+)
+def test_checkpoint_rows_out_of_range_or_unsorted_are_refused(saved, rows, message):
+    def replace(tensors):
+        tensors[f"{UP0_KEY}.neft_rows"] = torch.tensor(rows)
+
+    _rewrite_adapter(saved, replace)
+    with pytest.raises(ValueError, match=message):
+        PeftModel.from_pretrained(make_tiny_llama(), saved)
+
+
+def test_adapter_refused_on_a_base_with_another_intermediate_size(tmp_path):
+    """up_proj's delta is (k, hidden) whatever the intermediate size, so only the recorded shape catches this."""
+    model = get_peft_model(make_tiny_llama(), NeFTConfig(neurons={"model.layers.0.mlp.up_proj": [1, 9, 33]}))
+    model.save_pretrained(tmp_path / "adapter")
+    with pytest.raises(ValueError, match=r"model\.layers\.0\.mlp\.up_proj.*\(64, 32\).*\(48, 32\)"):
+        PeftModel.from_pretrained(make_tiny_llama(intermediate=48), tmp_path / "adapter")
+    PeftModel.from_pretrained(make_tiny_llama(), tmp_path / "adapter")  # the right base still loads
+
+
+def test_negative_row_count_in_the_config_is_refused(saved):
+    config = json.loads((saved / "adapter_config.json").read_text())
+    config["neuron_counts"]["model.layers.0.mlp.up_proj"] = -3
+    (saved / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"neuron_counts.*model\.layers\.0\.mlp\.up_proj.*-3"):
+        PeftModel.from_pretrained(make_tiny_llama(), saved)
+
+
+def test_missing_adapter_weights_file_is_named_not_fetched(saved):
+    (saved / "adapter_model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"adapter_model\.safetensors"):
+        PeftModel.from_pretrained(make_tiny_llama(), saved)
+
+
+def test_integer_delta_is_refused_not_converted(saved):
+    """A header whose dtype says I32 instead of F32 (one flipped byte) would turn the deltas into huge numbers."""
+    def to_int(tensors):
+        tensors[f"{UP0_KEY}.neft_delta"] = tensors[f"{UP0_KEY}.neft_delta"].view(torch.int32)
+
+    _rewrite_adapter(saved, to_int)
+    with pytest.raises(ValueError, match=r"delta of module 'model\.layers\.0\.mlp\.up_proj'.*floating point.*int32"):
+        PeftModel.from_pretrained(make_tiny_llama(), saved)
+
+
+def test_conv1d_gpt2_trains_saves_and_loads(tmp_path):
+    """GPT-2's Conv1D stores its weight as (in, out): a row (output neuron) is a column of the weight."""
+    import copy
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    def make_gpt2():
+        torch.manual_seed(0)
+        return GPT2LMHeadModel(GPT2Config(n_embd=16, n_layer=2, n_head=2, vocab_size=64, n_positions=32)).eval()
+
+    rows = {"transformer.h.0.mlp.c_fc": [2, 17, 40], "transformer.h.1.attn.c_attn": [0, 5], "transformer.h.1.mlp.c_proj": [3]}
+    base = make_gpt2()
+    original = copy.deepcopy(base)
+    model = get_peft_model(base, NeFTConfig(neurons=rows))
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+        f"base_model.model.{name}.neft_delta.default" for name in rows}
+    ids = torch.randint(0, 64, (4, 12), generator=torch.Generator().manual_seed(1))
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    for _ in range(3):
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    deltas = {name: model.get_submodule(f"base_model.model.{name}").neft_delta["default"] for name in rows}
+    assert all(bool((d.abs().sum(1) > 0).all()) for d in deltas.values())
+    frozen = {n.replace(".base_layer", ""): p for n, p in model.base_model.model.named_parameters() if "neft_" not in n}
+    assert all(torch.equal(p, original.state_dict()[n]) for n, p in frozen.items())
+
+    # gradient = that of the selected columns of the dense Conv1D weight with W[:, R] += D^T
+    dense = copy.deepcopy(original)
+    with torch.no_grad():
+        for name, delta in deltas.items():
+            dense.get_submodule(name).weight[:, rows[name]] += delta.T
+    model(input_ids=ids, labels=ids).loss.backward()
+    dense(input_ids=ids, labels=ids).loss.backward()
+    for name, delta in deltas.items():
+        torch.testing.assert_close(delta.grad, dense.get_submodule(name).weight.grad[:, rows[name]].T, rtol=1e-4, atol=1e-6)
+
+    expected = model(input_ids=ids).logits.detach()
+    model.save_pretrained(tmp_path / "adapter")
+    loaded = PeftModel.from_pretrained(make_gpt2(), tmp_path / "adapter")
+    assert torch.equal(loaded(input_ids=ids).logits, expected)
+    torch.testing.assert_close(loaded.merge_and_unload()(input_ids=ids).logits, expected, rtol=1e-5, atol=1e-5)
+    wider = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=64, n_positions=32))
+    with pytest.raises(ValueError, match=r"transformer\.h\.0\.mlp\.c_fc' with shape \(64, 16\).*\(128, 32\)"):
+        PeftModel.from_pretrained(wider, tmp_path / "adapter")

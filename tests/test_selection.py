@@ -292,3 +292,138 @@ def test_select_cli_from_two_checkpoints(tiny_llama, tmp_path, capsys):
     assert main(["select", "--base", str(tmp_path / "base"), "--finetuned", str(tmp_path / "tuned"),
                  "--percent", "150", "--out", str(out)]) == 2
     assert "(0, 100]" in capsys.readouterr().err
+
+
+def test_selection_file_for_another_model_is_refused_unless_overridden(tiny_llama, tmp_path):
+    selection = select_neurons(score_models(tiny_llama, perturbed_copy(tiny_llama)), num_neurons=6)
+    selection.save(tmp_path / "sel.safetensors")
+    wider = make_tiny_llama(hidden=48)  # every selected row exists, but the model is not the one scored
+    with pytest.raises(ValueError, match=r"other weight shapes.*ignore_fingerprint=True"):
+        get_peft_model(wider, NeFTConfig(neurons=tmp_path / "sel.safetensors"))
+    with pytest.raises(ValueError, match=r"other weight shapes"):
+        get_peft_model(make_tiny_llama(hidden=48), NeFTConfig(neurons=selection))
+    model = get_peft_model(make_tiny_llama(hidden=48), NeFTConfig(neurons=tmp_path / "sel.safetensors",
+                                                                  ignore_fingerprint=True))
+    assert model.get_nb_trainable_parameters()[0] == 6 * 48 - 3 * 48 + 3 * 64  # 3 up_proj rows of 48, 3 down of 64
+    same = get_peft_model(make_tiny_llama(seed=5), NeFTConfig(neurons=tmp_path / "sel.safetensors",
+                                                              modules_to_save=["lm_head"]))
+    assert same.peft_config["default"].selection_fingerprint == selection.fingerprint
+    same.add_adapter("second", NeFTConfig(neurons=selection))  # peft's wrappers do not change the fingerprint
+
+
+def _write_selection(path, tensors, metadata):
+    import safetensors.torch
+
+    safetensors.torch.save_file(tensors, path, metadata=metadata)
+
+
+@pytest.mark.parametrize(
+    ("tensors", "metadata", "message"),
+    [
+        ({"rows/m": torch.tensor([1, 2])}, {"format": "peft-neft-selection/1", "metadata": "{not json"},
+         r"metadata is not valid JSON"),
+        ({"rows/m": torch.tensor([1, 2])}, {"format": "peft-neft-selection/1", "metadata": "[1, 2]"},
+         r"metadata must be a JSON object, got a list"),
+        ({"rows/m": torch.tensor([1.0, 2.5])}, {"format": "peft-neft-selection/1"}, r"rows of module 'm'.*integers"),
+        ({"rows/m": torch.tensor([3, 1])}, {"format": "peft-neft-selection/1"}, r"rows of module 'm'.*sorted"),
+        ({"rows/m": torch.tensor([-1, 1])}, {"format": "peft-neft-selection/1"}, r"rows of module 'm'.*negative"),
+        ({"rows/m": torch.tensor([[1, 2]])}, {"format": "peft-neft-selection/1"}, r"rows of module 'm'.*1-D"),
+        ({"rows/m": torch.tensor([1, 2]), "scores/m": torch.tensor([[0.5]])}, {"format": "peft-neft-selection/1"},
+         r"scores of module 'm'.*1-D"),
+        ({"rows/m": torch.tensor([1, 2])}, {"format": "peft-neft-selection/1", "metadata": '{"fingerprint": 5}'},
+         r"fingerprint.*string"),
+    ],
+)
+def test_corrupt_selection_files_get_clear_errors(tmp_path, tensors, metadata, message):
+    _write_selection(tmp_path / "sel.safetensors", tensors, metadata)
+    with pytest.raises(ValueError, match=r"sel\.safetensors.*" + message):
+        NeuronSelection.load(tmp_path / "sel.safetensors")
+
+
+def test_a_json_file_is_not_read_as_a_selection(tmp_path):
+    (tmp_path / "sel.json").write_text('{"model.layers.0.mlp.up_proj": [1, 2]}')
+    with pytest.raises(ValueError, match=r"sel\.json' is not a safetensors file.*NeuronSelection\.save.*peft-neft select"):
+        NeuronSelection.load(tmp_path / "sel.json")
+
+
+@pytest.mark.parametrize("strategy", ["lowest", "reversed", "random"])
+def test_scores_of_an_unchanged_model_are_refused(tiny_llama, strategy):
+    scores = score_models(tiny_llama, copy.deepcopy(tiny_llama))
+    with pytest.raises(ValueError, match=r"No neuron changed.*every cosine score is 1\.0"):
+        select_neurons(scores, num_neurons=4, strategy=strategy)
+
+
+def test_calibration_at_learning_rate_zero_is_refused(tiny_llama):
+    from peft_neft.calibration import calibrate
+
+    gen = torch.Generator().manual_seed(0)
+    data = [{"input_ids": ids, "attention_mask": [1] * 8, "labels": ids}
+            for ids in torch.randint(1, 128, (4, 8), generator=gen).tolist()]
+    scores = calibrate(tiny_llama, data, steps=2, lr=0.0, batch_size=2, progress=False)
+    with pytest.raises(ValueError, match="No neuron changed"):
+        select_neurons(scores, percent=3)
+
+
+def test_select_cli_on_two_identical_checkpoints_is_an_error(tiny_llama, tmp_path, capsys):
+    tiny_llama.save_pretrained(tmp_path / "base")
+    tiny_llama.save_pretrained(tmp_path / "same")
+    out = tmp_path / "sel.safetensors"
+    capsys.readouterr()
+    code = main(["select", "--base", str(tmp_path / "base"), "--finetuned", str(tmp_path / "same"),
+                 "--num-neurons", "6", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and not out.exists()
+    assert err.startswith("peft-neft select: error: No neuron changed") and err.count("\n") == 1
+
+
+def test_exclude_removes_rows_of_its_own_module_only():
+    scores = NeuronScores({UP0: torch.tensor([0.99, 0.5, 0.2, 0.1]), UP1: torch.tensor([0.98, 0.97, 0.3, 0.4])},
+                          {UP0: 32, UP1: 32}, total_params=10_000, method="cosine")
+    exclude = hand({UP0: [0]})
+    picked = select_neurons(scores, num_neurons=2, strategy="reversed", exclude=exclude)
+    assert {k: v.tolist() for k, v in picked.rows.items()} == {UP1: [0, 1]}  # UP1's row 0 is not excluded
+    lowest = select_neurons(scores, num_neurons=3, exclude=hand({UP1: [2]}))
+    assert {k: v.tolist() for k, v in lowest.rows.items()} == {UP0: [2, 3], UP1: [3]}
+
+
+def test_hybrid_adds_exactly_the_top_scored_rows_outside_the_lowest_part(tiny_llama):
+    scores = score_models(tiny_llama, perturbed_copy(tiny_llama))
+    lowest = select_neurons(scores, percent=3)
+    hybrid = select_hybrid(scores, percent=3, reversed_percent=6)
+    taken = {(n, int(r)) for n, rows in lowest.rows.items() for r in rows}
+    ranked = sorted(((float(s), n, r) for n, col in scores.scores.items() for r, s in enumerate(col)
+                     if (n, r) not in taken), key=lambda t: -t[0])
+    extra = {(n, r) for n, rows in hybrid.rows.items() for r in rows.tolist()} - taken
+    count = len(extra)
+    assert count > 0 and extra == {(n, r) for _, n, r in ranked[:count]}
+
+
+def test_select_cli_strategy_and_per_layer_quota(tiny_llama, tmp_path):
+    tiny_llama.save_pretrained(tmp_path / "base")
+    perturbed_copy(tiny_llama).save_pretrained(tmp_path / "tuned")
+    scores = score_checkpoints(tmp_path / "base", tmp_path / "tuned")
+    common = ["select", "--base", str(tmp_path / "base"), "--finetuned", str(tmp_path / "tuned"), "--num-neurons", "6"]
+
+    def run(name, *extra):
+        assert main([*common, "--out", str(tmp_path / name), *extra]) == 0
+        return NeuronSelection.load(tmp_path / name)
+
+    def as_lists(selection):
+        return {k: v.tolist() for k, v in selection.rows.items()}
+
+    cases = {
+        "reversed.safetensors": (["--strategy", "reversed"], dict(strategy="reversed")),
+        "random.safetensors": (["--strategy", "random", "--seed", "3"], dict(strategy="random", seed=3)),
+        "quota.safetensors": (["--per-layer-quota"], dict(per_layer_quota=True)),
+    }
+    results = {}
+    for name, (flags, kwargs) in cases.items():
+        results[name] = run(name, *flags)
+        assert as_lists(results[name]) == as_lists(select_neurons(scores, num_neurons=6, **kwargs)), name
+    assert results["reversed.safetensors"].metadata["strategy"] == "reversed"
+    assert results["random.safetensors"].metadata["seed"] == 3
+    assert results["quota.safetensors"].metadata["per_layer_quota"] is True
+    # each flag changes the result: the global lowest selection is PERTURBED (five rows in layer 1, one in layer 0)
+    assert all(as_lists(s) != PERTURBED for s in results.values())
+    quota = results["quota.safetensors"].summary_rows()
+    assert [r["neurons"] for r in quota] == [3, 3]

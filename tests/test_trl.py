@@ -38,6 +38,7 @@ def _counting_dataset(n: int = 32):
 def test_sft_trainer_trains_a_neft_peft_config(tmp_path):
     base = make_tiny_llama(vocab=VOCAB)
     frozen_before = {n: p.detach().clone() for n, p in base.named_parameters()}
+    dense_model = make_tiny_llama(vocab=VOCAB)
     args = trl.SFTConfig(
         output_dir=str(tmp_path / "run"),
         max_steps=15,
@@ -78,3 +79,22 @@ def test_sft_trainer_trains_a_neft_peft_config(tmp_path):
         if "neft_delta" in name:
             assert torch.equal(param, trained[name]), name
             assert param.abs().sum() > 0
+
+    # Under TRL's bf16 autocast and gradient checkpointing (NeFT's unfused path), each delta's gradient is that
+    # of the selected rows of the dense weight W[R] + D, up to bfloat16 rounding.
+    deltas = {name: trained[f"base_model.model.{name}.neft_delta.default"] for name in SELECTION}
+    dense_modules = dict(dense_model.named_modules())
+    with torch.no_grad():
+        for name, delta in deltas.items():
+            dense_modules[name].weight[SELECTION[name]] += delta
+    batch = next(iter(trainer.get_train_dataloader()))
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels") if k in batch}
+    model.zero_grad()
+    dense_model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(**inputs).loss.backward()
+        dense_model(**inputs).loss.backward()
+    for name, delta in deltas.items():
+        expected = dense_modules[name].weight.grad[SELECTION[name]]
+        assert expected.abs().sum() > 0
+        assert float((delta.grad - expected).norm() / expected.norm()) < 0.1, name

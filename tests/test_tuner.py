@@ -166,8 +166,10 @@ def test_model_follows_to_device_and_dtype_keeps_delta_dtype():
     assert out.logits.dtype == torch.bfloat16
     out.loss.backward()
     assert layer.neft_delta["default"].grad.dtype == torch.float32
-    model.to("cpu")
-    assert layer.neft_rows["default"].device.type == "cpu"
+    model.to(torch.float64)  # the integer row indices are not cast with the floating-point weights
+    assert layer.neft_rows["default"].dtype == torch.int64
+    model.to("meta")  # the rows are a registered buffer: they follow the model to another device
+    assert layer.neft_rows["default"].device.type == "meta" and layer.neft_delta["default"].device.type == "meta"
 
 
 def test_delta_dtype_is_the_users_choice():

@@ -39,8 +39,19 @@ def fingerprint_of(shapes: Iterable[tuple[str, Sequence[int]]]) -> str:
 
 
 def model_fingerprint(model: nn.Module) -> str:
-    """Fingerprint of a model in memory (tied weights counted once, as in its safetensors checkpoint)."""
-    return fingerprint_of((n, p.shape) for n, p in model.named_parameters())
+    """Fingerprint of a model in memory (tied weights counted once, as in its safetensors checkpoint).
+
+    Under peft's wrappers it is the base model's: NeFT parameters and peft's copies of ``modules_to_save``
+    are skipped, ``base_layer`` / ``original_module`` levels are dropped from names, and a bitsandbytes
+    4-bit weight counts with its unpacked shape.
+    """
+    shapes = []
+    for name, param in model.named_parameters():
+        if "neft_" in name or ".modules_to_save." in name:
+            continue
+        name = name.replace(".base_layer.", ".").replace(".original_module.", ".")
+        shapes.append((name, getattr(getattr(param, "quant_state", None), "shape", None) or param.shape))
+    return fingerprint_of(shapes)
 
 
 def count_params(model: nn.Module) -> int:
@@ -79,7 +90,13 @@ def meta_model(model_dir: str | os.PathLike) -> nn.Module:
     A causal LM when transformers knows one for the config, else the bare model (whose checkpoints use
     the bare model's module names).
     """
-    config = AutoConfig.from_pretrained(model_dir)
+    try:
+        config = AutoConfig.from_pretrained(model_dir)
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"{os.fspath(os.path.join(model_dir, 'config.json'))!r} is not a readable model config ({err}). "
+            "Save the model again with save_pretrained()."
+        ) from err
     with torch.device("meta"):
         try:
             return AutoModelForCausalLM.from_config(config)

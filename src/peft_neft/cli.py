@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 from collections.abc import Sequence
@@ -29,11 +30,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand; any failure is one ``peft-neft CMD: error: ...`` line (``PEFT_NEFT_DEBUG=1``: traceback)."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except (ValueError, FileNotFoundError, TypeError) as err:
-        print(f"peft-neft {args.command}: error: {err}", file=sys.stderr)
+    except Exception as err:
+        if os.environ.get("PEFT_NEFT_DEBUG", "") not in ("", "0"):
+            raise
+        message = " ".join(str(err).split()) or "(no message)"
+        if not isinstance(err, (ValueError, TypeError, OSError)):  # not a known bad input: name it and offer more
+            message = f"{type(err).__name__}: {message} (set PEFT_NEFT_DEBUG=1 for the traceback)"
+        print(f"peft-neft {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import torch
+from huggingface_hub.constants import HF_HUB_OFFLINE
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .atomic import atomic_dir
@@ -60,7 +61,14 @@ def resolve_model_path(name_or_path: str | os.PathLike | None) -> str:
     """``None`` or ``"default"`` means the embedded SmolLM2; anything else is passed to transformers."""
     if name_or_path is None or str(name_or_path) in ("default", DEFAULT_MODEL):
         return str(default_model_dir())
-    return os.fspath(name_or_path)
+    path = os.fspath(name_or_path)
+    # Refuse before transformers turns a mistyped local path into a Hub lookup (no Hub id is absolute, starts
+    # with "." or "~", or has two slashes); offline, every missing path is refused.
+    looks_local = os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1 or "\\" in path
+    if not os.path.exists(os.path.expanduser(path)) and (looks_local or HF_HUB_OFFLINE):
+        raise FileNotFoundError(f"The model folder {path!r} does not exist. Give a transformers model folder, "
+                                "or 'default' for the embedded SmolLM2-135M.")
+    return path
 
 
 def load_model_and_tokenizer(

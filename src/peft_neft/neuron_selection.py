@@ -6,14 +6,15 @@ its Table 5), a per-layer summary and a plot.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from ._shapes import check_fingerprint, module_shapes
@@ -161,30 +162,84 @@ class NeuronSelection:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the selection to one safetensors file (no pickle), atomically."""
+        if os.path.isdir(path):
+            raise ValueError(f"Cannot write the selection to {os.fspath(path)!r}: it is a folder. Give a file path.")
         tensors = {_ROWS + name: rows.to(torch.int64).contiguous().cpu() for name, rows in self.rows.items()}
         tensors.update({_SCORES + name: s.detach().contiguous().cpu() for name, s in self.scores.items()})
         header = {"format": _FORMAT, "metadata": json.dumps(self.metadata, sort_keys=True)}
+        header["sha256"] = _digest(header["metadata"], tensors)
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=header)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "NeuronSelection":
-        """Read a selection written by :meth:`save`."""
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"No neuron selection file at {os.fspath(path)!r}.")
+        """Read a selection written by :meth:`save`; a clear ``ValueError`` names what is wrong with a bad file."""
+        where = os.fspath(path)
+        if not os.path.isfile(where):
+            raise FileNotFoundError(f"No neuron selection file at {where!r}.")
+        with open(where, "rb") as handle:
+            start = handle.read(16).lstrip()
+        if start[:1] in (b"{", b"["):
+            raise ValueError(
+                f"{where!r} is not a safetensors file but text (JSON?). A selection file is written by "
+                "NeuronSelection.save or `peft-neft select`; for a dict of rows pass it to NeFTConfig(neurons=...) directly."
+            )
         try:
-            tensors = load_file(os.fspath(path))
-            from safetensors import safe_open
-
-            with safe_open(os.fspath(path), framework="pt") as handle:
+            with safe_open(where, framework="pt") as handle:
                 header = handle.metadata() or {}
-        except SafetensorError as err:
-            raise ValueError(f"{os.fspath(path)!r} is not a readable neuron selection file: {err}") from err
+                tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        except (SafetensorError, OSError) as err:
+            raise ValueError(
+                f"{where!r} is not a readable neuron selection file ({err}): it is truncated or corrupt. "
+                "Write it again with NeuronSelection.save or `peft-neft select`."
+            ) from err
         if header.get("format") != _FORMAT:
-            raise ValueError(f"{os.fspath(path)!r} is not a peft-neft neuron selection (format {header.get('format')!r}).")
+            raise ValueError(f"{where!r} is not a peft-neft neuron selection (format {header.get('format')!r}).")
         rows = {k[len(_ROWS):]: v for k, v in tensors.items() if k.startswith(_ROWS)}
         scores = {k[len(_SCORES):]: v for k, v in tensors.items() if k.startswith(_SCORES)}
-        return cls(rows=rows, scores=scores, metadata=json.loads(header.get("metadata", "{}")))
+        try:
+            if "sha256" in header and header["sha256"] != _digest(header.get("metadata", "{}"), tensors):
+                raise ValueError("its content does not match the checksum written with it (changed or damaged since).")
+            _check_loaded(rows, scores)
+            metadata = _parse_metadata(header.get("metadata", "{}"))
+        except ValueError as err:
+            raise ValueError(f"{where!r} is a corrupt neuron selection: {err} Write it again.") from err
+        return cls(rows=rows, scores=scores, metadata=metadata)
+
+
+def _digest(metadata: str, tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a selection file's metadata and tensors (names, dtypes, shapes, bytes); safetensors has none."""
+    digest = hashlib.sha256(metadata.encode())
+    for key in sorted(tensors):
+        tensor = tensors[key].contiguous()
+        digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def _check_loaded(rows: dict[str, torch.Tensor], scores: dict[str, torch.Tensor]) -> None:
+    for name, r in rows.items():
+        if r.ndim != 1 or r.dtype.is_floating_point or r.dtype.is_complex or r.dtype == torch.bool:
+            raise ValueError(f"the rows of module {name!r} must be a 1-D tensor of integers, got {r.dtype} {tuple(r.shape)}.")
+        if r.numel() and int(r.min()) < 0:
+            raise ValueError(f"the rows of module {name!r} contain negative indices.")
+        if r.numel() > 1 and not bool((r[1:] > r[:-1]).all()):
+            raise ValueError(f"the rows of module {name!r} are not sorted and unique.")
+    for name, s in scores.items():
+        if s.ndim != 1 or not s.dtype.is_floating_point:
+            raise ValueError(f"the scores of module {name!r} must be a 1-D float tensor, got {s.dtype} {tuple(s.shape)}.")
+
+
+def _parse_metadata(text: str) -> dict[str, Any]:
+    try:
+        metadata = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"its metadata is not valid JSON ({err}).") from err
+    if not isinstance(metadata, dict):
+        raise ValueError(f"its metadata must be a JSON object, got a {type(metadata).__name__}.")
+    if metadata.get("fingerprint") is not None and not isinstance(metadata["fingerprint"], str):
+        raise ValueError("its metadata's fingerprint must be a string.")
+    return metadata
 
 
 def _describe(metadata: dict[str, Any]) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 NAME = "select"
 HELP = "Select the neurons that changed most between a base and a fine-tuned checkpoint (cosine, paper Eq. 1)."
@@ -21,6 +22,10 @@ def run(args: argparse.Namespace) -> int:
     from ..selection import score_checkpoints
     from ._selection_options import select_and_save
 
+    for option, path in (("--out", args.out), ("--plot", args.plot)):
+        if path and os.path.isdir(path):
+            raise ValueError(f"{option} {path!r} is a folder; give a file path, e.g. "
+                             f"{os.path.join(path, 'selection.safetensors' if option == '--out' else 'selection.png')!r}.")
     scores = score_checkpoints(args.base, args.finetuned, target_modules=args.target_modules)
     select_and_save(args, scores, lambda: meta_model(args.base))
     return 0

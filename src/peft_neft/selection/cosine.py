@@ -9,7 +9,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -97,7 +97,13 @@ class _Checkpoint:
     def __init__(self, path: str | os.PathLike, stack: ExitStack) -> None:
         self.where: dict[str, object] = {}
         for file in _safetensors_files(path):
-            handle = stack.enter_context(safe_open(os.fspath(file), framework="pt"))
+            try:
+                handle = stack.enter_context(safe_open(os.fspath(file), framework="pt"))
+            except (SafetensorError, OSError) as err:
+                raise ValueError(
+                    f"{os.fspath(file)!r} is not a readable safetensors file ({err}): it is truncated or corrupt. "
+                    "Save the model again with save_pretrained()."
+                ) from err
             for key in handle.keys():
                 self.where[key] = handle
 

@@ -77,6 +77,11 @@ def select_neurons(
         raise ValueError(f"Unknown strategy {strategy!r}; choose one of {STRATEGIES}.")
     names = list(scores.scores)
     flat = torch.cat([scores.scores[n].detach().double().cpu() for n in names])
+    if scores.method == "cosine" and bool((flat == 1.0).all()):
+        raise ValueError(
+            "No neuron changed: every cosine score is 1.0, so the fine-tuned weights equal the original ones in all "
+            "target modules. Check that the two checkpoints differ (or that calibration trained: lr > 0)."
+        )
     module_id = torch.cat([torch.full((scores.scores[n].numel(),), i) for i, n in enumerate(names)])
     row = torch.cat([torch.arange(scores.scores[n].numel()) for n in names])
     cost = torch.tensor([budget.cost(scores.in_features[n]) for n in names], dtype=torch.int64)[module_id]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -9,7 +10,8 @@ from typing import Any, Optional, Union
 
 import torch
 from peft.config import PeftConfig
-from peft.utils import PeftType
+from peft.utils import SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME, PeftType
+from safetensors import SafetensorError, safe_open
 
 from .._targets import matches
 from ..neuron_selection import NeuronSelection
@@ -56,6 +58,29 @@ def normalize_rows(module: str, rows: Any) -> torch.Tensor:
     return tensor
 
 
+def _check_weights_file(folder: str) -> None:
+    """A clear error for a local adapter folder whose weights (NeFT's rows and deltas) are missing or unreadable.
+
+    peft would otherwise look for a missing file on the Hub, and fail with a network or parse error.
+    """
+    weights = os.path.join(folder, SAFETENSORS_WEIGHTS_NAME)
+    if not os.path.isfile(weights):
+        if os.path.isfile(os.path.join(folder, WEIGHTS_NAME)):
+            return
+        raise FileNotFoundError(
+            f"The adapter folder {folder!r} has adapter_config.json but no {SAFETENSORS_WEIGHTS_NAME}, which holds "
+            "NeFT's row indices and deltas. Copy the whole adapter folder, or save the adapter again."
+        )
+    try:
+        with safe_open(weights, framework="pt") as handle:
+            handle.keys()
+    except (SafetensorError, OSError) as err:
+        raise ValueError(
+            f"{weights!r} is not a readable safetensors file ({err}): it is truncated or corrupt. "
+            "Save the adapter again."
+        ) from err
+
+
 @dataclass
 class NeFTConfig(PeftConfig):
     """Configuration of a NeFT adapter.
@@ -71,6 +96,12 @@ class NeFTConfig(PeftConfig):
             stores so that a saved adapter can be rebuilt before its indices are loaded.
         delta_dtype: dtype of the trainable deltas (``"float32"`` by default, whatever the base dtype).
         modules_to_save: Extra modules to train fully and save, as in other peft methods.
+        selection_fingerprint: Fingerprint of the base model's shapes the selection was made on; taken from a
+            :class:`~peft_neft.NeuronSelection` (or its file). ``get_peft_model`` refuses a model with another one.
+        ignore_fingerprint: Apply the selection even to a model whose fingerprint differs (e.g. after resizing
+            the embeddings), as long as every selected module exists with its rows in range.
+        module_shapes: ``(out_features, in_features)`` per adapted module, recorded when the adapter is created
+            so that loading it onto a base with other shapes is refused.
     """
 
     neurons: Optional[NeuronsSpec] = field(
@@ -86,12 +117,25 @@ class NeFTConfig(PeftConfig):
     modules_to_save: Optional[list[str]] = field(
         default=None, metadata={"help": "modules apart from NeFT layers to train and save"}
     )
+    selection_fingerprint: Optional[str] = field(
+        default=None, metadata={"help": "fingerprint of the base model the selection was made on"}
+    )
+    ignore_fingerprint: bool = field(
+        default=False, metadata={"help": "apply the selection to a model with another fingerprint"}
+    )
+    module_shapes: Optional[dict[str, list[int]]] = field(
+        default=None, metadata={"help": "(out_features, in_features) per adapted module; filled automatically"}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = PeftType[PEFT_TYPE_NAME]
         if self.delta_dtype not in _DELTA_DTYPES:
             raise ValueError(f"delta_dtype must be one of {sorted(_DELTA_DTYPES)}, got {self.delta_dtype!r}.")
+        if isinstance(self.neurons, (str, os.PathLike)):
+            self.neurons = NeuronSelection.load(self.neurons)
+        if isinstance(self.neurons, NeuronSelection) and self.selection_fingerprint is None:
+            self.selection_fingerprint = self.neurons.fingerprint
         if self.neurons is not None:
             self.neurons = self._resolve_neurons(self.neurons)
             counts = {name: int(rows.numel()) for name, rows in self.neurons.items()}
@@ -103,6 +147,12 @@ class NeFTConfig(PeftConfig):
                 "NeFTConfig needs a neuron selection: pass `neurons=` (a dict module -> rows, a NeuronSelection, "
                 "or a path to a saved selection). Use peft_neft.select_neurons to compute one."
             )
+        for name, count in self.neuron_counts.items():
+            if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 1:
+                raise ValueError(
+                    f"neuron_counts of module {name!r} must be a positive number of rows, got {count!r}. "
+                    "If it came from adapter_config.json, that file is corrupt: save the adapter again."
+                )
         self.neuron_counts = {name: int(count) for name, count in self.neuron_counts.items()}
         if self.target_modules is not None:
             unmatched = [n for n in self.neuron_counts if not matches(self.target_modules, n)]
@@ -113,10 +163,17 @@ class NeFTConfig(PeftConfig):
                 )
         self.target_modules = sorted(self.neuron_counts)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs: Any):
+        """peft's loader, which also checks that a local adapter folder holds a readable weights file."""
+        config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        folder = os.path.join(os.fspath(pretrained_model_name_or_path), subfolder or "")
+        if os.path.isdir(folder):
+            _check_weights_file(folder)
+        return config
+
     @staticmethod
     def _resolve_neurons(spec: NeuronsSpec) -> dict[str, torch.Tensor]:
-        if isinstance(spec, (str, os.PathLike)):
-            spec = NeuronSelection.load(spec)
         if isinstance(spec, NeuronSelection):
             spec = spec.rows
         if not isinstance(spec, Mapping):

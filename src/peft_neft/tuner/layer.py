@@ -89,9 +89,21 @@ class NeFTLayer(BaseTunerLayer):
             )
 
     def _check_incoming_state(self, state_dict: dict[str, torch.Tensor], prefix: str) -> None:
-        """Validate a checkpoint's rows and deltas for this layer before ``load_state_dict`` copies them."""
+        """Validate a checkpoint's rows and deltas for this layer before ``load_state_dict`` copies them.
+
+        An adapter built from counts only (awaiting its rows) must find both tensors in the checkpoint.
+        """
         for adapter_name in list(self.neft_rows.keys()):
             key = f"{prefix}neft_rows.{adapter_name}"
+            delta_key = f"{prefix}neft_delta.{adapter_name}"
+            if adapter_name in self._rows_awaiting_load:
+                for tensor_key, name in ((key, "neft_rows"), (delta_key, "neft_delta")):
+                    if tensor_key not in state_dict:
+                        raise ValueError(
+                            f"The adapter checkpoint has no tensor '{prefix}{name}' (adapter {adapter_name!r} of "
+                            f"module {self.module_name!r}): the file is incomplete or belongs to another adapter. "
+                            "Save the adapter again."
+                        )
             if key in state_dict:
                 incoming = state_dict[key]
                 if incoming.shape != self.neft_rows[adapter_name].shape:
@@ -100,9 +112,19 @@ class NeFTLayer(BaseTunerLayer):
                         f"but adapter_config.json declares {self.neft_rows[adapter_name].numel()}: "
                         "the adapter folder mixes files from different saves."
                     )
+                if incoming.dtype.is_floating_point or incoming.dtype.is_complex or incoming.dtype == torch.bool:
+                    raise ValueError(
+                        f"The NeFT rows of module {self.module_name!r} ('{prefix}neft_rows') must be integers, "
+                        f"got {str(incoming.dtype).removeprefix('torch.')}: the adapter file is corrupt. Save it again."
+                    )
                 self._check_rows_in_range(incoming)
                 self._rows_awaiting_load.discard(adapter_name)
-            delta_key = f"{prefix}neft_delta.{adapter_name}"
+            if delta_key in state_dict and not state_dict[delta_key].dtype.is_floating_point:
+                raise ValueError(
+                    f"The NeFT delta of module {self.module_name!r} ('{prefix}neft_delta') must be floating point, "
+                    f"got {str(state_dict[delta_key].dtype).removeprefix('torch.')}: the adapter file is corrupt. "
+                    "Save it again."
+                )
             if delta_key in state_dict and state_dict[delta_key].shape != self.neft_delta[adapter_name].shape:
                 raise ValueError(
                     f"The NeFT delta of module {self.module_name!r} in the checkpoint has shape "

@@ -8,6 +8,7 @@ from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from .._shapes import model_fingerprint, module_shape
 from .config import NeFTConfig
 from .layer import Linear, NeFTLayer
 
@@ -53,6 +54,7 @@ class NeFTModel(BaseTuner):
                 "made for another model?"
             )
         names_of = _names_of_parameters(model)
+        shapes = {}
         for name in config.neuron_counts:
             base = modules[name].get_base_layer() if isinstance(modules[name], NeFTLayer) else modules[name]
             if not isinstance(base, (nn.Linear, Conv1D)):
@@ -61,6 +63,23 @@ class NeFTModel(BaseTuner):
                     "transformers' Conv1D are supported. Remove it from the selection."
                 )
             _refuse_tied_weight(name, base, names_of)
+            shapes[name] = list(module_shape(base))
+        recorded = config.module_shapes or {}
+        for name, shape in shapes.items():
+            if name in recorded and list(recorded[name]) != shape:
+                raise ValueError(
+                    f"The adapter was made for module {name!r} with shape {tuple(recorded[name])} (out, in), but this "
+                    f"base model's has {tuple(shape)}: load it onto the base model it was trained on."
+                )
+        config.module_shapes = shapes
+        if config.neurons is not None and config.selection_fingerprint and not config.ignore_fingerprint:
+            fingerprint = model_fingerprint(model)
+            if fingerprint != config.selection_fingerprint:
+                raise ValueError(
+                    f"The neuron selection was made on a base model with other weight shapes (fingerprint "
+                    f"{config.selection_fingerprint}, this model {fingerprint}). Select neurons on the model you "
+                    "will train, or pass NeFTConfig(..., ignore_fingerprint=True) if the selection fits this model."
+                )
 
     def _prepare_adapter_config(self, peft_config: NeFTConfig, model_config: dict) -> NeFTConfig:
         return peft_config
