@@ -218,3 +218,25 @@ def test_bf16_autocast_trains_float32_deltas_with_the_gradients_of_a_float32_run
         relative = float((grad - reference).norm() / reference.norm())
         cosine = float(torch.nn.functional.cosine_similarity(grad.flatten(), reference.flatten(), dim=0))
         assert relative < 0.03 and cosine > 0.999, (name, relative, cosine)
+
+
+class _Nested(torch.nn.Module):
+    """``proj`` and ``sub.proj``: one module name is the dotted suffix of another."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(4, 6)
+        self.sub = torch.nn.Module()
+        self.sub.proj = torch.nn.Linear(4, 6)
+
+    def forward(self, x):
+        return self.proj(x) + self.sub.proj(x)
+
+
+def test_a_module_name_that_ends_another_adapts_only_the_named_module():
+    model = get_peft_model(_Nested(), NeFTConfig(neurons={"proj": [1, 4]}))
+    adapted = {name for name, m in model.named_modules() if isinstance(m, NeFTLinear)}
+    assert adapted == {"base_model.model.proj"}
+    both = get_peft_model(_Nested(), NeFTConfig(neurons={"proj": [1], "sub.proj": [0, 2]}))
+    counts = {name: m.neft_delta["default"].shape[0] for name, m in both.named_modules() if isinstance(m, NeFTLinear)}
+    assert counts == {"base_model.model.proj": 1, "base_model.model.sub.proj": 2}

@@ -81,6 +81,12 @@ class NeFTModel(BaseTuner):
                     "will train, or pass NeFTConfig(..., ignore_fingerprint=True) if the selection fits this model."
                 )
 
+    @staticmethod
+    def _check_target_module_exists(peft_config: NeFTConfig, key: str) -> bool:
+        """A module is adapted exactly when the selection names it (peft's suffix rule would also take
+        ``sub.proj`` for a selected ``proj``)."""
+        return key in peft_config.neuron_counts
+
     def _prepare_adapter_config(self, peft_config: NeFTConfig, model_config: dict) -> NeFTConfig:
         return peft_config
 
