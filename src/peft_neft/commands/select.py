@@ -28,6 +28,6 @@ def run(args: argparse.Namespace) -> int:
     from ..selection import score_checkpoints
     from ..selection.cli_args import select_and_save
 
-    scores = score_checkpoints(args.base, args.finetuned, target_modules=args.target_modules)
+    scores = score_checkpoints(args.base, args.finetuned, target_modules=args.target_modules, progress=args.progress)
     select_and_save(args, scores, lambda: _meta_model(args.base))
     return 0

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from torch import nn
+from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 from transformers.pytorch_utils import Conv1D
 
@@ -132,12 +133,14 @@ def score_checkpoints(
     base_dir: str | os.PathLike,
     finetuned_dir: str | os.PathLike,
     target_modules: TargetModules = DEFAULT_TARGETS,
+    progress: bool | None = None,
 ) -> NeuronScores:
     """Like :func:`score_models`, but streamed tensor by tensor from two safetensors checkpoints.
 
     Peak memory is about one pair of weight tensors, so it works for models larger than RAM.
     When ``base_dir`` has a ``config.json`` the model is built on the meta device to tell Conv1D
     (scored per column) from Linear layers; without one every 2-D ``*.weight`` is taken as a Linear.
+    ``progress`` shows a bar over the weight matrices (None: only on a terminal).
     """
     base_path = Path(base_dir)
     modules = _module_types(base_path if base_path.is_dir() else base_path.parent)
@@ -157,7 +160,8 @@ def score_checkpoints(
             available = sorted({k[: -len(".weight")].rsplit(".", 1)[-1] for k, s in shapes.items() if len(s) == 2})
         check_targets_found(target_modules, candidates, available)
         scores, in_features = {}, {}
-        for name, key in candidates.items():
+        shown = None if progress is None else not progress  # tqdm's None: disabled unless on a terminal
+        for name, key in tqdm(candidates.items(), desc="scoring", unit="matrix", disable=shown):
             if key not in tuned.where:
                 raise ValueError(f"The fine-tuned checkpoint has no tensor {key!r}: the two checkpoints differ in structure.")
             if tuned.shape(key) != shapes[key]:
