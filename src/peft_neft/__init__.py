@@ -5,6 +5,8 @@ Importing this package registers NeFT with peft, so ``get_peft_model(model, NeFT
 (NeFT is unrelated to NEFTune, the noisy-embedding trick behind ``neftune_noise_alpha``.)
 """
 
+import logging
+
 from .registration import register as _register
 from .selection import NeuronScores, NeuronSelection, budget_from_lora, overlap, select_neurons
 from .calibration import calibrate, gradient_scores
@@ -12,6 +14,7 @@ from .atomic import save_pretrained_atomically
 from .tuner import NeFTConfig, NeFTModel
 
 _register()
+logging.getLogger(__name__).addHandler(logging.NullHandler())  # quiet unless the application sets up logging
 
 __version__ = "0.1.0"
 __all__ = ["NeFTConfig", "NeFTModel", "NeuronSelection", "__version__", "save_pretrained_atomically",

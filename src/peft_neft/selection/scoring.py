@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -31,6 +32,7 @@ from .scores import (
 )
 
 _CHUNK_ELEMENTS = 1 << 22
+logger = logging.getLogger(__name__)
 
 
 def cosine_rows(original: torch.Tensor, finetuned: torch.Tensor) -> torch.Tensor:
@@ -175,6 +177,8 @@ def score_checkpoints(
             scores[name] = cosine_rows(a, b)
             in_features[name] = int(a.shape[1])
             del a, b
+    logger.info("Scored %d neurons in %d weight matrices of %s against %s.", sum(len(s) for s in scores.values()),
+                len(scores), os.fspath(base_dir), os.fspath(finetuned_dir))
     return NeuronScores(
         scores=scores,
         in_features=in_features,
