@@ -162,8 +162,8 @@ def score_checkpoints(
             available = sorted({k[: -len(".weight")].rsplit(".", 1)[-1] for k, s in shapes.items() if len(s) == 2})
         check_targets_found(target_modules, candidates, available)
         scores, in_features = {}, {}
-        shown = None if progress is None else not progress  # tqdm's None: disabled unless on a terminal
-        for name, key in tqdm(candidates.items(), desc="scoring", unit="matrix", disable=shown):
+        disable = None if progress is None else not progress  # tqdm: None disables it off a terminal
+        for name, key in tqdm(candidates.items(), desc="scoring", unit="matrix", disable=disable):
             if key not in tuned.where:
                 raise ValueError(f"The fine-tuned checkpoint has no tensor {key!r}: the two checkpoints differ in structure.")
             if tuned.shape(key) != shapes[key]:
