@@ -36,7 +36,7 @@ def test_building_the_parser_imports_no_command_dependencies():
     assert result.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("args", [["--help"], ["select", "--help"], ["compare", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["compare", "--help"]])
 def test_help_prints_no_warnings(args):
     result = _run(*args)
     assert result.returncode == 0
