@@ -17,7 +17,7 @@ SRC = Path(peft_neft.__file__).resolve().parent
 # Lowest first. A unit (a top-level module or subpackage of peft_neft) may import units of its own
 # layer or of a lower one, never of a higher one. Keep this table and the one in docs/design.md alike.
 LAYERS = [
-    {"_targets", "_shapes", "atomic"},
+    {"_targets", "_shapes", "_version", "atomic"},
     {"neuron_selection", "selection_plot", "models", "tasks"},
     {"tuner"},
     {"registration", "selection", "calibration", "export"},

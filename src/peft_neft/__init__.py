@@ -5,6 +5,9 @@ Importing this package registers NeFT with peft, so ``get_peft_model(model, NeFT
 (NeFT is unrelated to NEFTune, the noisy-embedding trick behind ``neftune_noise_alpha``.)
 """
 
+import logging
+
+from ._version import __version__
 from .registration import register as _register
 from .selection import NeuronScores, NeuronSelection, budget_from_lora, overlap, select_neurons
 from .calibration import calibrate, gradient_scores
@@ -13,7 +16,7 @@ from .export import export_lora, import_lora
 from .tuner import NeFTConfig, NeFTModel
 
 _register()
+logging.getLogger(__name__).addHandler(logging.NullHandler())  # quiet unless the application sets up logging
 
-__version__ = "0.1.0"
 __all__ = ["NeFTConfig", "NeFTModel", "NeuronSelection", "__version__", "save_pretrained_atomically",
            "NeuronScores", "budget_from_lora", "calibrate", "gradient_scores", "overlap", "select_neurons"]

@@ -8,30 +8,65 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import pkgutil
 import sys
 from collections.abc import Sequence
 
 from . import commands
+from ._version import __version__
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends each option's default to its help, except for options whose default means "not given"."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        default = action.default
+        if default is None or default is False or default is argparse.SUPPRESS or default == []:
+            return action.help
+        if isinstance(default, (list, tuple)):  # as typed on the command line, not as a Python list
+            shown = " ".join(str(v) for v in default).replace("%", "%%")
+            return f"{action.help} (default: {shown})"
+        return super()._get_help_string(action)
+
+
+def _add_common_options(parser: argparse.ArgumentParser) -> None:
+    """Options every subcommand accepts."""
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="how much of peft-neft's log to show on stderr")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                        help="hide progress bars (they show only on a terminal anyway)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="peft-neft", description="Neuron-Level Fine-Tuning (NeFT) for peft.")
-    subparsers = parser.add_subparsers(dest="command", required=True)
+    """The ``peft-neft`` parser: one subcommand per module in :mod:`peft_neft.commands`."""
+    parser = argparse.ArgumentParser(prog="peft-neft", description="Neuron-Level Fine-Tuning (NeFT) for peft.",
+                                     formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         if info.name.startswith("_"):  # shared helpers, not subcommands
             continue
         module = importlib.import_module(f"{commands.__name__}.{info.name}")
-        sub = subparsers.add_parser(module.NAME, help=module.HELP, description=module.HELP)
+        sub = subparsers.add_parser(module.NAME, help=module.HELP, description=module.HELP,
+                                    formatter_class=_HelpFormatter)
         module.add_arguments(sub)
+        _add_common_options(sub)
         sub.set_defaults(run=module.run)
     return parser
+
+
+def configure_logging(level: str) -> None:
+    """Show peft-neft's log records at ``level`` on stderr (the library alone stays quiet)."""
+    logging.basicConfig(format="%(message)s")  # a no-op where logging is already set up
+    logging.getLogger("peft_neft").setLevel(level)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; any failure is one ``peft-neft CMD: error: ...`` line (``PEFT_NEFT_DEBUG=1``: traceback)."""
     args = build_parser().parse_args(argv)
+    configure_logging(args.log_level)
     try:
         return int(args.run(args) or 0)
     except Exception as err:

@@ -23,7 +23,7 @@ def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strategy", choices=STRATEGIES, default="lowest",
                         help="lowest: most changed first (paper); reversed: least changed first; random (seeded)")
     parser.add_argument("--target-modules", nargs="+", default=list(DEFAULT_TARGET_MODULES),
-                        help=f"Linear layers whose rows are scored (default: {' '.join(DEFAULT_TARGET_MODULES)})")
+                        help="Linear layers whose rows are scored")
     parser.add_argument("--per-layer-quota", action="store_true", help="give every layer its share of the budget")
     parser.add_argument("--seed", type=int, default=0, help="seed (random strategy, calibration data order)")
     parser.add_argument("--out", required=True, help="where to write the selection (.safetensors)")

@@ -24,17 +24,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="inputs: .jsonl[.gz] (see --text-field) or text lines (.txt, .gz)")
     parser.add_argument("--out", required=True, help="report folder (replaced atomically)")
     parser.add_argument("--selection", help="saved NeuronSelection that was trained (enables 'indirectly affected')")
-    parser.add_argument("--text-field", default="text", help="JSON field holding the input text (default: text)")
-    parser.add_argument("--max-examples", type=int, default=256, help="use the first N inputs (default: 256)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--text-field", default="text", help="JSON field holding the input text")
+    parser.add_argument("--max-examples", type=int, default=256, help="use the first N inputs")
+    parser.add_argument("--batch-size", type=int, default=8, help="inputs per forward pass")
     parser.add_argument("--max-length", type=int, default=128, help="truncate inputs to this many tokens")
     parser.add_argument("--target-modules", nargs="+", default=["up_proj", "down_proj"],
-                        help="Linear layers whose rows are analysed (default: up_proj down_proj, as in the paper)")
+                        help="Linear layers whose rows are analysed (the paper's: up_proj down_proj)")
     parser.add_argument("--correlate-with", choices=["layer_output", "other_model"], default="layer_output",
                         help="what each neuron's activation is correlated with (see docs/analysis.md)")
     parser.add_argument("--strong-threshold", type=_threshold, default=0.2,
                         help="|ΔRank| above which a neuron is strongly affected: an int count or a fraction "
-                             "of the neuron count (default 0.2, the paper's 100,000 of 483,328)")
+                             "of the neuron count (0.2 is the paper's 100,000 of 483,328)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -19,11 +19,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="default", help="transformers folder, or 'default' (embedded SmolLM2-135M)")
     parser.add_argument("--data", required=True,
                         help="JSON lines (.jsonl or .jsonl.gz) with 'prompt'/'completion' or 'source'/'target' text")
-    parser.add_argument("--steps", type=int, default=800, help="fine-tuning steps K (gradient: batches); default 800")
+    parser.add_argument("--steps", type=int, default=800, help="fine-tuning steps K (gradient: batches)")
     parser.add_argument("--method", choices=["cosine", "gradient"], default="cosine",
                         help="cosine: short fine-tune then Eq. 1 (paper); gradient: gradient norms, no update")
-    parser.add_argument("--lr", type=float, default=1e-5)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=1e-5, help="learning rate of the calibration fine-tune")
+    parser.add_argument("--batch-size", type=int, default=8, help="examples per step")
     parser.add_argument("--max-length", type=int, default=256, help="truncate examples to this many tokens")
     parser.add_argument("--max-examples", type=int, help="use only the first N examples")
     parser.add_argument("--frugal", action="store_true", help="train only the target modules (less memory)")

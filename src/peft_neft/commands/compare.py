@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..compare import DEFAULT_LR
-
 NAME = "compare"
 HELP = "Compare NeFT, LoRA and full/partial fine-tuning on one task: results.json, a table and a plot."
 
@@ -35,12 +33,12 @@ def _learning_rate(text: str) -> tuple[str, float]:
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by every command that trains on a task (also the scale flags of ``demo``)."""
-    parser.add_argument("--steps", type=int, default=100, help="optimizer steps per run (default 100)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=100, help="optimizer steps per run")
+    parser.add_argument("--batch-size", type=int, default=8, help="training examples per step")
     parser.add_argument("--eval-every", type=int, default=25, help="validation loss every N steps; the best is kept")
-    parser.add_argument("--seeds", type=_ints, default=[0], help="comma-separated seeds (default 0)")
+    parser.add_argument("--seeds", type=_ints, default=[0], help="comma-separated seeds")
     parser.add_argument("--lr", type=_learning_rate, action="append", default=[], metavar="KIND=LR",
-                        help=f"learning rate of a method kind (repeatable); defaults: {DEFAULT_LR}")
+                        help="learning rate of a method kind (repeatable); kinds not given use peft_neft.compare.DEFAULT_LR")
     parser.add_argument("--lr-grid", type=_floats, default=(1.0,),
                         help="factors tried around each method's lr, the best on validation loss wins (e.g. 0.33,1,3)")
     parser.add_argument("--calibration-steps", type=int, default=50, help="full fine-tuning steps that score neurons")
@@ -52,7 +50,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="default", help="transformers folder, or 'default' (embedded SmolLM2-135M)")
-    parser.add_argument("--task", choices=["translation", "summarization"], default="translation")
+    parser.add_argument("--task", choices=["translation", "summarization"], default="translation",
+                        help="translation: BLEU and chrF; summarization: ROUGE")
     parser.add_argument("--train", nargs="+", required=True, metavar="FILE",
                         help="training pairs: SOURCE TARGET line-aligned text files (.gz ok), or one .jsonl(.gz)")
     parser.add_argument("--eval", nargs="+", required=True, metavar="FILE", help="test pairs, as --train")
@@ -60,8 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="validation pairs, as --train (default: the last 10%% of --train, at most 200)")
     parser.add_argument("--source-field", help="JSON field of the input (default: source / document)")
     parser.add_argument("--target-field", help="JSON field of the output (default: target / summary)")
-    parser.add_argument("--source-lang", default="en")
-    parser.add_argument("--target-lang", default="fr")
+    parser.add_argument("--source-lang", default="en", help="source language code, used in the prompt")
+    parser.add_argument("--target-lang", default="fr", help="target language code, used in the prompt")
     parser.add_argument("--limit-train", type=int, help="use the first N training pairs")
     parser.add_argument("--limit-validation", type=int, help="use the first N validation pairs")
     parser.add_argument("--limit-eval", type=int, help="use the first N test pairs")
@@ -69,8 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated: base, full, embed, in-out, lora:R, neft:P, neft:match-lora:R, "
                              "neft-random:..., neft-reversed:...")
     parser.add_argument("--char-level", action="store_true", help="ROUGE on characters (Chinese and other unsegmented targets)")
-    parser.add_argument("--max-source-tokens", type=int, default=256)
-    parser.add_argument("--max-target-tokens", type=int, default=128)
+    parser.add_argument("--max-source-tokens", type=int, default=256, help="truncate inputs to this many tokens")
+    parser.add_argument("--max-target-tokens", type=int, default=128, help="truncate training targets to this many tokens")
     parser.add_argument("--out", required=True, help="results folder; rerun with the same settings to resume")
     add_data_arguments(parser)
 

@@ -24,8 +24,8 @@ DEMO_LR_GRID = (1.0, 4.5)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--methods", default=DEFAULT_METHODS, help=f"methods to compare (default {DEFAULT_METHODS})")
-    parser.add_argument("--out", default="peft-neft-demo", help="results folder (default ./peft-neft-demo); resumable")
+    parser.add_argument("--methods", default=DEFAULT_METHODS, help="methods to compare (as in compare --methods)")
+    parser.add_argument("--out", default="peft-neft-demo", help="results folder; rerun to resume")
     add_data_arguments(parser)
     # Sized to finish in under 10 minutes on a busy 2-core CPU; one thread beats two when the cores are shared.
     # Add `base` (zero-shot) or `full` to --methods, and raise --steps, when there is time.

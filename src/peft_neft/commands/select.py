@@ -26,6 +26,6 @@ def run(args: argparse.Namespace) -> int:
         if path and os.path.isdir(path):
             raise ValueError(f"{option} {path!r} is a folder; give a file path, e.g. "
                              f"{os.path.join(path, 'selection.safetensors' if option == '--out' else 'selection.png')!r}.")
-    scores = score_checkpoints(args.base, args.finetuned, target_modules=args.target_modules)
+    scores = score_checkpoints(args.base, args.finetuned, target_modules=args.target_modules, progress=args.progress)
     select_and_save(args, scores, lambda: meta_model(args.base))
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -11,6 +12,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
+from tqdm.auto import tqdm
 from transformers.pytorch_utils import Conv1D
 
 from .._shapes import count_params, fingerprint_of, meta_model, model_fingerprint, module_shape, weight_rows
@@ -26,6 +28,7 @@ from .._targets import (
 from .neuron_scores import NeuronScores
 
 _CHUNK_ELEMENTS = 1 << 22
+logger = logging.getLogger(__name__)
 
 
 def cosine_rows(original: torch.Tensor, finetuned: torch.Tensor) -> torch.Tensor:
@@ -121,12 +124,14 @@ def score_checkpoints(
     base_dir: str | os.PathLike,
     finetuned_dir: str | os.PathLike,
     target_modules: TargetModules = DEFAULT_TARGET_MODULES,
+    progress: bool | None = None,
 ) -> NeuronScores:
     """Like :func:`score_models`, but streamed tensor by tensor from two safetensors checkpoints.
 
     Peak memory is about one pair of weight tensors, so it works for models larger than RAM.
     When ``base_dir`` has a ``config.json`` the model is built on the meta device to tell Conv1D
     (scored per column) from Linear layers; without one every 2-D ``*.weight`` is taken as a Linear.
+    ``progress`` shows a bar over the weight matrices (None: only on a terminal).
     """
     base_path = Path(base_dir)
     model_dir = base_path if base_path.is_dir() else base_path.parent
@@ -147,7 +152,8 @@ def score_checkpoints(
             available = sorted({k[: -len(".weight")].rsplit(".", 1)[-1] for k, s in shapes.items() if len(s) == 2})
         check_targets_found(target_modules, candidates, available)
         scores, in_features = {}, {}
-        for name, key in candidates.items():
+        disable = None if progress is None else not progress  # tqdm: None disables it off a terminal
+        for name, key in tqdm(candidates.items(), desc="scoring", unit="matrix", disable=disable):
             if key not in tuned.where:
                 raise ValueError(f"The fine-tuned checkpoint has no tensor {key!r}: the two checkpoints differ in structure.")
             if tuned.shape(key) != shapes[key]:
@@ -161,6 +167,8 @@ def score_checkpoints(
             scores[name] = cosine_rows(a, b)
             in_features[name] = int(a.shape[1])
             del a, b
+    logger.info("Scored %d neurons in %d weight matrices of %s against %s.", sum(len(s) for s in scores.values()),
+                len(scores), os.fspath(base_dir), os.fspath(finetuned_dir))
     return NeuronScores(
         scores=scores,
         in_features=in_features,

@@ -15,6 +15,7 @@ from safetensors import SafetensorError, safe_open
 
 from .._targets import matches
 from ..neuron_selection import NeuronSelection
+from .model_card import write_model_card
 
 NeuronsSpec = Union[Mapping[str, Sequence[int]], NeuronSelection, str, os.PathLike]
 
@@ -196,6 +197,11 @@ class NeFTConfig(PeftConfig):
     def num_rows(self) -> int:
         """Total number of selected rows over all modules."""
         return sum(self.neuron_counts.values())
+
+    def save_pretrained(self, save_directory: str, **kwargs: Any) -> None:
+        """Write ``adapter_config.json`` and a model card saying the adapter needs ``peft-neft`` to load."""
+        super().save_pretrained(save_directory, **kwargs)
+        write_model_card(save_directory, self.base_model_name_or_path)
 
     def to_dict(self) -> dict[str, Any]:
         """Serializable form: the row indices themselves live in the adapter weights file."""
