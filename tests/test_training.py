@@ -80,7 +80,9 @@ def test_the_best_validation_checkpoint_is_restored():
     assert len(losses) == 10 and stats["best_val_loss"] == min(losses)
     assert stats["best_step"] < 40 and losses[-1] > min(losses) + 1e-3  # the last weights are not the best
     _, val = _data()
-    assert validation_loss(model, val, _collate, 8) == pytest.approx(stats["best_val_loss"], abs=1e-6)
+    settings = TrainingSettings(eval_batch_size=8)
+    assert validation_loss(model, val, _collate, settings, device=CPU, dtype=torch.float32) == \
+        pytest.approx(stats["best_val_loss"], abs=1e-6)
 
 
 def test_training_stops_at_a_validation_plateau():

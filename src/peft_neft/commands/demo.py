@@ -12,7 +12,7 @@ import argparse
 import time
 from pathlib import Path
 
-from .compare import add_data_arguments
+from .compare import add_data_arguments, config_arguments, console_logs
 
 NAME = "demo"
 HELP = "NeFT vs LoRA at equal parameters on Django's English->French messages with the embedded SmolLM2 (CPU, <10 min)."
@@ -38,10 +38,14 @@ def run(args: argparse.Namespace) -> int:
     from transformers import AutoModelForCausalLM
 
     from ..compare import CompareConfig, compare, parse_methods
+    from ..device import resolve_device, resolve_dtype
     from ..models import default_model_dir, load_model_and_tokenizer
     from ..tasks import django_translation_pairs
 
     methods = parse_methods(args.methods)
+    settings = {**config_arguments(args), "learning_rates": {**DEMO_LR, **dict(args.lr)}}
+    config = CompareConfig(task="translation", source_lang="en", target_lang="fr", max_target_tokens=48, **settings)
+    resolve_dtype(config.dtype, resolve_device(config.device))  # a flag this machine cannot honour fails here
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -49,13 +53,9 @@ def run(args: argparse.Namespace) -> int:
     print("data: Django's English->French catalogs, " + ", ".join(f"{k} {len(v)}" for k, v in data.items()) + " pairs")
     path = default_model_dir()
     _, tokenizer = load_model_and_tokenizer(path)
-    config = CompareConfig(
-        task="translation", source_lang="en", target_lang="fr", steps=args.steps, batch_size=args.batch_size,
-        eval_every=args.eval_every, learning_rates={**DEMO_LR, **dict(args.lr)}, lr_grid=args.lr_grid,
-        calibration_steps=args.calibration_steps, max_new_tokens=args.max_new_tokens, max_target_tokens=48,
-    )
-    compare(lambda: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), tokenizer, data,
-            methods, args.seeds, args.out, config, model_id="smollm2-135m-instruct")
+    with console_logs():
+        compare(lambda: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), tokenizer, data,
+                methods, args.seeds, args.out, config, model_id="smollm2-135m-instruct")
     print(Path(args.out, "results.md").read_text(encoding="utf-8"), end="")  # table and paired tests
     print(f"table: {args.out}/results.md, plot: {args.out}/results.png, outputs: {args.out}/outputs/ "
           f"({time.perf_counter() - start:.0f} s)")

@@ -134,3 +134,13 @@ def django_translation_pairs(language: str = "fr") -> dict[str, Dataset]:
         splits[split]["source"].append(key)
         splits[split]["target"].append(pairs[key])
     return {name: Dataset.from_dict(columns) for name, columns in splits.items()}
+
+
+def hold_out_validation(train: Dataset, fraction: float = 0.1, limit: int = 200) -> tuple[Dataset, Dataset]:
+    """Split the last ``fraction`` of ``train`` (at most ``limit`` pairs) off as validation data."""
+    held_out = min(limit, int(len(train) * fraction))
+    if held_out == 0:
+        raise ValueError(f"Too few training pairs ({len(train)}) to hold out a validation split; give validation "
+                         "data (--validation).")
+    cut = len(train) - held_out
+    return train.select(range(cut)), train.select(range(cut, len(train)))

@@ -73,11 +73,16 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def upcast_trainable(model: nn.Module) -> None:
-    """Keep every trainable tensor in float32 (frozen weights stay in their dtype), as peft does for adapters."""
-    for p in trainable_parameters(model):
-        if p.is_floating_point() and p.dtype != torch.float32:
-            p.data = p.data.float()
+def set_precision(model: nn.Module, dtype: torch.dtype) -> None:
+    """Frozen floating-point weights in ``dtype``, trainable ones in float32 (master weights, as peft keeps adapters).
+
+    Call it after choosing what trains: a model loaded in float32 keeps full precision where it trains.
+    """
+    for p in model.parameters():
+        if p.is_floating_point():
+            wanted = torch.float32 if p.requires_grad else dtype
+            if p.dtype != wanted:
+                p.data = p.data.to(wanted)
 
 
 class KeepBestCallback(TrainerCallback):
@@ -156,6 +161,32 @@ class TargetLossTrainer(Trainer):
         return loss.detach(), None, None
 
 
+def _arguments(settings: TrainingSettings, output_dir: str, *, steps: int, learning_rate: float, seed: int,
+               device: torch.device, dtype: torch.dtype, progress: bool) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=output_dir, max_steps=steps, per_device_train_batch_size=settings.batch_size,
+        per_device_eval_batch_size=settings.eval_batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps, learning_rate=learning_rate,
+        weight_decay=0.0, lr_scheduler_type="linear", warmup_steps=int(settings.warmup_ratio * steps),
+        max_grad_norm=0.0, eval_strategy="steps", eval_steps=settings.eval_every, logging_steps=settings.eval_every,
+        save_strategy="no", report_to=settings.report_to, bf16=dtype == torch.bfloat16,
+        use_cpu=device.type == "cpu", seed=seed, data_seed=seed, disable_tqdm=not progress,
+        remove_unused_columns=False, prediction_loss_only=True, dataloader_num_workers=0,
+    )
+
+
+def _trainer(model: nn.Module, args: TrainingArguments, train_rows, val_rows, collator, callbacks, seed: int,
+             progress: bool) -> TargetLossTrainer:
+    trainer = TargetLossTrainer(model=model, args=args, train_dataset=list(train_rows) if train_rows else None,
+                                eval_dataset=list(val_rows), data_collator=collator, callbacks=list(callbacks),
+                                data_seed=seed)
+    for noisy in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(noisy)
+    if progress:
+        trainer.add_callback(_BarsOnly)
+    return trainer
+
+
 def train_model(
     model: nn.Module,
     train_rows: Sequence[dict],
@@ -173,8 +204,8 @@ def train_model(
 ) -> dict[str, Any]:
     """Train ``model`` (its trainable parameters) and leave it at its best-validation-loss checkpoint.
 
-    ``model`` should hold its frozen weights in ``dtype``; trainable tensors are kept in float32 and
-    the forward runs under autocast when ``dtype`` is bfloat16. Returns the run's statistics:
+    Frozen weights are used in ``dtype``, trainable tensors are kept in float32, and the forward runs
+    under autocast when ``dtype`` is bfloat16 (see :func:`set_precision`). Returns the run's statistics:
     ``best_val_loss``, ``best_step``, ``steps_run``, ``max_steps``, ``stop_reason`` ("plateau" or
     ``"max_steps"``), ``train_seconds`` (optimizer steps only, no evaluation), ``time_per_step_s``, ``curve``.
     """
@@ -183,28 +214,15 @@ def train_model(
         raise ValueError("Nothing to train: no parameter of the model requires grad.")
     if not train_rows or not val_rows:
         raise ValueError("Training and validation data must both be non-empty.")
-    upcast_trainable(model)
+    set_precision(model, dtype)
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)
     steps = settings.steps_for(len(train_rows))
     keep_best = KeepBestCallback(params, settings.patience)
     with tempfile.TemporaryDirectory(prefix="peft-neft-train-") as tmp:
-        args = TrainingArguments(
-            output_dir=output_dir or tmp, max_steps=steps, per_device_train_batch_size=settings.batch_size,
-            per_device_eval_batch_size=settings.eval_batch_size,
-            gradient_accumulation_steps=settings.gradient_accumulation_steps, learning_rate=learning_rate,
-            weight_decay=0.0, lr_scheduler_type="linear", warmup_steps=int(settings.warmup_ratio * steps),
-            max_grad_norm=0.0, eval_strategy="steps", eval_steps=settings.eval_every, logging_steps=settings.eval_every,
-            save_strategy="no", report_to=settings.report_to, bf16=dtype == torch.bfloat16,
-            use_cpu=device.type == "cpu", seed=seed, data_seed=seed, disable_tqdm=not progress,
-            remove_unused_columns=False, prediction_loss_only=True, dataloader_num_workers=0,
-        )
-        trainer = TargetLossTrainer(model=model, args=args, train_dataset=list(train_rows), eval_dataset=list(val_rows),
-                                    data_collator=collator, callbacks=[keep_best, *callbacks], data_seed=seed)
-        for noisy in (PrinterCallback, ProgressCallback):
-            trainer.remove_callback(noisy)
-        if progress:
-            trainer.add_callback(_BarsOnly)
+        args = _arguments(settings, output_dir or tmp, steps=steps, learning_rate=learning_rate, seed=seed,
+                          device=device, dtype=dtype, progress=progress)
+        trainer = _trainer(model, args, train_rows, val_rows, collator, [keep_best, *callbacks], seed, progress)
         trainer.train()
     steps_run = trainer.state.global_step
     logger.info("trained %d of %d steps (%s); best validation loss %.4f at step %d", steps_run, steps,
@@ -214,18 +232,11 @@ def train_model(
             "time_per_step_s": keep_best.train_seconds / max(steps_run, 1), "curve": keep_best.curve}
 
 
-@torch.no_grad()
-def validation_loss(model: nn.Module, rows: Sequence[dict], collator: Callable, batch_size: int,
-                    dtype: torch.dtype = torch.float32) -> float:
-    """Mean loss per target token over ``rows`` (the untrained model's, for a method that trains nothing)."""
-    model.eval()
-    device = next(model.parameters()).device
-    total, count = 0.0, 0
-    for i in range(0, len(rows), batch_size):
-        batch = {k: v.to(device) for k, v in collator(list(rows[i:i + batch_size])).items()}
-        tokens = int((batch["labels"][:, 1:] != -100).sum())
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            total += float(causal_lm_target_loss(model, batch["input_ids"], batch["labels"],
-                                                 batch["attention_mask"])) * tokens
-        count += tokens
-    return total / max(count, 1)
+def validation_loss(model: nn.Module, val_rows: Sequence[dict], collator: Callable, settings: TrainingSettings, *,
+                    device: torch.device, dtype: torch.dtype, progress: bool = False) -> float:
+    """The validation loss :func:`train_model` reports, for a model as it is (e.g. the untrained base)."""
+    set_precision(model, dtype)
+    with tempfile.TemporaryDirectory(prefix="peft-neft-eval-") as tmp:
+        args = _arguments(settings, tmp, steps=1, learning_rate=0.0, seed=0, device=device, dtype=dtype,
+                          progress=progress)
+        return float(_trainer(model, args, None, val_rows, collator, [], 0, progress).evaluate()["eval_loss"])
