@@ -252,3 +252,35 @@ def test_cli_runs_a_comparison_and_resumes(tokenizer, tmp_path, capsys):
     capsys.readouterr()
     assert main(args) == 0
     assert capsys.readouterr().out.count("already done, skipped") == 3  # the CLI shows the library's logs
+
+
+def test_a_learning_rate_grid_keeps_the_rate_with_the_lowest_validation_loss(tokenizer, data, tmp_path):
+    grid = _config(lr_grid=(0.01, 30.0), max_steps=4, patience=None)
+    run = compare(_loader(tokenizer), tokenizer, data, ["lora:2"], [0], tmp_path / "grid", grid, model_id="tiny",
+                  progress=False)["runs"]["lora:2@seed0"]
+    search = run["lr_search"]
+    assert len(search) == 2 and search[0]["best_val_loss"] != search[1]["best_val_loss"]
+    best = min(search, key=lambda r: r["best_val_loss"])
+    assert run["lr"] == best["lr"] and run["best_val_loss"] == best["best_val_loss"]
+    # The evaluated model is the one trained at that rate: a run at that rate alone gives the same outputs.
+    factor = best["lr"] / DEFAULT_LR["lora"]
+    alone = compare(_loader(tokenizer), tokenizer, data, ["lora:2"], [0], tmp_path / "alone",
+                    _config(lr_grid=(factor,), max_steps=4, patience=None), model_id="tiny",
+                    progress=False)["runs"]["lora:2@seed0"]
+    assert alone["best_val_loss"] == run["best_val_loss"]
+    assert read_outputs(tmp_path / "alone" / "outputs" / "lora_2@seed0.jsonl.gz") == \
+        read_outputs(tmp_path / "grid" / "outputs" / "lora_2@seed0.jsonl.gz")
+
+
+def test_results_folder_identity_holds_the_resolved_device_and_dtype(tokenizer, data, tmp_path):
+    out = tmp_path / "cmp"
+    compare(_loader(tokenizer), tokenizer, data, ["base"], [0], out, _config(dtype="float32"), model_id="tiny",
+            progress=False)
+    identity = json.loads((out / "results.json").read_text())["identity"]
+    assert (identity["device"], identity["dtype"]) == ("cpu", "float32")
+    assert "dtype" not in identity["config"]  # 'auto' and 'float32' resolving alike are one configuration
+    stored = json.loads((out / "results.json").read_text())
+    stored["identity"]["dtype"] = "bfloat16"  # as if written by a bf16 run
+    (out / "results.json").write_text(json.dumps(stored))
+    with pytest.raises(ValueError, match="different configuration.*dtype"):
+        compare(_loader(tokenizer), tokenizer, data, ["base"], [0], out, _config(), model_id="tiny", progress=False)
