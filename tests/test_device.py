@@ -47,3 +47,21 @@ def test_explicit_float32_and_bad_names():
     for bad in ("float16", "fp8", torch.int8):
         with pytest.raises(ValueError, match="--dtype"):
             resolve_dtype(bad, "cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available() or cpu_has_native_bf16(), reason="needs a CPU-only machine without bf16")
+@pytest.mark.parametrize("command", [
+    ["demo", "--out", "{tmp}/d"],
+    ["compare", "--train", "{tmp}/t.jsonl", "--eval", "{tmp}/t.jsonl", "--methods", "lora:8", "--out", "{tmp}/c"],
+    ["calibrate", "--data", "{tmp}/t.jsonl", "--percent", "1", "--out", "{tmp}/s.safetensors"],
+    ["analyze", "--model-a", "default", "--model-b", "default", "--data", "{tmp}/t.jsonl", "--out", "{tmp}/a"],
+])
+@pytest.mark.parametrize("flag, message", [(["--device", "cuda"], "--device 'cuda': this machine has no CUDA"),
+                                           (["--dtype", "bfloat16"], "--dtype bfloat16: this CPU has neither")])
+def test_every_command_refuses_what_the_machine_cannot_do(tmp_path, capsys, command, flag, message):
+    from peft_neft.cli import main
+
+    (tmp_path / "t.jsonl").write_text('{"source": "a", "target": "b", "text": "a"}\n')
+    assert main([part.format(tmp=tmp_path) for part in command] + flag) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "d").exists() and not (tmp_path / "c").exists()
