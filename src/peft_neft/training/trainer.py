@@ -3,7 +3,8 @@
 What :func:`train_model` adds to a plain ``Trainer``:
 
 - the data order comes from a generator seeded with ``seed`` alone, so every method (whatever it
-  draws from the global RNG while it initialises) sees the same batches in the same order;
+  draws from the global RNG while it initialises) sees the same batches in the same order; batches
+  group examples of similar length (``group_by_length``), which saves the compute spent on padding;
 - the loss is :func:`~peft_neft.training.loss.causal_lm_target_loss` (LM head on labelled positions);
 - validation loss every ``eval_every`` steps and at the last step; the trainable tensors of the best
   evaluation are kept in memory (no checkpoint on disk) and restored at the end;
@@ -29,6 +30,7 @@ from torch import nn
 from torch.utils.data import RandomSampler
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from .loss import causal_lm_target_loss
 
@@ -48,6 +50,7 @@ class TrainingSettings:
     patience: int | None = 3  # stop after N evaluations without a lower validation loss (None: never)
     eval_batch_size: int = 16  # sequences per validation batch
     report_to: str = "none"  # Trainer's report_to: none, tensorboard, wandb, all, ...
+    group_by_length: bool = True  # batches of similar lengths (less padding), still fixed by the seed alone
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "eval_every", "eval_batch_size"):
@@ -144,7 +147,11 @@ class TargetLossTrainer(Trainer):
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
-        return RandomSampler(dataset, generator=torch.Generator().manual_seed(self.data_seed))
+        generator = torch.Generator().manual_seed(self.data_seed)
+        if self.args.train_sampling_strategy == "group_by_length":
+            batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            return LengthGroupedSampler(batch, lengths=[len(row["input_ids"]) for row in dataset], generator=generator)
+        return RandomSampler(dataset, generator=generator)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model is not self.accelerator.unwrap_model(model):
@@ -172,6 +179,7 @@ def _arguments(settings: TrainingSettings, output_dir: str, *, steps: int, learn
         save_strategy="no", report_to=settings.report_to, bf16=dtype == torch.bfloat16,
         use_cpu=device.type == "cpu", seed=seed, data_seed=seed, disable_tqdm=not progress,
         remove_unused_columns=False, prediction_loss_only=True, dataloader_num_workers=0,
+        train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
     )
 
 
