@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from transformers import DataCollatorForSeq2Seq, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..device import autocast_for, dtype_name, resolve_device, resolve_dtype
-from ..tasks import TASKS, encode_for_generation, encode_for_training, score
+from ..tasks import TASKS, encode_for_generation, encode_for_training, hold_out_validation, score
 from ..tasks.prompts import IGNORE_INDEX
 from ..training import train_model, validation_loss
 from ..training.trainer import set_precision, trainable_parameters
@@ -59,12 +59,17 @@ def compare(
 ) -> dict[str, Any]:
     """Train and evaluate every (method, seed) not already in ``out_dir/results.json``; return all results.
 
-    ``data`` has ``train``, ``validation`` and ``test`` datasets with ``source``/``target`` columns.
+    ``data`` has ``train``, ``validation`` and ``test`` datasets with ``source``/``target`` columns; without
+    ``validation``, the last 10 % of ``train`` (at most 200 pairs) is held out (:func:`~peft_neft.tasks.hold_out_validation`).
     ``load_model`` returns a fresh float32 copy of the base model each call; frozen weights are cast
     to the resolved ``config.dtype`` and the model is moved to ``config.device``.
     """
     config = config or CompareConfig()
     methods = [parse_method(m) if isinstance(m, str) else m for m in methods]
+    if "validation" not in data and "train" in data and len(data["train"]):
+        train, validation = hold_out_validation(data["train"])
+        data = {**data, "train": train, "validation": validation}
+        logger.info("validation: the last %d training pairs held out", len(validation))
     missing = [s for s in ("train", "validation", "test") if s not in data or len(data[s]) == 0]
     if missing:
         raise ValueError(f"Data split(s) {missing} are missing or empty; give train, validation and test pairs.")
