@@ -15,6 +15,7 @@ from .significance import metric_names, paired_table, run_intervals
 COLOURS = {"base": "#7f7f7f", "lora": "#1f77b4", "neft": "#ff7f0e", "neft-random": "#9467bd",
            "neft-reversed": "#8c564b", "full": "#2ca02c", "embed": "#bcbd22", "in-out": "#17becf"}
 MARKERS = "osD^v<>p*h"
+LABELS = {"bleu": "BLEU", "chrf": "chrF", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L"}
 
 
 def _mean_std(values: list[float]) -> str:
@@ -98,7 +99,7 @@ def plot(results: dict[str, Any], out_dir: str | os.PathLike, path: str | os.Pat
             errs.append(statistics.mean(intervals[k][metric]["ci"] for k in keys))
         ax.errorbar(xs, ys, yerr=errs, fmt=marker, capsize=4, color=COLOURS.get(family, "black"),
                     label=group["method"] + (f" ({len(keys)} seeds)" if len(keys) > 1 else ""))
-    ax.set_xticks(range(len(metrics)), [m.upper() if m == "bleu" else m for m in metrics])
+    ax.set_xticks(range(len(metrics)), [LABELS.get(m, m) for m in metrics])
     ax.set_xlim(-0.5, len(metrics) - 0.5)
     ax.set_ylabel("score (95% paired-bootstrap interval)")
     ax.grid(axis="y", alpha=0.3)
