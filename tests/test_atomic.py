@@ -110,11 +110,12 @@ def _files_written_by_a_save(tmp_path):
     return sum(1 for p in probe.rglob("*") if p.is_file())
 
 
-@pytest.mark.parametrize("step", range(5))
+@pytest.mark.parametrize("step", range(6))
 def test_a_crash_at_any_step_of_the_swap_leaves_each_adapter_old_or_new_and_the_next_save_cleans_up(
     tmp_path, monkeypatch, step
 ):
-    assert _files_written_by_a_save(tmp_path) == 5  # README, 2 x (config, weights): one step per rename
+    # 2 x (weights, model card, config), the second adapter in its subfolder: one step per rename
+    assert _files_written_by_a_save(tmp_path) == 6
     target = tmp_path / "adapter"
     old = _two_adapter_model(seed=1)
     save_pretrained_atomically(old, target)
@@ -207,11 +208,12 @@ _CHILD = textwrap.dedent(
             weights.write_bytes(weights.read_bytes()[:100])
             stall()
         PeftModel.save_pretrained = save_and_stall
-    else:  # killed between two renames of the swap
+    else:  # killed between two renames of the swap: the weights are in place, the config is not yet
         real_replace = os.replace
         def replace_and_stall(src, dst):
             real_replace(src, dst)
-            stall()
+            if Path(dst) == target / "adapter_model.safetensors":
+                stall()
         atomic.os.replace = replace_and_stall
     atomic.save_pretrained_atomically(model, target)
     """

@@ -172,3 +172,46 @@ def test_calibrate_cli_on_smollm2(smollm2_dir, shared_data, tmp_path, capsys):
     bad.write_text(json.dumps({"text": "no fields"}) + "\n")
     assert main(["calibrate", "--data", str(bad), "--steps", "1", "--percent", "1", "--out", str(out)]) == 2
     assert "'prompt' and 'completion'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--percent", "150"], "--percent must be in"),
+    (["--percent", "1", "--max-length", "0"], "--max-length must be at least 1"),
+    (["--percent", "1", "--max-examples", "0"], "--max-examples must be at least 1"),
+    (["--percent", "1", "--lr", "0"], "--lr must be positive"),
+    (["--percent", "1", "--steps", "0"], "--steps must be at least 1"),
+    (["--num-neurons", "-3"], "--num-neurons must be at least 1"),
+])
+def test_calibrate_cli_refuses_bad_arguments_before_any_work(tmp_path, capsys, flags, message):
+    missing = tmp_path / "not-there.jsonl"  # checked later: an argument error must come first
+    assert main(["calibrate", "--data", str(missing), "--out", str(tmp_path / "s.safetensors"), *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_calibrate_cli_refuses_null_text(tmp_path, capsys):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(json.dumps({"source": "a", "target": "b"}) + "\n" + json.dumps({"source": None, "target": "c"}) + "\n")
+    assert main(["calibrate", "--data", str(data), "--percent", "1", "--out", str(tmp_path / "s.safetensors")]) == 2
+    assert "row 2: 'source' and 'target' must be text, got None" in capsys.readouterr().err
+
+
+def test_calibrate_cli_fine_tunes_and_selects(tmp_path, capsys):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2, **{f"n{i}": i + 3 for i in range(125)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    model_dir = tmp_path / "tiny"
+    make_tiny_llama().save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"n{s} n{s + 1}", "completion": f"n{s + 2} n{s + 3}"}) + "\n"
+                            for s in range(0, 60, 3)))
+    out = tmp_path / "sel.safetensors"
+    assert main(["calibrate", "--model", str(model_dir), "--data", str(data), "--steps", "3", "--lr", "1e-2",
+                 "--batch-size", "4", "--num-neurons", "12", "--dtype", "float32", "--out", str(out)]) == 0
+    selection = NeuronSelection.load(out)
+    assert selection.num_neurons == 12 and selection.metadata["method"] == "cosine"
+    assert "selection written to" in capsys.readouterr().out

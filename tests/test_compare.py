@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import sacrebleu
@@ -15,16 +16,18 @@ from peft_neft.cli import main
 from peft_neft.compare import (
     DEFAULT_LR,
     CompareConfig,
-    _shape_scores,
     compare,
-    parse_method,
+    make_collator,
     paired_tests,
+    parse_method,
     parse_methods,
     prepare_model,
+    read_outputs,
     select_for,
-    train,
-    trainable_parameters,
 )
+from peft_neft.compare.methods import shape_scores
+from peft_neft.training import TrainingSettings, train_model
+from peft_neft.training.trainer import trainable_parameters
 from peft_neft.selection import budget_from_lora
 from peft_neft.tasks import django_translation_pairs, encode_for_training
 
@@ -49,7 +52,7 @@ def _loader(tokenizer):
 
 
 def _config(**overrides):
-    values = dict(steps=3, eval_every=2, batch_size=4, calibration_steps=2, max_new_tokens=4)
+    values = dict(max_steps=3, eval_every=2, batch_size=4, calibration_steps=2, max_new_tokens=4)
     values.update(overrides)
     return CompareConfig(**values)
 
@@ -76,7 +79,7 @@ def _dense_state(model) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("spec", ALL_METHODS[1:])
 def test_each_method_trains_only_what_it_should(tokenizer, data, spec):
-    from peft_neft.calibration import calibrate, pad_collate
+    from peft_neft.calibration import calibrate
 
     instruction = "Translate this English text into French."
     rows = [encode_for_training(tokenizer, instruction, s, t) for s, t in zip(data["train"]["source"], data["train"]["target"])]
@@ -84,11 +87,12 @@ def test_each_method_trains_only_what_it_should(tokenizer, data, spec):
     base = _loader(tokenizer)()
     before = _dense_state(base)
     scores = calibrate(_loader(tokenizer)(), rows, steps=2, lr=1e-3, batch_size=4, seed=0,
-                       collate_fn=pad_collate(tokenizer.pad_token_id), progress=False) if method.kind == "neft" else None
+                       collate_fn=make_collator(tokenizer), progress=False) if method.kind == "neft" else None
     model = prepare_model(base, method, seed=0, scores=scores)
     trainable = sum(p.numel() for p in trainable_parameters(model))
-    train(model, rows, rows[:4], tokenizer.pad_token_id, steps=3, batch_size=4, lr=1e-2, eval_every=3,
-          warmup_ratio=0.0, seed=0)
+    train_model(model, rows, rows[:4], make_collator(tokenizer),
+                TrainingSettings(max_steps=3, batch_size=4, eval_every=3, warmup_ratio=0.0, patience=None),
+                learning_rate=1e-2, seed=0, device=torch.device("cpu"), dtype=torch.float32, progress=False)
     selection = {n.removeprefix("base_model.model."): m.neft_rows["default"].clone()
                  for n, m in model.named_modules() if hasattr(m, "neft_rows")}
     after = _dense_state(model)
@@ -121,29 +125,29 @@ def test_each_method_trains_only_what_it_should(tokenizer, data, spec):
 
 def test_random_rows_do_not_depend_on_calibration(tokenizer, data):
     """neft-random skips the calibration: shape-only scores pick the rows calibrated scores would."""
-    from peft_neft.calibration import calibrate, pad_collate
+    from peft_neft.calibration import calibrate
 
     rows = [encode_for_training(tokenizer, "Translate.", s, t) for s, t in zip(data["train"]["source"], data["train"]["target"])]
     model, method = _loader(tokenizer)(), parse_method("neft-random:match-lora:2")
     calibrated = calibrate(_loader(tokenizer)(), rows, steps=2, lr=1e-3, batch_size=4, seed=0,
-                           collate_fn=pad_collate(tokenizer.pad_token_id), progress=False)
+                           collate_fn=make_collator(tokenizer), progress=False)
     for seed in (0, 1):
         expected = select_for(model, method, calibrated, seed).rows
-        got = select_for(model, method, _shape_scores(model, CompareConfig().neft_target_modules), seed).rows
+        got = select_for(model, method, shape_scores(model, CompareConfig().neft_target_modules), seed).rows
         assert got.keys() == expected.keys() and all(torch.equal(got[n], expected[n]) for n in got)
     by_seed = [{n: r.tolist() for n, r in select_for(model, method, calibrated, seed).rows.items()} for seed in (0, 1)]
     assert by_seed[0] != by_seed[1]  # the seed, not the scores, decides random rows
 
 
-def test_compare_end_to_end_scores_and_resume(tokenizer, data, tmp_path, capsys):
+def test_compare_end_to_end_scores_and_resume(tokenizer, data, tmp_path, caplog):
     out = tmp_path / "cmp"
     results = compare(_loader(tokenizer), tokenizer, data, ALL_METHODS, [0], out, _config(), model_id="tiny")
     assert set(results["runs"]) == {f"{m}@seed0" for m in ALL_METHODS}
     stored = json.loads((out / "results.json").read_text())
     assert stored["runs"].keys() == results["runs"].keys()
     for key, run in stored["runs"].items():
-        lines = [json.loads(x) for x in (out / "outputs" / f"{key.replace(':', '_')}.jsonl").read_text().splitlines()]
-        hyps, refs = [x["hypothesis"] for x in lines], [x["reference"] for x in lines]
+        outputs = read_outputs(out / "outputs" / f"{key.replace(':', '_')}.jsonl.gz")
+        hyps, refs = outputs["hypothesis"], outputs["reference"]
         assert refs == list(data["test"]["target"])
         assert run["scores"]["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score)
         assert run["scores"]["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score)
@@ -165,9 +169,10 @@ def test_compare_end_to_end_scores_and_resume(tokenizer, data, tmp_path, capsys)
     assert "## Paired tests" in table and "| neft:match-lora:2 | lora:2 | 0 | " in table
 
     # Resume: finished runs are skipped and kept as they were; a new seed is added.
-    capsys.readouterr()
-    again = compare(_loader(tokenizer), tokenizer, data, ["base", "lora:2"], [0, 1], out, _config(), model_id="tiny")
-    printed = capsys.readouterr().out
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="peft_neft"):
+        again = compare(_loader(tokenizer), tokenizer, data, ["base", "lora:2"], [0, 1], out, _config(), model_id="tiny")
+    printed = caplog.text
     assert "base@seed0: already done, skipped" in printed and "lora:2@seed0: already done, skipped" in printed
     assert "lora:2@seed1: bleu=" in printed and "base@seed1: skipped, the untrained model" in printed
     assert again["runs"]["lora:2@seed0"] == stored["runs"]["lora:2@seed0"]
@@ -187,7 +192,7 @@ def test_other_configuration_and_bad_input_are_refused(tokenizer, data, tmp_path
         with pytest.raises(ValueError, match="different configuration"):
             compare(_loader(tokenizer), tokenizer, data, ["base"], [0], out, _config(), model_id="tiny")
     with pytest.raises(ValueError, match=r"different configuration \(config: .*steps.*Use a new --out folder"):
-        compare(_loader(tokenizer), tokenizer, data, ["base"], [0], out, _config(steps=5), model_id="tiny")
+        compare(_loader(tokenizer), tokenizer, data, ["base"], [0], out, _config(max_steps=5), model_id="tiny")
     with pytest.raises(ValueError, match="different configuration"):
         smaller = dict(data, train=data["train"].select(range(10)))
         compare(_loader(tokenizer), tokenizer, smaller, ["base"], [0], out, _config(), model_id="tiny")
@@ -246,4 +251,36 @@ def test_cli_runs_a_comparison_and_resumes(tokenizer, tmp_path, capsys):
     assert stored["identity"]["config"]["eval_batch_size"] == 3 and stored["identity"]["data"]["validation"]
     capsys.readouterr()
     assert main(args) == 0
-    assert capsys.readouterr().out.count("already done, skipped") == 3
+    assert capsys.readouterr().out.count("already done, skipped") == 3  # the CLI shows the library's logs
+
+
+def test_a_learning_rate_grid_keeps_the_rate_with_the_lowest_validation_loss(tokenizer, data, tmp_path):
+    grid = _config(lr_grid=(0.01, 30.0), max_steps=4, patience=None)
+    run = compare(_loader(tokenizer), tokenizer, data, ["lora:2"], [0], tmp_path / "grid", grid, model_id="tiny",
+                  progress=False)["runs"]["lora:2@seed0"]
+    search = run["lr_search"]
+    assert len(search) == 2 and search[0]["best_val_loss"] != search[1]["best_val_loss"]
+    best = min(search, key=lambda r: r["best_val_loss"])
+    assert run["lr"] == best["lr"] and run["best_val_loss"] == best["best_val_loss"]
+    # The evaluated model is the one trained at that rate: a run at that rate alone gives the same outputs.
+    factor = best["lr"] / DEFAULT_LR["lora"]
+    alone = compare(_loader(tokenizer), tokenizer, data, ["lora:2"], [0], tmp_path / "alone",
+                    _config(lr_grid=(factor,), max_steps=4, patience=None), model_id="tiny",
+                    progress=False)["runs"]["lora:2@seed0"]
+    assert alone["best_val_loss"] == run["best_val_loss"]
+    assert read_outputs(tmp_path / "alone" / "outputs" / "lora_2@seed0.jsonl.gz") == \
+        read_outputs(tmp_path / "grid" / "outputs" / "lora_2@seed0.jsonl.gz")
+
+
+def test_results_folder_identity_holds_the_resolved_device_and_dtype(tokenizer, data, tmp_path):
+    out = tmp_path / "cmp"
+    compare(_loader(tokenizer), tokenizer, data, ["base"], [0], out, _config(dtype="float32"), model_id="tiny",
+            progress=False)
+    identity = json.loads((out / "results.json").read_text())["identity"]
+    assert (identity["device"], identity["dtype"]) == ("cpu", "float32")
+    assert "dtype" not in identity["config"]  # 'auto' and 'float32' resolving alike are one configuration
+    stored = json.loads((out / "results.json").read_text())
+    stored["identity"]["dtype"] = "bfloat16"  # as if written by a bf16 run
+    (out / "results.json").write_text(json.dumps(stored))
+    with pytest.raises(ValueError, match="different configuration.*dtype"):
+        compare(_loader(tokenizer), tokenizer, data, ["base"], [0], out, _config(), model_id="tiny", progress=False)

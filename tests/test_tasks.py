@@ -152,3 +152,17 @@ def test_shared_multi30k_and_dialogsumx(shared_data):
     assert len(dsx) == 100 and "#Person1#" in dsx[0]["source"]
     with pytest.raises(ValueError, match="lines"):
         load_pairs(m30k / "val.en.gz", m30k / "test_2016_flickr.fr.gz")
+
+
+def test_hold_out_validation_takes_the_last_tenth_at_most_200():
+    from datasets import Dataset
+
+    from peft_neft.tasks import hold_out_validation
+
+    table = Dataset.from_dict({"source": [str(i) for i in range(50)], "target": [str(i) for i in range(50)]})
+    train, validation = hold_out_validation(table)
+    assert list(validation["source"]) == [str(i) for i in range(45, 50)] and len(train) == 45
+    big = Dataset.from_dict({"source": [str(i) for i in range(3000)], "target": [str(i) for i in range(3000)]})
+    assert len(hold_out_validation(big)[1]) == 200
+    with pytest.raises(ValueError, match="Too few training pairs \\(9\\)"):
+        hold_out_validation(table.select(range(9)))

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from transformers.pytorch_utils import Conv1D
 
 from ._shapes import count_params, model_fingerprint, module_shape, weight_rows
-from ._targets import DEFAULT_TARGET_MODULES as DEFAULT_TARGETS
+from ._targets import DEFAULT_TARGET_MODULES
 from ._targets import TargetModules, find_target_modules
 from .selection.cosine import cosine_rows
 from .selection.neuron_scores import NeuronScores
@@ -116,7 +116,7 @@ def calibrate(
     model: nn.Module,
     train_dataset: Any,
     steps: int = 800,
-    target_modules: TargetModules = DEFAULT_TARGETS,
+    target_modules: TargetModules = DEFAULT_TARGET_MODULES,
     lr: float = 1e-5,
     batch_size: int = 8,
     seed: int = 0,
@@ -191,7 +191,7 @@ def gradient_scores(
     model: nn.Module,
     train_dataset: Any,
     batches: int = 16,
-    target_modules: TargetModules = DEFAULT_TARGETS,
+    target_modules: TargetModules = DEFAULT_TARGET_MODULES,
     batch_size: int = 8,
     seed: int = 0,
     collate_fn: Optional[Callable] = None,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .compare import add_device_arguments
+
 NAME = "analyze"
 HELP = "Compare neuron utilization of two models (Rank, ΔRank, neuron categories) and write a report."
 
@@ -35,16 +37,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strong-threshold", type=_threshold, default=0.2,
                         help="|ΔRank| above which a neuron is strongly affected: an int count or a fraction "
                              "of the neuron count (0.2 is the paper's 100,000 of 483,328)")
+    add_device_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..analysis import analyze_models, load_analysis_model, load_texts, write_report
+    from ..device import resolve_device, resolve_dtype
     from ..selection import NeuronSelection
 
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
     texts = load_texts(args.data, args.text_field, args.max_examples)
     selection = NeuronSelection.load(args.selection) if args.selection else None
     model_a, tokenizer = load_analysis_model(args.model_a)
     model_b, _ = load_analysis_model(args.model_b)
+    model_a, model_b = model_a.to(device=device, dtype=dtype), model_b.to(device=device, dtype=dtype)
     report = analyze_models(
         model_a, model_b, texts, tokenizer,
         selection=selection, target_modules=args.target_modules, correlate_with=args.correlate_with,

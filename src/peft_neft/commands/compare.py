@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 NAME = "compare"
@@ -31,10 +35,41 @@ def _learning_rate(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"expected KIND=LR such as lora=1e-3, got {text!r}") from None
 
 
+@contextmanager
+def console_logs() -> Iterator[None]:
+    """Show the library's progress messages (``peft_neft`` INFO logs) on stdout while a command runs."""
+    package = logging.getLogger("peft_neft")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("[%(name)s] %(message)s"))
+    level = package.level
+    package.addHandler(handler)
+    package.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        package.removeHandler(handler)
+        package.setLevel(level)
+
+
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--dtype``, shared by every command that runs a model."""
+    parser.add_argument("--device", default="auto",
+                        help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                        help="frozen weights and autocast dtype; auto: bfloat16 where the hardware has native bf16 "
+                             "matrix math (CUDA, AVX512-BF16/AMX CPUs), float32 elsewhere")
+
+
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by every command that trains on a task (also the scale flags of ``demo``)."""
-    parser.add_argument("--steps", type=int, default=100, help="optimizer steps per run")
-    parser.add_argument("--batch-size", type=int, default=8, help="training examples per step")
+    parser.add_argument("--steps", type=int, default=100, help="optimizer steps per run at most")
+    parser.add_argument("--epochs", type=float, default=None,
+                        help="passes over the training data at most; a run ends at whichever limit comes first")
+    parser.add_argument("--patience", type=int, default=3,
+                        help="stop a run after N evaluations without a lower validation loss (0: never)")
+    parser.add_argument("--batch-size", type=int, default=8, help="examples per micro-batch")
+    parser.add_argument("--gradient-accumulation-steps", type=int, default=1,
+                        help="micro-batches per optimizer step")
     parser.add_argument("--eval-every", type=int, default=25, help="validation loss every N steps; the best is kept")
     parser.add_argument("--seeds", type=_ints, default=[0], help="comma-separated seeds")
     parser.add_argument("--lr", type=_learning_rate, action="append", default=[], metavar="KIND=LR",
@@ -46,6 +81,18 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-batch-size", type=int, default=16,
                         help="sequences per batch for validation loss and greedy decoding")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--report-to", default="none",
+                        help="where Trainer logs training: none, tensorboard, wandb, all")
+    add_device_arguments(parser)
+
+
+def config_arguments(args: argparse.Namespace) -> dict:
+    """The :class:`~peft_neft.compare.CompareConfig` fields the shared options set."""
+    return dict(max_steps=args.steps, epochs=args.epochs, patience=args.patience or None, batch_size=args.batch_size,
+                gradient_accumulation_steps=args.gradient_accumulation_steps, eval_every=args.eval_every,
+                learning_rates=dict(args.lr), lr_grid=args.lr_grid, calibration_steps=args.calibration_steps,
+                max_new_tokens=args.max_new_tokens, eval_batch_size=args.eval_batch_size, device=args.device,
+                dtype=args.dtype, report_to=args.report_to)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,10 +136,15 @@ def run(args: argparse.Namespace) -> int:
     from transformers import AutoModelForCausalLM
 
     from ..compare import CompareConfig, compare, parse_methods
+    from ..device import resolve_device, resolve_dtype
     from ..models import load_model_and_tokenizer, resolve_model_path
-    from ..tasks import TASKS
+    from ..tasks import TASKS, hold_out_validation
 
     methods = parse_methods(args.methods)  # fail on a bad name before loading anything
+    config = CompareConfig(task=args.task, source_lang=args.source_lang, target_lang=args.target_lang,
+                           max_source_tokens=args.max_source_tokens, max_target_tokens=args.max_target_tokens,
+                           char_level=args.char_level, **config_arguments(args))
+    resolve_dtype(config.dtype, resolve_device(config.device))  # a flag this machine cannot honour fails here
     if args.threads:
         torch.set_num_threads(args.threads)
     task = TASKS[args.task]
@@ -100,23 +152,14 @@ def run(args: argparse.Namespace) -> int:
     if args.validation:
         validation = _pairs(args.validation, task, args, args.limit_validation)
     else:
-        held_out = min(200, len(train) // 10)
-        if held_out == 0:
-            raise ValueError("Too few training pairs to hold out a validation split; pass --validation.")
-        train, validation = train.select(range(len(train) - held_out)), train.select(range(len(train) - held_out, len(train)))
+        train, validation = hold_out_validation(train)
     test = _pairs(args.eval, task, args, args.limit_eval)
-    config = CompareConfig(
-        task=args.task, source_lang=args.source_lang, target_lang=args.target_lang, steps=args.steps,
-        batch_size=args.batch_size, eval_every=args.eval_every, learning_rates=dict(args.lr), lr_grid=args.lr_grid,
-        calibration_steps=args.calibration_steps, max_source_tokens=args.max_source_tokens,
-        max_target_tokens=args.max_target_tokens, max_new_tokens=args.max_new_tokens,
-        eval_batch_size=args.eval_batch_size, char_level=args.char_level,
-    )
     path = resolve_model_path(args.model)
     _, tokenizer = load_model_and_tokenizer(path)
-    compare(lambda: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), tokenizer,
-            {"train": train, "validation": validation, "test": test}, methods, args.seeds, args.out,
-            config, model_id=str(args.model))
+    with console_logs():
+        compare(lambda: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), tokenizer,
+                {"train": train, "validation": validation, "test": test}, methods, args.seeds, args.out,
+                config, model_id=str(args.model))
     print(Path(args.out, "results.md").read_text(encoding="utf-8"), end="")  # table and paired tests
     print(f"results, table and plot written to {args.out}/")
     return 0

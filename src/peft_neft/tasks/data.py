@@ -134,3 +134,44 @@ def django_translation_pairs(language: str = "fr") -> dict[str, Dataset]:
         splits[split]["source"].append(key)
         splits[split]["target"].append(pairs[key])
     return {name: Dataset.from_dict(columns) for name, columns in splits.items()}
+
+
+def hold_out_validation(train: Dataset, fraction: float = 0.1, limit: int = 200) -> tuple[Dataset, Dataset]:
+    """Split the last ``fraction`` of ``train`` (at most ``limit`` pairs) off as validation data."""
+    held_out = min(limit, int(len(train) * fraction))
+    if held_out == 0:
+        raise ValueError(f"Too few training pairs ({len(train)}) to hold out a validation split; give validation "
+                         "data (--validation).")
+    cut = len(train) - held_out
+    return train.select(range(cut)), train.select(range(cut, len(train)))
+
+
+_PROMPT_FIELDS = (("prompt", "completion"), ("source", "target"))
+
+
+def load_prompt_completion(path: str | os.PathLike, max_examples: int | None = None) -> Dataset:
+    """(prompt, completion) pairs from JSON lines with ``prompt``/``completion`` or ``source``/``target`` text.
+
+    ``max_examples`` keeps the first N (None: all). Missing fields, empty files and null or non-text
+    values are refused with the file and row that hold them.
+    """
+    file = _require_file(path)
+    if max_examples is not None and max_examples < 1:
+        raise ValueError(f"max_examples must be at least 1 (or left out for all), got {max_examples}.")
+    try:
+        table = load_dataset("json", data_files=str(file), split="train")
+    except Exception as err:  # datasets wraps JSON errors in several exception types
+        raise ValueError(f"{file} is not readable as JSON lines: {str(err).splitlines()[0]}") from None
+    fields = next((f for f in _PROMPT_FIELDS if all(k in table.column_names for k in f)), None)
+    if fields is None:
+        raise ValueError(f"{file} needs 'prompt' and 'completion' (or 'source' and 'target') fields; "
+                         f"it has {table.column_names}.")
+    if max_examples is not None:
+        table = table.select(range(min(max_examples, len(table))))
+    prompts, completions = table[fields[0]], table[fields[1]]
+    for row, (p, c) in enumerate(zip(prompts, completions), 1):
+        if not isinstance(p, str) or not isinstance(c, str):
+            raise ValueError(f"{file} row {row}: '{fields[0]}' and '{fields[1]}' must be text, got {p!r} and {c!r}.")
+    if not prompts:
+        raise ValueError(f"{file} holds no examples.")
+    return Dataset.from_dict({"prompt": prompts, "completion": completions})

@@ -60,3 +60,31 @@ def _rouge(system: Sequence[str], baseline: Sequence[str], references: Sequence[
         out[name] = {"delta": float(a.mean() - b.mean()),
                      "p_value": (int(np.sum(centred > observed)) + 1) / (samples + 1)}
     return out
+
+
+def bootstrap_intervals(task: str, hypotheses: Sequence[str], references: Sequence[str], *, char_level: bool = False,
+                        samples: int = DEFAULT_SAMPLES) -> dict[str, dict[str, float]]:
+    """Per metric: the ``score`` and the half-width ``ci`` of its 95% bootstrap confidence interval.
+
+    The resamples come from the same fixed seed as :func:`paired_bootstrap` (``SACREBLEU_SEED``), so
+    systems scored on one test set are resampled identically: their intervals are paired.
+    """
+    check_pairs(hypotheses, references)
+    if task == "translation":
+        out = {}
+        for name, metric in (("bleu", sacrebleu.metrics.BLEU()), ("chrf", sacrebleu.metrics.CHRF())):
+            result = metric.corpus_score(list(hypotheses), [list(references)], n_bootstrap=samples)
+            out[name] = {"score": result.score, "ci": result._ci}  # sacrebleu's own interval (no public accessor)
+        return out
+    if task == "summarization":
+        per_document = rouge_per_document(hypotheses, references, char_level)
+        seed = os.environ.get("SACREBLEU_SEED", "12345")
+        rng = np.random.default_rng(None if seed.lower() == "none" else int(seed))
+        resamples = rng.choice(len(references), size=(samples, len(references)), replace=True)
+        out = {}
+        for name, values in per_document.items():
+            means = np.sort(np.asarray(values)[resamples].mean(axis=1))
+            low, high = means[samples // 40], means[samples - samples // 40 - 1]
+            out[name] = {"score": float(np.mean(values)), "ci": float(0.5 * (high - low))}
+        return out
+    raise ValueError(f"Unknown task {task!r}; use 'translation' or 'summarization'.")

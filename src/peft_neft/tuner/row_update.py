@@ -8,6 +8,10 @@ Both save for backward only ``x`` (which the base layer keeps anyway), ``D``, th
 
 so no weight-sized tensor is ever created, and the update is added to the output in place instead
 of through an out-of-place ``index_add`` that copies the whole output.
+
+Under autocast the delta products run in the autocast dtype, as LoRA's do: ``x`` stays in bf16 and
+the float32 delta is cast down for the product, and backward computes in that same dtype. Only the
+delta's gradient is returned in float32 (the delta's own dtype), so the optimizer state stays float32.
 """
 
 from __future__ import annotations
@@ -18,12 +22,26 @@ import torch
 from torch.nn import functional as F
 
 
-def _rows_grad(grad: torch.Tensor, rows: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    return grad.index_select(-1, rows).to(delta.dtype)
+def _compute_dtype(x: torch.Tensor, delta: torch.Tensor) -> torch.dtype:
+    """The autocast dtype when autocast is on for ``x``'s device (and floats are involved), else the delta's."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device) and delta.is_floating_point():
+        return torch.get_autocast_dtype(device)
+    return delta.dtype
+
+
+def _delta_product(x: torch.Tensor, delta: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    with torch.autocast(x.device.type, enabled=False):
+        return F.linear(x.to(dtype), delta.to(dtype))
+
+
+def _rows_grad(grad: torch.Tensor, rows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return grad.index_select(-1, rows).to(dtype)
 
 
 def _delta_grad(grad_rows: torch.Tensor, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    return grad_rows.reshape(-1, grad_rows.shape[-1]).T @ x.reshape(-1, x.shape[-1]).to(delta.dtype)
+    flat_x = x.reshape(-1, x.shape[-1]).to(grad_rows.dtype)
+    return (grad_rows.reshape(-1, grad_rows.shape[-1]).T @ flat_x).to(delta.dtype)
 
 
 class _LinearWithRows(torch.autograd.Function):
@@ -32,7 +50,8 @@ class _LinearWithRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, delta, rows):
         out = F.linear(x, weight, bias)
-        out.index_add_(-1, rows, F.linear(x.to(delta.dtype), delta).to(out.dtype))
+        ctx.compute_dtype = _compute_dtype(x, delta)
+        out.index_add_(-1, rows, _delta_product(x, delta, ctx.compute_dtype).to(out.dtype))
         needs_x, needs_weight, _, needs_delta = ctx.needs_input_grad[:4]
         # As autograd's own linear: keep the weight only for grad_x, and x only for weight/delta grads.
         ctx.save_for_backward(x if needs_weight or needs_delta else None, weight if needs_x else None, delta, rows)
@@ -41,16 +60,16 @@ class _LinearWithRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, weight, delta, rows = ctx.saved_tensors
-        grad_rows = _rows_grad(grad, rows, delta)
+        grad_rows = _rows_grad(grad, rows, ctx.compute_dtype)
         grad_x = grad_weight = grad_bias = grad_delta = None
         flat = grad.reshape(-1, grad.shape[-1])
         if ctx.needs_input_grad[0]:
             grad_x = flat @ weight
             rows_flat = grad_rows.reshape(-1, grad_rows.shape[-1])
-            if grad_x.dtype == delta.dtype:
+            if grad_x.dtype == delta.dtype == ctx.compute_dtype:
                 grad_x.addmm_(rows_flat, delta)  # accumulate into the same buffer: no extra add
             else:
-                grad_x += (rows_flat @ delta).to(grad_x.dtype)
+                grad_x += (rows_flat @ delta.to(ctx.compute_dtype)).to(grad_x.dtype)
             grad_x = grad_x.reshape(x.shape)
         if ctx.needs_input_grad[1]:
             grad_weight = flat.T @ x.reshape(-1, x.shape[-1])
@@ -66,16 +85,18 @@ class _AddRows(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, out, x, delta, rows):
-        out.index_add_(-1, rows, F.linear(x.to(delta.dtype), delta).to(out.dtype))
+        ctx.compute_dtype = _compute_dtype(x, delta)
+        out.index_add_(-1, rows, _delta_product(x, delta, ctx.compute_dtype).to(out.dtype))
         ctx.mark_dirty(out)
+        ctx.x_dtype = x.dtype
         ctx.save_for_backward(x if ctx.needs_input_grad[2] else None, delta, rows)
         return out
 
     @staticmethod
     def backward(ctx, grad):
         x, delta, rows = ctx.saved_tensors
-        grad_rows = _rows_grad(grad, rows, delta)
-        grad_x = (grad_rows @ delta).to(x.dtype) if ctx.needs_input_grad[1] else None
+        grad_rows = _rows_grad(grad, rows, ctx.compute_dtype)
+        grad_x = (grad_rows @ delta.to(ctx.compute_dtype)).to(ctx.x_dtype) if ctx.needs_input_grad[1] else None
         grad_delta = _delta_grad(grad_rows, x, delta) if ctx.needs_input_grad[2] else None
         return grad, grad_x, grad_delta, None
 

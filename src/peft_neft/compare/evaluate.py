@@ -1,0 +1,66 @@
+"""What a trained model is measured by: greedy generation on the test set, stored size, training memory."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from ..device import autocast_for
+from ..training.trainer import trainable_parameters
+from .methods import Method
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def generate(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[list[int]], *,
+             max_new_tokens: int, batch_size: int, dtype: torch.dtype = torch.float32, desc: str = "generate",
+             progress: bool = True) -> list[str]:
+    """Greedy continuations of token-id prompts (left-padded batches, stop at EOS), decoded and stripped."""
+    model.eval()
+    pad_id, device = tokenizer.pad_token_id, model_device(model)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    outputs: dict[int, str] = {}
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=not progress):
+        chunk = order[start:start + batch_size]
+        width = max(len(prompts[i]) for i in chunk)
+        ids = torch.tensor([[pad_id] * (width - len(prompts[i])) + prompts[i] for i in chunk], device=device)
+        mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in chunk], device=device)
+        with autocast_for(device, dtype):
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                                 num_beams=1, temperature=None, top_p=None, top_k=None,
+                                 pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)
+        for i, row in zip(chunk, out[:, width:]):
+            outputs[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
+    return [outputs[i] for i in range(len(prompts))]
+
+
+def adapter_bytes(model: torch.nn.Module, method: Method) -> int:
+    """Size of what must be stored for the method: peft's adapter file, or the trained tensors."""
+    if method.kind == "base":
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        if method.kind in ("lora", "neft"):
+            model.save_pretrained(tmp)
+            return (Path(tmp) / "adapter_model.safetensors").stat().st_size
+        tensors = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+        save_file(tensors, str(Path(tmp) / "trained.safetensors"))
+        return (Path(tmp) / "trained.safetensors").stat().st_size
+
+
+def memory_mb(model: torch.nn.Module) -> tuple[float, str]:
+    """Peak CUDA memory when on a GPU; on CPU the exact training state (weights+grads+2 Adam moments)."""
+    device = model_device(model)
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda-peak"
+    trained = sum(p.numel() * p.element_size() for p in trainable_parameters(model))
+    frozen = sum(p.numel() * p.element_size() for p in model.parameters() if not p.requires_grad)
+    return (frozen + 4 * trained) / 2**20, "weights+grads+adam"

@@ -1,0 +1,59 @@
+"""Paired tests between runs of a comparison, and bootstrap intervals of each run, from stored outputs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..tasks.significance import DEFAULT_SAMPLES, bootstrap_intervals, paired_bootstrap
+from .methods import paired_baseline
+from .results import outputs_path, read_outputs, run_key
+
+
+def metric_names(task: str) -> tuple[str, ...]:
+    """The metrics a task is scored with, in table order."""
+    return ("bleu", "chrf") if task == "translation" else ("rouge1", "rouge2", "rougeL")
+
+
+def paired_tests(results: dict[str, Any], out_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Paired bootstrap tests of each NeFT run against its baseline run of the same seed (stored outputs)."""
+    config, rows = results["identity"]["config"], []
+    for key, run in results["runs"].items():
+        baseline = paired_baseline(run["method"])
+        other = run_key(baseline, run["seed"]) if baseline else None
+        if other is None or other not in results["runs"]:
+            continue
+        ours, theirs = (read_outputs(outputs_path(Path(out_dir), k)) for k in (key, other))
+        tests = paired_bootstrap(config["task"], ours["hypothesis"], theirs["hypothesis"], ours["reference"],
+                                 char_level=config["char_level"])
+        rows.append({"system": run["method"], "baseline": baseline, "seed": run["seed"], "tests": tests})
+    return rows
+
+
+def run_intervals(results: dict[str, Any], out_dir: str | os.PathLike) -> dict[str, dict[str, dict[str, float]]]:
+    """Per run key: each metric's score and 95% bootstrap half-width (same resamples for every run)."""
+    config = results["identity"]["config"]
+    out = {}
+    for key in results["runs"]:
+        outputs = read_outputs(outputs_path(Path(out_dir), key))
+        out[key] = bootstrap_intervals(config["task"], outputs["hypothesis"], outputs["reference"],
+                                       char_level=config["char_level"])
+    return out
+
+
+def paired_table(results: dict[str, Any], out_dir: str | os.PathLike) -> str:
+    """Markdown for :func:`paired_tests`, empty when no run has its baseline yet."""
+    rows = paired_tests(results, out_dir)
+    if not rows:
+        return ""
+    metrics = metric_names(results["identity"]["config"]["task"])
+    header = ["system", "baseline", "seed", *[f"Δ {m} (p)" for m in metrics]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in sorted(rows, key=lambda r: (r["system"], r["seed"])):
+        cells = [f"{row['tests'][m]['delta']:+.2f} ({row['tests'][m]['p_value']:.3f})" for m in metrics]
+        lines.append("| " + " | ".join([row["system"], row["baseline"], str(row["seed"]), *cells]) + " |")
+    return ("\n## Paired tests\n\nEach NeFT run against its baseline run of the same seed, on the same test "
+            f"sentences: paired bootstrap resampling ({DEFAULT_SAMPLES} resamples, sacrebleu's test for BLEU/chrF). "
+            "p is the chance of a difference this large from resampling the test set alone; it says nothing "
+            "about the spread between training seeds.\n\n" + "\n".join(lines) + "\n")

@@ -1,0 +1,250 @@
+"""One fine-tuning run on ``transformers.Trainer``, made fair for method comparisons.
+
+What :func:`train_model` adds to a plain ``Trainer``:
+
+- the data order comes from a generator seeded with ``seed`` alone, so every method (whatever it
+  draws from the global RNG while it initialises) sees the same batches in the same order; batches
+  group examples of similar length (``group_by_length``), which saves the compute spent on padding;
+- the loss is :func:`~peft_neft.training.loss.causal_lm_target_loss` (LM head on labelled positions);
+- validation loss every ``eval_every`` steps and at the last step; the trainable tensors of the best
+  evaluation are kept in memory (no checkpoint on disk) and restored at the end;
+- early stopping after ``patience`` evaluations without improvement, and the reason a run ended
+  (``"plateau"`` or ``"max_steps"``) in the returned statistics.
+
+Mixed precision, gradient accumulation, ``report_to`` and multi-process runs (``accelerate launch``,
+``torchrun``) are ``Trainer``'s own.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import RandomSampler
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from .loss import causal_lm_target_loss
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingSettings:
+    """How long and how a run trains; the same for every method of a comparison."""
+
+    max_steps: int = 100  # optimizer steps at most
+    epochs: float | None = None  # passes over the training data at most (None: no limit besides max_steps)
+    batch_size: int = 8  # examples per micro-batch
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
+    warmup_ratio: float = 0.1  # linear warmup over this share of the steps, then linear decay
+    eval_every: int = 25  # validation loss every N optimizer steps (and at the last one)
+    patience: int | None = 3  # stop after N evaluations without a lower validation loss (None: never)
+    eval_batch_size: int = 16  # sequences per validation batch
+    report_to: str = "none"  # Trainer's report_to: none, tensorboard, wandb, all, ...
+    group_by_length: bool = True  # batches of similar lengths (less padding), still fixed by the seed alone
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "eval_every", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
+        if self.epochs is not None and self.epochs <= 0:
+            raise ValueError(f"epochs must be positive, got {self.epochs}.")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience must be at least 1 (or None), got {self.patience}.")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}.")
+
+    def steps_for(self, num_examples: int) -> int:
+        """Optimizer steps of a run on ``num_examples``: ``max_steps``, or fewer when ``epochs`` ends first."""
+        if self.epochs is None:
+            return self.max_steps
+        per_step = self.batch_size * self.gradient_accumulation_steps
+        return max(1, min(self.max_steps, math.ceil(self.epochs * num_examples / per_step)))
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters that will be trained, each once (tied weights are one parameter)."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def set_precision(model: nn.Module, dtype: torch.dtype) -> None:
+    """Frozen floating-point weights in ``dtype``, trainable ones in float32 (master weights, as peft keeps adapters).
+
+    Call it after choosing what trains: a model loaded in float32 keeps full precision where it trains.
+    """
+    for p in model.parameters():
+        if p.is_floating_point():
+            wanted = torch.float32 if p.requires_grad else dtype
+            if p.dtype != wanted:
+                p.data = p.data.to(wanted)
+
+
+class KeepBestCallback(TrainerCallback):
+    """Keep the trainable tensors of the lowest validation loss in memory, stop at a plateau, restore at the end."""
+
+    def __init__(self, params: Sequence[nn.Parameter], patience: int | None) -> None:
+        self.params, self.patience = list(params), patience
+        self.best_loss, self.best_step, self.best = math.inf, 0, None
+        self.evaluations_since_best, self.stop_reason = 0, "max_steps"
+        self.curve: list[dict[str, float]] = []
+        self.train_seconds, self._step_start = 0.0, 0.0
+        self._last_train_loss: float | None = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._step_start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.train_seconds += time.perf_counter() - self._step_start
+        if state.global_step >= state.max_steps:
+            control.should_evaluate = True  # the last step is always evaluated
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self._last_train_loss = float(logs["loss"])
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        loss = float(metrics["eval_loss"])
+        self.curve.append({"step": state.global_step, "val_loss": loss, "train_loss": self._last_train_loss})
+        if loss < self.best_loss:
+            self.best_loss, self.best_step, self.evaluations_since_best = loss, state.global_step, 0
+            self.best = [p.detach().clone() for p in self.params]
+        else:
+            self.evaluations_since_best += 1
+            if self.patience is not None and self.evaluations_since_best >= self.patience:
+                control.should_training_stop = True
+                if state.global_step < state.max_steps:
+                    self.stop_reason = "plateau"
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.best is not None:
+            with torch.no_grad():
+                for p, saved in zip(self.params, self.best):
+                    p.copy_(saved)
+
+
+class _BarsOnly(ProgressCallback):
+    """Trainer's progress bars without the log dictionaries it writes under them (logs go to ``report_to``)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        pass
+
+
+class TargetLossTrainer(Trainer):
+    """``Trainer`` with the target-only loss, a data order fixed by the seed alone, and loss-only evaluation."""
+
+    def __init__(self, *args: Any, data_seed: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.data_seed = data_seed
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        generator = torch.Generator().manual_seed(self.data_seed)
+        if self.args.train_sampling_strategy == "group_by_length":
+            batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            return LengthGroupedSampler(batch, lengths=[len(row["input_ids"]) for row in dataset], generator=generator)
+        return RandomSampler(dataset, generator=generator)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model is not self.accelerator.unwrap_model(model):
+            # Wrapped for multi-process training: DDP needs its own forward, so Trainer's standard loss.
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss = causal_lm_target_loss(model, inputs["input_ids"], inputs["labels"], inputs.get("attention_mask"),
+                                     num_items_in_batch=num_items_in_batch)
+        return (loss, None) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+
+def _arguments(settings: TrainingSettings, output_dir: str, *, steps: int, learning_rate: float, seed: int,
+               device: torch.device, dtype: torch.dtype, progress: bool) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=output_dir, max_steps=steps, per_device_train_batch_size=settings.batch_size,
+        per_device_eval_batch_size=settings.eval_batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps, learning_rate=learning_rate,
+        weight_decay=0.0, lr_scheduler_type="linear", warmup_steps=int(settings.warmup_ratio * steps),
+        max_grad_norm=0.0, eval_strategy="steps", eval_steps=settings.eval_every, logging_steps=settings.eval_every,
+        save_strategy="no", report_to=settings.report_to, bf16=dtype == torch.bfloat16,
+        use_cpu=device.type == "cpu", seed=seed, data_seed=seed, disable_tqdm=not progress,
+        remove_unused_columns=False, prediction_loss_only=True, dataloader_num_workers=0,
+        train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
+    )
+
+
+def _trainer(model: nn.Module, args: TrainingArguments, train_rows, val_rows, collator, callbacks, seed: int,
+             progress: bool) -> TargetLossTrainer:
+    trainer = TargetLossTrainer(model=model, args=args, train_dataset=list(train_rows) if train_rows else None,
+                                eval_dataset=list(val_rows), data_collator=collator, callbacks=list(callbacks),
+                                data_seed=seed)
+    for noisy in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(noisy)
+    if progress:
+        trainer.add_callback(_BarsOnly)
+    return trainer
+
+
+def train_model(
+    model: nn.Module,
+    train_rows: Sequence[dict],
+    val_rows: Sequence[dict],
+    collator: Callable[[list[dict]], dict[str, torch.Tensor]],
+    settings: TrainingSettings,
+    *,
+    learning_rate: float,
+    seed: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    output_dir: str | None = None,
+    progress: bool = True,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> dict[str, Any]:
+    """Train ``model`` (its trainable parameters) and leave it at its best-validation-loss checkpoint.
+
+    Frozen weights are used in ``dtype``, trainable tensors are kept in float32, and the forward runs
+    under autocast when ``dtype`` is bfloat16 (see :func:`set_precision`). Returns the run's statistics:
+    ``best_val_loss``, ``best_step``, ``steps_run``, ``max_steps``, ``stop_reason`` ("plateau" or
+    ``"max_steps"``), ``train_seconds`` (optimizer steps only, no evaluation), ``time_per_step_s``, ``curve``.
+    """
+    params = trainable_parameters(model)
+    if not params:
+        raise ValueError("Nothing to train: no parameter of the model requires grad.")
+    if not train_rows or not val_rows:
+        raise ValueError("Training and validation data must both be non-empty.")
+    set_precision(model, dtype)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+    steps = settings.steps_for(len(train_rows))
+    keep_best = KeepBestCallback(params, settings.patience)
+    with tempfile.TemporaryDirectory(prefix="peft-neft-train-") as tmp:
+        args = _arguments(settings, output_dir or tmp, steps=steps, learning_rate=learning_rate, seed=seed,
+                          device=device, dtype=dtype, progress=progress)
+        trainer = _trainer(model, args, train_rows, val_rows, collator, [keep_best, *callbacks], seed, progress)
+        trainer.train()
+    steps_run = trainer.state.global_step
+    logger.info("trained %d of %d steps (%s); best validation loss %.4f at step %d", steps_run, steps,
+                keep_best.stop_reason, keep_best.best_loss, keep_best.best_step)
+    return {"best_val_loss": keep_best.best_loss, "best_step": keep_best.best_step, "steps_run": steps_run,
+            "max_steps": steps, "stop_reason": keep_best.stop_reason, "train_seconds": keep_best.train_seconds,
+            "time_per_step_s": keep_best.train_seconds / max(steps_run, 1), "curve": keep_best.curve}
+
+
+def validation_loss(model: nn.Module, val_rows: Sequence[dict], collator: Callable, settings: TrainingSettings, *,
+                    device: torch.device, dtype: torch.dtype, progress: bool = False) -> float:
+    """The validation loss :func:`train_model` reports, for a model as it is (e.g. the untrained base)."""
+    set_precision(model, dtype)
+    with tempfile.TemporaryDirectory(prefix="peft-neft-eval-") as tmp:
+        args = _arguments(settings, tmp, steps=1, learning_rate=0.0, seed=0, device=device, dtype=dtype,
+                          progress=progress)
+        return float(_trainer(model, args, None, val_rows, collator, [], 0, progress).evaluate()["eval_loss"])

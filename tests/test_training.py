@@ -1,0 +1,153 @@
+"""The Trainer-based engine: same batches for every method, best checkpoint restored, plateau stops, bf16."""
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from peft_neft import NeFTConfig
+from peft_neft.training import TrainingSettings, train_model, validation_loss
+
+from conftest import make_tiny_llama
+
+SELECTION = {f"model.layers.{i}.mlp.{m}": list(range(0, 64, 2)) for i in range(2) for m in ("up_proj", "gate_proj")}
+CPU = torch.device("cpu")
+
+
+def _rows(starts, step):
+    """Sequences that count by ``step`` from each start; the first 4 tokens are prompt (no label)."""
+    out = []
+    for s in starts:
+        ids = [int(s + step * i) % 128 for i in range(12)]
+        out.append({"input_ids": ids, "attention_mask": [1] * 12, "labels": [-100] * 4 + ids[4:]})
+    return out
+
+
+def _collate(rows):
+    width = max(len(r["input_ids"]) for r in rows)
+    return {key: torch.tensor([r[key] + [fill] * (width - len(r[key])) for r in rows])
+            for key, fill in (("input_ids", 0), ("attention_mask", 0), ("labels", -100))}
+
+
+def _data(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    # Trained to count up, validated on counting down: validation loss soon stops improving.
+    return _rows(torch.randint(0, 128, (32,), generator=gen).tolist(), 1), \
+        _rows(torch.randint(0, 128, (8,), generator=gen).tolist(), -1)
+
+
+def _model(kind, dtype=torch.float32):
+    model = make_tiny_llama().to(dtype)
+    if kind == "lora":
+        return get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.1))
+    if kind == "neft":
+        return get_peft_model(model, NeFTConfig(neurons=SELECTION))
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
+
+
+def _train(model, settings, lr=1e-1, seed=0, dtype=torch.float32):
+    train, val = _data()
+    return train_model(model, train, val, _collate, settings, learning_rate=lr, seed=seed, device=CPU, dtype=dtype,
+                       progress=False)
+
+
+def _recorded_batches(kind, seed, batch_size=8, accumulation=1):
+    model = _model(kind)
+    seen = []
+    model.get_input_embeddings().register_forward_hook(
+        lambda module, args, out: seen.append(args[0].tolist()) if module.training else None)
+    _train(model, TrainingSettings(max_steps=6, batch_size=batch_size, gradient_accumulation_steps=accumulation,
+                                   eval_every=3, patience=None, eval_batch_size=8), seed=seed)
+    return [row for batch in seen for row in batch]
+
+
+def test_every_method_sees_the_same_batches_in_the_same_order():
+    # 48 examples from 32: the second epoch's order must not depend on what LoRA's dropout drew from the RNG.
+    full = _recorded_batches("full", seed=0)
+    assert len(full) == 6 * 8
+    assert _recorded_batches("lora", seed=0) == full
+    assert _recorded_batches("neft", seed=0) == full
+    assert _recorded_batches("neft", seed=0, batch_size=4, accumulation=2) == full  # accumulation: same examples
+    assert _recorded_batches("neft", seed=1) != full
+
+
+def test_the_best_validation_checkpoint_is_restored():
+    model = _model("full")  # learns to count up fast, so the count-down validation loss soon rises
+    stats = _train(model, TrainingSettings(max_steps=40, batch_size=8, eval_every=4, patience=None, eval_batch_size=8),
+                   lr=1e-2)
+    losses = [point["val_loss"] for point in stats["curve"]]
+    assert stats["steps_run"] == 40 and stats["stop_reason"] == "max_steps"
+    assert len(losses) == 10 and stats["best_val_loss"] == min(losses)
+    assert stats["best_step"] < 40 and losses[-1] > min(losses) + 0.1  # the last weights are far from the best
+    _, val = _data()
+    settings = TrainingSettings(eval_batch_size=8)
+    assert validation_loss(model, val, _collate, settings, device=CPU, dtype=torch.float32) == \
+        pytest.approx(stats["best_val_loss"], abs=1e-6)
+
+
+def test_training_stops_at_a_validation_plateau():
+    model = _model("full")
+    stats = _train(model, TrainingSettings(max_steps=40, batch_size=8, eval_every=4, patience=2, eval_batch_size=8),
+                   lr=1e-2)
+    assert stats["stop_reason"] == "plateau"
+    assert stats["steps_run"] == stats["best_step"] + 2 * 4 < 40
+    assert len(stats["curve"]) == stats["steps_run"] // 4
+
+
+def test_epochs_end_a_run_before_max_steps():
+    settings = TrainingSettings(max_steps=100, epochs=1, batch_size=8, eval_every=2, patience=None)
+    assert settings.steps_for(32) == 4
+    stats = _train(_model("lora"), settings)
+    assert stats["steps_run"] == 4 and stats["stop_reason"] == "max_steps"
+
+
+def test_bf16_frozen_weights_train_float32_deltas_under_autocast():
+    model = _model("neft", dtype=torch.bfloat16)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    stats = _train(model, TrainingSettings(max_steps=4, batch_size=8, eval_every=2, patience=None),
+                   dtype=torch.bfloat16)
+    deltas = {n: p for n, p in model.named_parameters() if "neft_delta" in n}
+    assert deltas and all(p.dtype == torch.float32 and p.abs().sum() > 0 for p in deltas.values())
+    for name, p in model.named_parameters():
+        if name in frozen:
+            assert p.dtype == torch.bfloat16 and torch.equal(p, frozen[name]), name
+    assert stats["steps_run"] == 4
+
+
+def test_full_fine_tuning_keeps_float32_master_weights():
+    model = _model("full", dtype=torch.bfloat16)
+    _train(model, TrainingSettings(max_steps=2, batch_size=8, eval_every=2, patience=None), dtype=torch.bfloat16)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+@pytest.mark.parametrize("bad", [{"max_steps": 0}, {"patience": 0}, {"epochs": 0}, {"warmup_ratio": 1.0}])
+def test_bad_settings_are_refused(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        TrainingSettings(**bad)
+
+
+def test_length_grouped_batches_are_fixed_by_the_seed_and_pad_less():
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(6, 30, (64,), generator=gen).tolist()
+    train = [{"input_ids": [(7 * i + k) % 128 for k in range(n)], "attention_mask": [1] * n,
+              "labels": [-100] * 3 + [(7 * i + k) % 128 for k in range(3, n)]} for i, n in enumerate(lengths)]
+    _, val = _data()
+
+    def padded_tokens(kind, grouped):
+        model, widths, rows = _model(kind), [], []
+
+        def record(module, args, out):
+            if module.training:
+                widths.append(args[0].numel())
+                rows.append(args[0].tolist())
+
+        model.get_input_embeddings().register_forward_hook(record)
+        train_model(model, train, val, _collate, TrainingSettings(max_steps=8, batch_size=8, eval_every=8, patience=None,
+                                                                  group_by_length=grouped),
+                    learning_rate=1e-2, seed=0, device=CPU, dtype=torch.float32, progress=False)
+        return sum(widths), rows
+
+    grouped, rows = padded_tokens("neft", True)
+    assert padded_tokens("lora", True)[1] == rows
+    assert grouped < 0.9 * padded_tokens("neft", False)[0]  # 64 rows: megabatches of 16 (transformers' rule)
