@@ -64,25 +64,25 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by every command that trains on a task (also the scale flags of ``demo``)."""
-    parser.add_argument("--steps", type=int, default=100, help="optimizer steps per run at most (default 100)")
+    parser.add_argument("--steps", type=int, default=100, help="optimizer steps per run at most (default %(default)s)")
     parser.add_argument("--epochs", type=float, default=None,
                         help="passes over the training data at most; a run ends at whichever limit comes first")
     parser.add_argument("--patience", type=int, default=3,
-                        help="stop a run after N evaluations without a lower validation loss (default 3; 0: never)")
-    parser.add_argument("--batch-size", type=int, default=8, help="examples per micro-batch (default 8)")
+                        help="stop a run after N evaluations without a lower validation loss (default %(default)s; 0: never)")
+    parser.add_argument("--batch-size", type=int, default=8, help="examples per micro-batch (default %(default)s)")
     parser.add_argument("--gradient-accumulation-steps", type=int, default=1,
-                        help="micro-batches per optimizer step (default 1)")
-    parser.add_argument("--eval-every", type=int, default=25, help="validation loss every N steps; the best is kept")
+                        help="micro-batches per optimizer step (default %(default)s)")
+    parser.add_argument("--eval-every", type=int, default=25, help="validation loss every N steps, the best is kept (default %(default)s)")
     parser.add_argument("--seeds", type=_ints, default=[0], help="comma-separated seeds (default 0)")
     parser.add_argument("--lr", type=_learning_rate, action="append", default=[], metavar="KIND=LR",
                         help=f"learning rate of a method kind (repeatable); defaults: {DEFAULT_LR}")
     parser.add_argument("--lr-grid", type=_floats, default=(1.0,),
-                        help="factors tried around each method's lr, the best on validation loss wins (e.g. 0.33,1,3)")
-    parser.add_argument("--calibration-steps", type=int, default=50, help="full fine-tuning steps that score neurons")
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="greedy generation length limit (all methods)")
+                        help="factors tried around each method's lr, the best on validation loss wins, e.g. 0.33,1,3 (default %(default)s)")
+    parser.add_argument("--calibration-steps", type=int, default=50, help="full fine-tuning steps that score neurons (default %(default)s)")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="greedy generation length limit, all methods (default %(default)s)")
     parser.add_argument("--eval-batch-size", type=int, default=16,
                         help="sequences per batch for validation loss and greedy decoding")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default %(default)s; None: torch's choice)")
     parser.add_argument("--report-to", default="none",
                         help="where Trainer logs training: none, tensorboard, wandb, all (default none)")
     add_device_arguments(parser)
