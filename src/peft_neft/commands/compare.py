@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+
 NAME = "compare"
 HELP = "Compare NeFT, LoRA and full/partial fine-tuning on one task: results.json, a table and a plot."
 
@@ -70,17 +71,17 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="examples per micro-batch")
     parser.add_argument("--gradient-accumulation-steps", type=int, default=1,
                         help="micro-batches per optimizer step")
-    parser.add_argument("--eval-every", type=int, default=25, help="validation loss every N steps; the best is kept")
+    parser.add_argument("--eval-every", type=int, default=25, help="validation loss every N steps, the best is kept")
     parser.add_argument("--seeds", type=_ints, default=[0], help="comma-separated seeds")
     parser.add_argument("--lr", type=_learning_rate, action="append", default=[], metavar="KIND=LR",
                         help="learning rate of a method kind (repeatable); kinds not given use peft_neft.compare.DEFAULT_LR")
     parser.add_argument("--lr-grid", type=_floats, default=(1.0,),
-                        help="factors tried around each method's lr, the best on validation loss wins (e.g. 0.33,1,3)")
+                        help="factors tried around each method's lr, the best on validation loss wins, e.g. 0.33,1,3")
     parser.add_argument("--calibration-steps", type=int, default=50, help="full fine-tuning steps that score neurons")
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="greedy generation length limit (all methods)")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="greedy generation length limit, all methods")
     parser.add_argument("--eval-batch-size", type=int, default=16,
                         help="sequences per batch for validation loss and greedy decoding")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (None: torch's choice)")
     parser.add_argument("--report-to", default="none",
                         help="where Trainer logs training: none, tensorboard, wandb, all")
     add_device_arguments(parser)
