@@ -96,8 +96,8 @@ def test_calibration_scores_match_a_real_fine_tune():
     expected = score_models(model, tuned)
     for name in expected.scores:
         assert (1 - expected.scores[name]).max() > 1e-5  # the rows moved far more than the tolerance
-        # float32 sums in another example order differ in the last bits only
-        torch.testing.assert_close(scores.scores[name], expected.scores[name], rtol=0, atol=1e-8)
+        # float32 sums in another example order differ in the last bits only (one float32 ulp at 1.0 is 1.2e-7)
+        torch.testing.assert_close(scores.scores[name], expected.scores[name], rtol=0, atol=1e-7)
 
 
 def test_gradient_scores_are_minus_the_row_gradient_norm():

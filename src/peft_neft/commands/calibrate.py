@@ -61,7 +61,7 @@ def _fine_tune_scores(args: argparse.Namespace, model, rows, collator, device, d
 
     from transformers import TrainingArguments
 
-    from ..selection.scores import find_target_modules
+    from .._targets import find_target_modules
     from ..training import NeuronCalibrationCallback, TargetLossTrainer
 
     targets = {m.weight for m in find_target_modules(model, args.target_modules).values()}

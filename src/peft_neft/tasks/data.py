@@ -7,14 +7,34 @@ catalogs that ship inside Django, so the demo needs no downloaded data.
 
 from __future__ import annotations
 
+import contextlib
 import gettext
 import hashlib
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from datasets import Dataset, load_dataset
+import datasets.utils
+from datasets import Dataset
+
+
+def _read_local(*args, **kwargs) -> Dataset:
+    """``datasets.load_dataset`` without its per-file progress bars (reading a local file is quick)."""
+    with _datasets_progress_bars_hidden():
+        return datasets.load_dataset(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def _datasets_progress_bars_hidden() -> Iterator[None]:
+    was_enabled = not datasets.utils.are_progress_bars_disabled()
+    datasets.utils.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets.utils.enable_progress_bars()
 
 _LANGUAGES = {"en": "English", "fr": "French", "de": "German", "cs": "Czech", "zh": "Chinese", "uk": "Ukrainian"}
 _JSON_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz")
@@ -55,7 +75,7 @@ def _require_file(path: str | os.PathLike) -> Path:
 
 
 def _read_lines(path: Path) -> list[str]:
-    return list(load_dataset("text", data_files=str(path), split="train")["text"])
+    return list(_read_local("text", data_files=str(path), split="train")["text"])
 
 
 def load_pairs(
@@ -84,7 +104,7 @@ def load_pairs(
             raise ValueError(
                 f"{src_path} is not JSON lines; pass a .jsonl(.gz) file, or a source and a target text file."
             )
-        table = load_dataset("json", data_files=str(src_path), split="train")
+        table = _read_local("json", data_files=str(src_path), split="train")
         missing = [f for f in (source_field, target_field) if f not in table.column_names]
         if missing:
             raise ValueError(
@@ -159,7 +179,7 @@ def load_prompt_completion(path: str | os.PathLike, max_examples: int | None = N
     if max_examples is not None and max_examples < 1:
         raise ValueError(f"max_examples must be at least 1 (or left out for all), got {max_examples}.")
     try:
-        table = load_dataset("json", data_files=str(file), split="train")
+        table = _read_local("json", data_files=str(file), split="train")
     except Exception as err:  # datasets wraps JSON errors in several exception types
         raise ValueError(f"{file} is not readable as JSON lines: {str(err).splitlines()[0]}") from None
     fields = next((f for f in _PROMPT_FIELDS if all(k in table.column_names for k in f)), None)
