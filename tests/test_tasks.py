@@ -79,6 +79,18 @@ def test_bad_files_give_clear_errors(tmp_path):
         load_pairs(tmp_path / "a.en")
 
 
+@pytest.mark.parametrize("gz", [False, True])
+def test_empty_files_are_named_in_the_error(tmp_path, gz):
+    suffix = ".gz" if gz else ""
+    for name in ("empty.en", "empty.fr", "empty.jsonl"):
+        with (gzip.open if gz else open)(tmp_path / (name + suffix), "wb"):
+            pass  # zero bytes of content
+    with pytest.raises(ValueError, match=r"empty\.en.* is empty"):
+        load_pairs(tmp_path / ("empty.en" + suffix), tmp_path / ("empty.fr" + suffix))
+    with pytest.raises(ValueError, match=r"empty\.jsonl.* is empty"):
+        load_pairs(tmp_path / ("empty.jsonl" + suffix))
+
+
 def test_loss_only_on_target_tokens(tokenizer):
     instruction = "Translate this English text into French."
     row = encode_for_training(tokenizer, instruction, "Cancel", "Annuler")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import gettext
+import gzip
 import hashlib
 import os
 import re
@@ -16,14 +17,21 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import datasets.exceptions
 import datasets.utils
 from datasets import Dataset
 
 
-def _read_local(*args, **kwargs) -> Dataset:
-    """``datasets.load_dataset`` without its per-file progress bars (reading a local file is quick)."""
+def _read_local(builder: str, data_files: str, **kwargs) -> Dataset:
+    """``datasets.load_dataset`` of one local file, without per-file progress bars; an empty file is named."""
+    with (gzip.open if data_files.endswith(".gz") else open)(data_files, "rb") as handle:
+        if not handle.read(1):
+            raise ValueError(f"Data file {data_files!r} is empty; give a file with one example per line.")
     with _datasets_progress_bars_hidden():
-        return datasets.load_dataset(*args, **kwargs)
+        try:
+            return datasets.load_dataset(builder, data_files=data_files, **kwargs)
+        except datasets.exceptions.DatasetGenerationError as err:
+            raise ValueError(f"Data file {data_files!r} could not be read ({err.__cause__ or err}).") from err
 
 
 @contextlib.contextmanager
