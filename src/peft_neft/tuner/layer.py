@@ -209,7 +209,13 @@ class NeFTLayer(BaseTunerLayer):
         return delta.T if self.is_conv1d else delta
 
     def _require_rows_loaded(self, adapter_name: str) -> None:
-        if adapter_name in self._rows_awaiting_load:
+        if adapter_name not in self._rows_awaiting_load:
+            return
+        rows = self.neft_rows[adapter_name]
+        if rows.numel() and bool((rows >= 0).all()):  # filled by a loader that bypasses _load_from_state_dict
+            self._check_rows_in_range(rows)  # (transformers' load_adapter): the -1 placeholders are gone
+            self._rows_awaiting_load.discard(adapter_name)
+        else:
             raise RuntimeError(
                 f"NeFT adapter {adapter_name!r} of module {self.module_name!r} was built from neuron counts only "
                 "and its row indices were never loaded. Load it with PeftModel.from_pretrained / load_adapter, "
