@@ -97,6 +97,7 @@ def test_load_in_a_fresh_process_that_only_imports_peft_neft(trained, tmp_path):
         import torch, peft_neft
         from peft import PeftModel
         from transformers import AutoModelForCausalLM
+        torch.set_num_threads({torch.get_num_threads()})  # the parent's: bit-equal logits need the same reductions
         base = AutoModelForCausalLM.from_pretrained({str(base_dir)!r})
         model = PeftModel.from_pretrained(base, {str(tmp_path / "adapter")!r})
         ids = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(3))
