@@ -28,7 +28,7 @@ def test_load_texts_reads_jsonl_and_text_lines(tmp_path):
         load_texts(jsonl, text_field="source")
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    with pytest.raises(ValueError, match="no non-empty texts"):
+    with pytest.raises(ValueError, match=r"empty\.jsonl' is empty"):
         load_texts(empty)
     blank = tmp_path / "blank.txt"
     blank.write_text("\n  \n")

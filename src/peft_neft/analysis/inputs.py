@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Optional, Union
 
 import torch
 from transformers import PreTrainedTokenizerBase
+
+from ..tasks import read_data_file
 
 Inputs = Union[Sequence[str], Sequence[Sequence[int]]]
 
@@ -18,28 +19,13 @@ def load_texts(path: Union[str, os.PathLike], text_field: str = "text", limit: O
 
     Gzipped files (``.gz``) are read the same way. ``limit`` keeps the first ``limit`` texts.
     """
-    from datasets import load_dataset
-    from datasets.exceptions import DatasetGenerationError
-
-    source = Path(path)
-    if not source.is_file():
-        raise FileNotFoundError(f"Analysis data file {os.fspath(path)!r} does not exist.")
-    if source.stat().st_size == 0:
-        raise ValueError(f"{os.fspath(path)!r} is empty (no non-empty texts); the analysis needs at least one input.")
-    suffixes = [s for s in source.suffixes if s != ".gz"]
-    is_json = bool(suffixes) and suffixes[-1] in (".jsonl", ".json")
-    try:
-        data = load_dataset("json" if is_json else "text", data_files=os.fspath(source), split="train")
-    except (DatasetGenerationError, StopIteration) as err:
-        kind = "JSON lines" if is_json else "text lines"
-        raise ValueError(f"{os.fspath(path)!r} could not be read as {kind}: {err!r}") from err
-    field = text_field if is_json else "text"
-    if len(data) and field not in data.column_names:
+    data = read_data_file(path)  # a text file has the one field "text"
+    if text_field not in data.column_names:
         raise ValueError(
-            f"{os.fspath(path)!r} has no field {field!r}; its fields are {data.column_names}. "
+            f"{os.fspath(path)!r} has no field {text_field!r}; its fields are {data.column_names}. "
             "Pass the field holding the input text (--text-field)."
         )
-    texts = [t for t in (data[field] if len(data) else []) if isinstance(t, str) and t.strip()]
+    texts = [t for t in data[text_field] if isinstance(t, str) and t.strip()]
     if limit is not None:
         texts = texts[:limit]
     if not texts:

@@ -22,16 +22,21 @@ import datasets.utils
 from datasets import Dataset
 
 
-def _read_local(builder: str, data_files: str, **kwargs) -> Dataset:
-    """``datasets.load_dataset`` of one local file, without per-file progress bars; an empty file is named."""
-    with (gzip.open if data_files.endswith(".gz") else open)(data_files, "rb") as handle:
+def read_data_file(path: str | os.PathLike) -> Dataset:
+    """One local data file as a ``datasets.Dataset``: JSON lines (``.jsonl``/``.json``) with their fields, or one
+    ``text`` per line; gzipped (``.gz``) files too. A missing, empty or unreadable file is a clear error."""
+    file = _require_file(path)
+    with (gzip.open if file.name.endswith(".gz") else open)(file, "rb") as handle:
         if not handle.read(1):
-            raise ValueError(f"Data file {data_files!r} is empty; give a file with one example per line.")
+            raise ValueError(f"Data file {os.fspath(file)!r} is empty; give a file with one example per line.")
+    is_json = file.name.endswith(_JSON_SUFFIXES)
     with _datasets_progress_bars_hidden():
         try:
-            return datasets.load_dataset(builder, data_files=data_files, **kwargs)
-        except datasets.exceptions.DatasetGenerationError as err:
-            raise ValueError(f"Data file {data_files!r} could not be read ({err.__cause__ or err}).") from err
+            return datasets.load_dataset("json" if is_json else "text", data_files=os.fspath(file), split="train")
+        except (datasets.exceptions.DatasetGenerationError, StopIteration) as err:
+            kind = "JSON lines" if is_json else "text lines"
+            raise ValueError(f"Data file {os.fspath(file)!r} could not be read as {kind} "
+                             f"({str(err.__cause__ or err).splitlines()[0] if str(err.__cause__ or err) else type(err).__name__}).") from err
 
 
 @contextlib.contextmanager
@@ -83,7 +88,7 @@ def _require_file(path: str | os.PathLike) -> Path:
 
 
 def _read_lines(path: Path) -> list[str]:
-    return list(_read_local("text", data_files=str(path), split="train")["text"])
+    return list(read_data_file(path)["text"])
 
 
 def load_pairs(
@@ -112,7 +117,7 @@ def load_pairs(
             raise ValueError(
                 f"{src_path} is not JSON lines; pass a .jsonl(.gz) file, or a source and a target text file."
             )
-        table = _read_local("json", data_files=str(src_path), split="train")
+        table = read_data_file(src_path)
         missing = [f for f in (source_field, target_field) if f not in table.column_names]
         if missing:
             raise ValueError(
@@ -186,10 +191,9 @@ def load_prompt_completion(path: str | os.PathLike, max_examples: int | None = N
     file = _require_file(path)
     if max_examples is not None and max_examples < 1:
         raise ValueError(f"max_examples must be at least 1 (or left out for all), got {max_examples}.")
-    try:
-        table = _read_local("json", data_files=str(file), split="train")
-    except Exception as err:  # datasets wraps JSON errors in several exception types
-        raise ValueError(f"{file} is not readable as JSON lines: {str(err).splitlines()[0]}") from None
+    if not file.name.endswith(_JSON_SUFFIXES):
+        raise ValueError(f"{file} is not JSON lines; pass a .jsonl(.gz) file with prompt/completion fields.")
+    table = read_data_file(file)
     fields = next((f for f in _PROMPT_FIELDS if all(k in table.column_names for k in f)), None)
     if fields is None:
         raise ValueError(f"{file} needs 'prompt' and 'completion' (or 'source' and 'target') fields; "
