@@ -18,10 +18,10 @@ SRC = Path(peft_neft.__file__).resolve().parent
 # layer or of a lower one, never of a higher one. Keep this table and the one in docs/design.md alike.
 LAYERS = [
     {"_targets", "_shapes", "_version", "atomic"},
-    {"neuron_selection", "selection_plot", "models", "tasks", "device"},
+    {"neuron_selection", "selection_plot", "models", "tasks", "device", "training"},
     {"tuner"},
-    {"registration", "selection", "calibration", "export"},
-    {"analysis", "compare", "training"},
+    {"registration", "selection", "export"},
+    {"analysis", "compare"},
     {"commands"},
     {"cli"},
 ]

@@ -11,7 +11,7 @@ from peft import get_peft_model
 
 from conftest import make_tiny_llama
 from peft_neft import NeFTConfig
-from peft_neft.calibration import calibrate, gradient_scores, pad_collate, tokenize_pair
+from peft_neft.selection import calibrate, gradient_scores, pad_collate, tokenize_pair
 from peft_neft.cli import main
 from peft_neft.models import load_model_and_tokenizer
 from peft_neft.selection import NeuronSelection, select_neurons

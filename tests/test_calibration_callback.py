@@ -6,7 +6,7 @@ from transformers import Trainer, TrainingArguments
 
 from peft_neft.selection import NeuronSelection
 from peft_neft.selection.cosine import cosine_rows
-from peft_neft.training import NeuronCalibrationCallback
+from peft_neft.selection import NeuronCalibrationCallback
 
 from conftest import make_tiny_llama
 

@@ -79,7 +79,7 @@ def _dense_state(model) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("spec", ALL_METHODS[1:])
 def test_each_method_trains_only_what_it_should(tokenizer, data, spec):
-    from peft_neft.calibration import calibrate
+    from peft_neft.selection import calibrate
 
     instruction = "Translate this English text into French."
     rows = [encode_for_training(tokenizer, instruction, s, t) for s, t in zip(data["train"]["source"], data["train"]["target"])]
@@ -125,7 +125,7 @@ def test_each_method_trains_only_what_it_should(tokenizer, data, spec):
 
 def test_random_rows_do_not_depend_on_calibration(tokenizer, data):
     """neft-random skips the calibration: shape-only scores pick the rows calibrated scores would."""
-    from peft_neft.calibration import calibrate
+    from peft_neft.selection import calibrate
 
     rows = [encode_for_training(tokenizer, "Translate.", s, t) for s, t in zip(data["train"]["source"], data["train"]["target"])]
     model, method = _loader(tokenizer)(), parse_method("neft-random:match-lora:2")

@@ -354,7 +354,7 @@ def test_scores_of_an_unchanged_model_are_refused(tiny_llama, strategy):
 
 
 def test_calibration_at_learning_rate_zero_is_refused(tiny_llama):
-    from peft_neft.calibration import calibrate
+    from peft_neft.selection import calibrate
 
     gen = torch.Generator().manual_seed(0)
     data = [{"input_ids": ids, "attention_mask": [1] * 8, "labels": ids}

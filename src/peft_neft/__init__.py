@@ -9,8 +9,8 @@ import logging
 
 from ._version import __version__
 from .registration import register as _register
-from .selection import NeuronScores, NeuronSelection, budget_from_lora, overlap, select_neurons
-from .calibration import calibrate, gradient_scores
+from .selection import (NeuronCalibrationCallback, NeuronScores, NeuronSelection, budget_from_lora, calibrate,
+                        gradient_scores, overlap, select_neurons)
 from .atomic import save_pretrained_atomically
 from .export import export_lora, import_lora
 from .tuner import NeFTConfig, NeFTModel
@@ -18,5 +18,5 @@ from .tuner import NeFTConfig, NeFTModel
 _register()
 logging.getLogger(__name__).addHandler(logging.NullHandler())  # quiet unless the application sets up logging
 
-__all__ = ["NeFTConfig", "NeFTModel", "NeuronSelection", "__version__", "save_pretrained_atomically",
+__all__ = ["NeFTConfig", "NeFTModel", "NeuronCalibrationCallback", "NeuronSelection", "__version__", "save_pretrained_atomically",
            "NeuronScores", "budget_from_lora", "calibrate", "gradient_scores", "overlap", "select_neurons"]

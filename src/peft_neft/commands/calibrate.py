@@ -1,6 +1,6 @@
 """``peft-neft calibrate``: a short full fine-tune (or the gradient score) on your data, then a neuron selection.
 
-A thin shell: the fine-tune is a ``Trainer`` run with :class:`~peft_neft.training.NeuronCalibrationCallback`,
+A thin shell: the fine-tune is a ``Trainer`` run with :class:`~peft_neft.selection.NeuronCalibrationCallback`,
 the same callback you can add to your own training. Every argument is checked before any work.
 """
 
@@ -62,7 +62,8 @@ def _fine_tune_scores(args: argparse.Namespace, model, rows, collator, device, d
     from transformers import TrainingArguments
 
     from .._targets import find_target_modules
-    from ..training import NeuronCalibrationCallback, TargetLossTrainer
+    from ..selection import NeuronCalibrationCallback
+    from ..training import TargetLossTrainer
 
     targets = {m.weight for m in find_target_modules(model, args.target_modules).values()}
     for p in model.parameters():
@@ -83,7 +84,7 @@ def _fine_tune_scores(args: argparse.Namespace, model, rows, collator, device, d
 
 def run(args: argparse.Namespace) -> int:
     check_arguments(args)
-    from ..calibration import gradient_scores, tokenize_pair
+    from ..selection import gradient_scores, tokenize_pair
     from ..compare import make_collator
     from ..device import resolve_device, resolve_dtype
     from ..models import load_model_and_tokenizer

@@ -21,7 +21,7 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 from transformers import DataCollatorForSeq2Seq, PreTrainedModel, PreTrainedTokenizerBase
 
-from ..calibration import calibrate
+from ..selection import calibrate
 from ..device import autocast_for, dtype_name, resolve_device, resolve_dtype
 from ..tasks import TASKS, encode_for_generation, encode_for_training, hold_out_validation, score
 from ..tasks.prompts import IGNORE_INDEX

@@ -183,16 +183,21 @@ def _arguments(settings: TrainingSettings, output_dir: str, *, steps: int, learn
     )
 
 
-def _trainer(model: nn.Module, args: TrainingArguments, train_rows, val_rows, collator, callbacks, seed: int,
-             progress: bool) -> TargetLossTrainer:
-    trainer = TargetLossTrainer(model=model, args=args, train_dataset=list(train_rows) if train_rows else None,
-                                eval_dataset=list(val_rows), data_collator=collator, callbacks=list(callbacks),
-                                data_seed=seed)
+def quiet(trainer: Trainer, progress: bool) -> Trainer:
+    """``trainer`` printing nothing: only its progress bars when ``progress`` (a library logs, it does not print)."""
     for noisy in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(noisy)
     if progress:
         trainer.add_callback(_BarsOnly)
     return trainer
+
+
+def _trainer(model: nn.Module, args: TrainingArguments, train_rows, val_rows, collator, callbacks, seed: int,
+             progress: bool) -> TargetLossTrainer:
+    trainer = TargetLossTrainer(model=model, args=args, train_dataset=list(train_rows) if train_rows else None,
+                                eval_dataset=list(val_rows), data_collator=collator, callbacks=list(callbacks),
+                                data_seed=seed)
+    return quiet(trainer, progress)
 
 
 def train_model(

@@ -2,32 +2,36 @@
 
 :func:`calibrate` is Algorithm 1, lines 1-2: train all parameters for K steps (the paper's M_FT;
 its "Early" ablation stops at 800 steps), score each neuron by the cosine similarity of its row
-before and after, and put the model back as it was. Only the target modules' weights are kept in
-memory; the other trained parameters are parked in a temporary safetensors file and streamed back,
-so the model never exists twice in RAM.
+before and after, and put the model back as it was. The fine-tune is a ``transformers.Trainer`` run
+(:class:`~peft_neft.training.TargetLossTrainer`) and the scores are those of
+:class:`~peft_neft.selection.calibration_callback.NeuronCalibrationCallback`, the callback you can add
+to your own training. Only the target modules' rows are kept in memory; the other trained parameters
+are parked in a temporary safetensors file and streamed back, so the model never exists twice in RAM.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import tempfile
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from typing import Any, Iterator, Optional
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
+from transformers import TrainerCallback
 from transformers.pytorch_utils import Conv1D
 
-from ._shapes import count_params, model_fingerprint, module_shape, weight_rows
-from ._targets import DEFAULT_TARGET_MODULES
-from ._targets import TargetModules, find_target_modules
-from .selection.cosine import cosine_rows
-from .selection.neuron_scores import NeuronScores
+from .._shapes import count_params, model_fingerprint, module_shape
+from .._targets import DEFAULT_TARGET_MODULES
+from .._targets import TargetModules, find_target_modules
+from .calibration_callback import NeuronCalibrationCallback
+from .neuron_scores import NeuronScores
 
 Batch = dict[str, torch.Tensor]
 
@@ -51,7 +55,7 @@ def pad_collate(pad_token_id: int) -> Callable[[Sequence[dict[str, Any]]], Batch
             if key not in examples[0]:
                 raise ValueError(
                     f"Training examples need 'input_ids', 'attention_mask' and 'labels' (missing {key!r}); "
-                    "tokenize them first, e.g. with peft_neft.calibration.tokenize_pair."
+                    "tokenize them first, e.g. with peft_neft.selection.tokenize_pair."
                 )
         length = max(len(e["input_ids"]) for e in examples)
         pads = {"input_ids": pad_token_id, "attention_mask": 0, "labels": -100}
@@ -63,15 +67,23 @@ def pad_collate(pad_token_id: int) -> Callable[[Sequence[dict[str, Any]]], Batch
     return collate
 
 
-def _loader(model: nn.Module, dataset: Any, batch_size: int, seed: int, collate_fn: Optional[Callable]) -> DataLoader:
+def _check_data(dataset: Any, batch_size: int) -> None:
     if len(dataset) == 0:
         raise ValueError("The training data set is empty.")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
+
+
+def _default_collate(model: nn.Module, collate_fn: Optional[Callable]) -> Callable:
     pad = getattr(getattr(model, "config", None), "pad_token_id", None)
-    collate = collate_fn or pad_collate(0 if pad is None else int(pad))
+    return collate_fn or pad_collate(0 if pad is None else int(pad))
+
+
+def _loader(model: nn.Module, dataset: Any, batch_size: int, seed: int, collate_fn: Optional[Callable]) -> DataLoader:
+    _check_data(dataset, batch_size)
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator, collate_fn=collate)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator,
+                      collate_fn=_default_collate(model, collate_fn))
 
 
 def _batches(loader: DataLoader, count: int) -> Iterator[Batch]:
@@ -91,6 +103,41 @@ def _loss(model: nn.Module, batch: Batch) -> torch.Tensor:
     if output.loss is None:
         raise ValueError("The model returned no loss; pass batches with 'labels' to a causal LM.")
     return output.loss
+
+
+class _StepLosses(TrainerCallback):
+    """Calls ``callback(step, loss)`` after each optimizer step, while the model holds the fine-tuned weights."""
+
+    def __init__(self, callback: Optional[Callable[[int, float], None]]) -> None:
+        self.callback, self.losses = callback, []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.callback is not None:
+            self.callback(state.global_step, self.losses[-1])
+
+
+def _loss_recording(trainer_class: type, losses: list[float]) -> type:
+    """``trainer_class`` appending the loss of every training step to ``losses``."""
+
+    class LossRecording(trainer_class):
+        def training_step(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+            loss = super().training_step(*args, **kwargs)
+            losses.append(float(loss))
+            return loss
+
+    return LossRecording
+
+
+@contextmanager
+def _random_state_kept() -> Iterator[None]:
+    """Put back the CPU random states of torch, Python and NumPy that ``Trainer``'s ``set_seed`` changes."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
 
 
 @contextmanager
@@ -125,66 +172,69 @@ def calibrate(
     progress: bool = True,
     callback: Optional[Callable[[int, float], None]] = None,
 ) -> NeuronScores:
-    """Cosine scores from a short full fine-tune (AdamW, ``steps`` steps); the model is restored in place.
+    """Cosine scores from a short full fine-tune (``Trainer``, AdamW, ``steps`` steps); the model is restored in place.
 
     Args:
-        model: a causal LM returning ``.loss`` when given ``labels``.
+        model: a transformers causal LM (or a peft model around one).
         train_dataset: a sequence (or ``datasets.Dataset``) of dicts with ``input_ids``, ``attention_mask``
             and ``labels`` (-100 on prompt tokens); see :func:`tokenize_pair`.
         steps: optimizer steps K (the paper's "Early" selection used 800).
         target_modules: modules whose rows are scored (peft's matching rule).
-        lr, batch_size: AdamW learning rate and batch size.
+        lr, batch_size: learning rate (constant, no warmup) and batch size; torch's AdamW with its defaults
+            (weight decay 0.01 on every trained tensor), no gradient clipping.
         seed: fixes the data order and anything random in the model, so runs repeat exactly.
         frugal: train only the target modules (less optimizer memory, no parking of the other weights).
         collate_fn: turns a list of examples into a batch; default pads with ``model.config.pad_token_id`` (or 0).
-        progress: show a tqdm progress bar.
+        progress: show the Trainer's progress bar.
         callback: called as ``callback(step, loss)`` after each optimizer step (1-based), while the
             model holds the fine-tuned weights (e.g. to log, or to score intermediate steps).
     """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}.")
+    from ..training.trainer import TargetLossTrainer, quiet  # lazy: transformers' Trainer is a heavy import
+    from transformers import TrainingArguments
+
     targets = find_target_modules(model, target_modules)
     target_weights = {m.weight for m in targets.values()}
     trainable = target_weights if frugal else {p for p in model.parameters() if p.is_floating_point()}
-    loader = _loader(model, train_dataset, batch_size, seed, collate_fn)
-    snapshot = {name: weight_rows(m).detach().clone() for name, m in targets.items()}
+    _check_data(train_dataset, batch_size)
     others = {n: p for n, p in model.named_parameters() if p in trainable and p not in target_weights}
-    fingerprint, total = model_fingerprint(model), count_params(model)
-    with tempfile.TemporaryDirectory(prefix="peft-neft-calibrate-") as tmp, torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    device = next(model.parameters()).device
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # Trainer trains on the current device
+    scoring = NeuronCalibrationCallback(steps, target_modules=target_modules, stop_training=True, keep_original=True)
+    steps_seen = _StepLosses(callback)
+    with tempfile.TemporaryDirectory(prefix="peft-neft-calibrate-") as tmp, _random_state_kept():
         parked = os.path.join(tmp, "parked.safetensors")
         if others:
             save_file({n: p.detach().cpu().contiguous() for n, p in others.items()}, parked)
-        losses = []
         try:
             with _training_state(model, trainable, train_mode=True):
+                args = TrainingArguments(
+                    output_dir=tmp, max_steps=steps, per_device_train_batch_size=batch_size, learning_rate=lr,
+                    lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=0.0, save_strategy="no",
+                    logging_strategy="no", report_to="none", disable_tqdm=not progress,
+                    use_cpu=device.type == "cpu", seed=seed, data_seed=seed,
+                    remove_unused_columns=False, dataloader_num_workers=0, train_sampling_strategy="random",
+                )
                 optimizer = torch.optim.AdamW([p for p in model.parameters() if p in trainable], lr=lr)
-                for batch in tqdm(_batches(loader, steps), total=steps, desc="calibrate", disable=not progress):
-                    loss = _loss(model, batch)
-                    loss.backward()
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    losses.append(float(loss.detach()))
-                    if callback is not None:
-                        callback(len(losses), losses[-1])
-                del optimizer
-            scores = {name: cosine_rows(snapshot[name], weight_rows(m)) for name, m in targets.items()}
+                trainer = _loss_recording(TargetLossTrainer, steps_seen.losses)(
+                    model=model, args=args, train_dataset=train_dataset,
+                    data_collator=_default_collate(model, collate_fn), callbacks=[scoring, steps_seen],
+                    optimizers=(optimizer, None), data_seed=seed,
+                )
+                quiet(trainer, progress).train()
+                del trainer, optimizer
         finally:
-            with torch.no_grad():
-                for name, m in targets.items():
-                    weight_rows(m).copy_(snapshot[name])
-                if others:
-                    with safe_open(parked, framework="pt") as handle:
-                        for n, p in others.items():
-                            p.copy_(handle.get_tensor(n))
-    return NeuronScores(
-        scores=scores,
-        in_features={name: module_shape(m)[1] for name, m in targets.items()},
-        total_params=total,
-        method="cosine",
-        metadata={"fingerprint": fingerprint, "source": "calibrate", "steps": steps, "lr": lr,
-                  "batch_size": batch_size, "seed": seed, "frugal": frugal, "losses": losses},
-    )
+            scoring.restore_original(model)
+            if others:
+                with torch.no_grad(), safe_open(parked, framework="pt") as handle:
+                    for n, p in others.items():
+                        p.copy_(handle.get_tensor(n))
+    scores = scoring.scores
+    scores.metadata.update(source="calibrate", lr=lr, batch_size=batch_size, seed=seed, frugal=frugal,
+                           losses=steps_seen.losses)
+    return scores
 
 
 def gradient_scores(

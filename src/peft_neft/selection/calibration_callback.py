@@ -16,11 +16,12 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from ..selection import NeuronSelection, select_neurons
 from .._shapes import count_params, model_fingerprint, module_shape, weight_rows
 from .._targets import DEFAULT_TARGET_MODULES, TargetModules, find_target_modules
-from ..selection.cosine import cosine_rows
-from ..selection.neuron_scores import NeuronScores
+from ..neuron_selection import NeuronSelection
+from .cosine import cosine_rows
+from .neuron_scores import NeuronScores
+from .select import select_neurons
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ class NeuronCalibrationCallback(TrainerCallback):
         target_modules: modules whose rows are scored (peft's matching rule).
         snapshot_dtype: dtype of the kept original rows (default: the weights' own dtype).
         stop_training: end training once scored (a calibration-only run).
+        keep_original: keep the copy of the rows after scoring, for :meth:`restore_original`.
 
     After step K, ``scores`` holds the :class:`~peft_neft.selection.NeuronScores` and
     ``selection`` the selection (when a budget was given).
@@ -43,13 +45,14 @@ class NeuronCalibrationCallback(TrainerCallback):
 
     def __init__(self, steps: int, out: str | os.PathLike | None = None, *, budget: dict[str, Any] | None = None,
                  target_modules: TargetModules = DEFAULT_TARGET_MODULES, snapshot_dtype: torch.dtype | None = None,
-                 stop_training: bool = False) -> None:
+                 stop_training: bool = False, keep_original: bool = False) -> None:
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}.")
         if out is not None and not budget:
             raise ValueError("A selection written to `out` needs a budget, e.g. budget={'percent': 1}.")
         self.steps, self.out, self.budget = steps, out, dict(budget or {})
         self.target_modules, self.snapshot_dtype, self.stop_training = target_modules, snapshot_dtype, stop_training
+        self.keep_original = keep_original
         self.scores: NeuronScores | None = None
         self.selection: NeuronSelection | None = None
         self._original: dict[str, torch.Tensor] = {}
@@ -82,7 +85,8 @@ class NeuronCalibrationCallback(TrainerCallback):
             return
         targets = find_target_modules(self._model(kwargs), self.target_modules)
         scores = {name: cosine_rows(self._original[name], weight_rows(m)) for name, m in targets.items()}
-        self._original = {}
+        if not self.keep_original:
+            self._original = {}
         self.scores = NeuronScores(
             scores=scores, in_features=self._info["in_features"], total_params=self._info["total"], method="cosine",
             metadata={"fingerprint": self._info["fingerprint"], "source": "calibration-callback", "steps": self.steps,
@@ -95,3 +99,11 @@ class NeuronCalibrationCallback(TrainerCallback):
                 logger.info("calibration: selection of %d neurons written to %s", self.selection.num_neurons, self.out)
         if self.stop_training:
             control.should_training_stop = True
+
+    def restore_original(self, model: torch.nn.Module) -> None:
+        """Copy the kept rows back into the target modules of ``model`` (in place), then free them."""
+        with torch.no_grad():
+            for name, m in find_target_modules(model, self.target_modules).items():
+                if name in self._original:
+                    weight_rows(m).copy_(self._original[name])
+        self._original = {}
