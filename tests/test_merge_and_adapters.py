@@ -197,7 +197,9 @@ def test_safe_merge_checks_overlapping_adapters_together():
 def test_merge_of_a_layer_whose_rows_were_never_loaded_changes_no_other_layer():
     model = get_peft_model(make_tiny_llama(), NeFTConfig(neurons=A))
     _randomize(model, "default", 10)
-    model.base_model.model.model.layers[1].mlp.down_proj._rows_awaiting_load.add("default")
+    unloaded = model.base_model.model.model.layers[1].mlp.down_proj
+    unloaded._rows_awaiting_load.add("default")  # as built from counts only: placeholder rows, never loaded
+    unloaded.neft_rows["default"].fill_(-1)
     before, modules = _weights(model), _modules(model)
     with pytest.raises(RuntimeError, match="never loaded"):
         model.merge_and_unload()
