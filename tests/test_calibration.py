@@ -215,3 +215,12 @@ def test_calibrate_cli_fine_tunes_and_selects(tmp_path, capsys):
     selection = NeuronSelection.load(out)
     assert selection.num_neurons == 12 and selection.metadata["method"] == "cosine"
     assert "selection written to" in capsys.readouterr().out
+
+
+def test_an_impossible_budget_fails_before_the_fine_tune():
+    model, data = make_tiny_llama(), toy_data(8)
+    losses = []
+    with pytest.raises(ValueError):
+        calibrate(model, data, steps=2, lr=1e-3, batch_size=8, progress=False, budget={"num_params": 10**12},
+                  callback=lambda step, loss: losses.append(loss))
+    assert losses == []  # no optimizer step ran

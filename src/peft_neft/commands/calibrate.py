@@ -55,41 +55,14 @@ def _budget(args: argparse.Namespace, model) -> dict:
             "strategy": args.strategy, "seed": args.seed, "per_layer_quota": args.per_layer_quota}
 
 
-def _fine_tune_scores(args: argparse.Namespace, model, rows, collator, device, dtype):
-    """Scores from ``--steps`` Trainer steps of a full (or --frugal) fine-tune, via the calibration callback."""
-    import tempfile
-
-    from transformers import TrainingArguments
-
-    from .._targets import find_target_modules
-    from ..selection import NeuronCalibrationCallback
-    from ..training import TargetLossTrainer
-
-    targets = {m.weight for m in find_target_modules(model, args.target_modules).values()}
-    for p in model.parameters():
-        p.requires_grad_(p in targets or not args.frugal)
-    callback = NeuronCalibrationCallback(args.steps, budget=_budget(args, model), target_modules=args.target_modules,
-                                         stop_training=True)
-    with tempfile.TemporaryDirectory(prefix="peft-neft-calibrate-") as tmp:
-        training = TrainingArguments(
-            output_dir=tmp, max_steps=args.steps, per_device_train_batch_size=args.batch_size, learning_rate=args.lr,
-            lr_scheduler_type="constant", weight_decay=0.01, max_grad_norm=0.0, save_strategy="no",
-            logging_strategy="no", report_to="none", bf16=str(dtype) == "torch.bfloat16",
-            use_cpu=device.type == "cpu", seed=args.seed, data_seed=args.seed, remove_unused_columns=False,
-        )
-        TargetLossTrainer(model=model, args=training, train_dataset=rows, data_collator=collator,
-                          callbacks=[callback], data_seed=args.seed).train()
-    return callback.scores
-
-
 def run(args: argparse.Namespace) -> int:
     check_arguments(args)
-    from ..selection import gradient_scores, tokenize_pair
     from ..compare import make_collator
-    from ..device import resolve_device, resolve_dtype
+    from ..device import autocast_for, resolve_device, resolve_dtype
     from ..models import load_model_and_tokenizer
-    from ._selection_options import select_and_save
+    from ..selection import calibrate, gradient_scores, tokenize_pair
     from ..tasks import load_prompt_completion
+    from ._selection_options import select_and_save
 
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
@@ -100,7 +73,11 @@ def run(args: argparse.Namespace) -> int:
     rows = [tokenize_pair(tokenizer, p, c, args.max_length) for p, c in zip(pairs["prompt"], pairs["completion"])]
     with console_logs():
         if args.method == "cosine":
-            scores = _fine_tune_scores(args, model, rows, make_collator(tokenizer), device, dtype)
+            with autocast_for(device, dtype):  # float32 weights, their products in the compute dtype
+                scores = calibrate(model.to(device), rows, steps=args.steps, target_modules=args.target_modules,
+                                   lr=args.lr, batch_size=args.batch_size, seed=args.seed, frugal=args.frugal,
+                                   collate_fn=make_collator(tokenizer), budget=_budget(args, model),
+                                   progress=args.progress is not False)
         else:
             scores = gradient_scores(model.to(device), rows, batches=args.steps, target_modules=args.target_modules,
                                      batch_size=args.batch_size, seed=args.seed, collate_fn=make_collator(tokenizer))

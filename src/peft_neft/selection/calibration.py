@@ -171,6 +171,7 @@ def calibrate(
     collate_fn: Optional[Callable] = None,
     progress: bool = True,
     callback: Optional[Callable[[int, float], None]] = None,
+    budget: Optional[dict[str, Any]] = None,
 ) -> NeuronScores:
     """Cosine scores from a short full fine-tune (``Trainer``, AdamW, ``steps`` steps); the model is restored in place.
 
@@ -188,6 +189,8 @@ def calibrate(
         progress: show the Trainer's progress bar.
         callback: called as ``callback(step, loss)`` after each optimizer step (1-based), while the
             model holds the fine-tuned weights (e.g. to log, or to score intermediate steps).
+        budget: keyword arguments of :func:`~peft_neft.selection.select_neurons` the scores will be used with;
+            an impossible budget fails before the fine-tune instead of after it.
     """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}.")
@@ -202,7 +205,8 @@ def calibrate(
     device = next(model.parameters()).device
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)  # Trainer trains on the current device
-    scoring = NeuronCalibrationCallback(steps, target_modules=target_modules, stop_training=True, keep_original=True)
+    scoring = NeuronCalibrationCallback(steps, budget=budget, target_modules=target_modules, stop_training=True,
+                                        keep_original=True)
     steps_seen = _StepLosses(callback)
     with tempfile.TemporaryDirectory(prefix="peft-neft-calibrate-") as tmp, _random_state_kept():
         parked = os.path.join(tmp, "parked.safetensors")

@@ -34,9 +34,10 @@ def read_data_file(path: str | os.PathLike) -> Dataset:
         try:
             return datasets.load_dataset("json" if is_json else "text", data_files=os.fspath(file), split="train")
         except (datasets.exceptions.DatasetGenerationError, StopIteration) as err:
+            cause = err.__cause__ or err
             kind = "JSON lines" if is_json else "text lines"
             raise ValueError(f"Data file {os.fspath(file)!r} could not be read as {kind} "
-                             f"({str(err.__cause__ or err).splitlines()[0] if str(err.__cause__ or err) else type(err).__name__}).") from err
+                             f"({(str(cause).splitlines() or [type(cause).__name__])[0]}).") from err
 
 
 @contextlib.contextmanager
