@@ -18,5 +18,6 @@ from .tuner import NeFTConfig, NeFTModel
 _register()
 logging.getLogger(__name__).addHandler(logging.NullHandler())  # quiet unless the application sets up logging
 
-__all__ = ["NeFTConfig", "NeFTModel", "NeuronCalibrationCallback", "NeuronSelection", "__version__", "save_pretrained_atomically",
-           "NeuronScores", "budget_from_lora", "calibrate", "gradient_scores", "overlap", "select_neurons"]
+__all__ = ["NeFTConfig", "NeFTModel", "NeuronCalibrationCallback", "NeuronScores", "NeuronSelection", "__version__",
+           "budget_from_lora", "calibrate", "export_lora", "gradient_scores", "import_lora", "overlap",
+           "save_pretrained_atomically", "select_neurons"]
