@@ -17,10 +17,10 @@ SRC = Path(peft_neft.__file__).resolve().parent
 # Lowest first. A unit (a top-level module or subpackage of peft_neft) may import units of its own
 # layer or of a lower one, never of a higher one. Keep this table and the one in docs/design.md alike.
 LAYERS = [
-    {"_targets", "_shapes", "_version", "atomic"},
+    {"_targets", "_shapes", "_version", "_import_hook", "atomic"},
     {"neuron_selection", "selection_plot", "models", "tasks", "device", "training"},
     {"tuner"},
-    {"registration", "selection", "export"},
+    {"selection", "export"},
     {"analysis", "compare"},
     {"commands"},
     {"cli"},
@@ -76,7 +76,7 @@ def _layer(unit: str) -> int:
 
 def test_the_graph_is_read():
     assert "peft_neft.tuner.config" in GRAPH["peft_neft.tuner.model"]
-    assert "peft_neft.tuner.config" in GRAPH["peft_neft.registration"]
+    assert "peft_neft.tuner.config" in GRAPH["peft_neft.tuner.registration"]
     assert "peft_neft._targets" in GRAPH["peft_neft.selection.budget"]
 
 
@@ -114,3 +114,27 @@ def test_no_import_circles():
     for module in sorted(GRAPH):
         if module not in state:
             visit(module, [module])
+
+
+def _imports_peft_at_module_level(path: Path) -> bool:
+    for node in ast.parse(path.read_text()).body:  # top-level statements only; imports inside functions are lazy
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+            [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+        if any(n.split(".")[0] == "peft" for n in names):
+            return True
+    return False
+
+
+def test_what_the_tuner_imports_outside_itself_does_not_import_peft_on_load():
+    # peft_neft registers NeFT right after peft's first import, by importing the tuner (peft_neft._import_hook).
+    # If that first import came from a module the tuner needs, the tuner would meet it half-initialised.
+    reached, todo = set(), [m for m in GRAPH if _unit(m) == "tuner"]
+    while todo:
+        module = todo.pop()
+        if module not in reached:
+            reached.add(module)
+            todo.extend(GRAPH.get(module, ()))
+    outside = sorted(m for m in reached if _unit(m) not in ("tuner", "peft_neft"))
+    assert "peft_neft._targets" in outside
+    files = {m: SRC.joinpath(*m.split(".")[1:]).with_suffix(".py") for m in outside}
+    assert not [m for m, f in files.items() if f.is_file() and _imports_peft_at_module_level(f)]

@@ -1,4 +1,8 @@
-"""NeFT is a registered peft method, and the registration fails loudly if peft changes under it."""
+"""NeFT is a registered peft method, whatever is imported first, and the registration fails loudly if
+peft changes under it."""
+
+import subprocess
+import sys
 
 import peft
 import pytest
@@ -6,8 +10,36 @@ from peft import PeftConfig, PeftType
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
 
 import peft_neft
-from peft_neft import registration
-from peft_neft.registration import PeftCompatibilityError, check_peft_compatibility
+from peft_neft.tuner import registration
+from peft_neft.tuner.registration import PeftCompatibilityError, check_peft_compatibility
+
+_REGISTERED = "from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING as M; from peft_neft import NeFTConfig; " \
+              "print(M['NEFT'] is NeFTConfig)"
+
+
+def _fresh_python(code: str) -> str:
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.strip()
+
+
+def test_import_peft_neft_loads_neither_torch_nor_peft():
+    code = "import sys, peft_neft; print(sorted(m for m in ('torch', 'peft', 'transformers') if m in sys.modules))"
+    assert _fresh_python(code) == "[]"
+
+
+@pytest.mark.parametrize("first", [
+    "import peft_neft; import peft",                              # the README's order
+    "import peft; import peft_neft",                              # peft already loaded
+    "import peft_neft, importlib.util; importlib.util.find_spec('peft'); from peft import PeftModel",  # a probe
+    "import peft_neft._targets; import peft",                     # modules the tuner itself imports
+    "import peft_neft.neuron_selection; import peft",
+    "from peft_neft.tuner.model import NeFTModel",                # the tuner's own first import of peft
+    "import peft_neft.selection",                                 # peft first imported deep inside the package
+    "import peft_neft.compare",
+])
+def test_neft_is_registered_whatever_is_imported_first(first):
+    assert _fresh_python(f"{first}\n{_REGISTERED}") == "True"
 
 
 def test_peft_still_offers_what_registration_relies_on():

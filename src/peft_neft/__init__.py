@@ -3,21 +3,47 @@
 Importing this package registers NeFT with peft, so ``get_peft_model(model, NeFTConfig(...))``,
 ``PeftModel.from_pretrained`` and the ``AutoPeftModel`` classes work as they do for LoRA.
 (NeFT is unrelated to NEFTune, the noisy-embedding trick behind ``neftune_noise_alpha``.)
+
+The import itself is cheap: the public names load on first use, and the registration runs as soon as
+peft is imported (at once if it already is), as :mod:`peft_neft._import_hook` explains.
 """
 
+from __future__ import annotations
+
+import importlib
 import logging
+from typing import TYPE_CHECKING, Any
 
+from ._import_hook import call_after_import
 from ._version import __version__
-from .registration import register as _register
-from .selection import (NeuronCalibrationCallback, NeuronScores, NeuronSelection, budget_from_lora, calibrate,
-                        gradient_scores, overlap, select_neurons)
-from .atomic import save_pretrained_atomically
-from .export import export_lora, import_lora
-from .tuner import NeFTConfig, NeFTModel
 
-_register()
+if TYPE_CHECKING:
+    from .atomic import save_pretrained_atomically
+    from .export import export_lora, import_lora
+    from .selection import (NeuronCalibrationCallback, NeuronScores, NeuronSelection, budget_from_lora, calibrate,
+                            gradient_scores, overlap, select_neurons)
+    from .tuner import NeFTConfig, NeFTModel
+
+_HOME = {
+    "NeFTConfig": "tuner", "NeFTModel": "tuner", "save_pretrained_atomically": "atomic",
+    "export_lora": "export", "import_lora": "export",
+    **dict.fromkeys(["NeuronCalibrationCallback", "NeuronScores", "NeuronSelection", "budget_from_lora", "calibrate",
+                     "gradient_scores", "overlap", "select_neurons"], "selection"),
+}
+__all__ = sorted([*_HOME, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+call_after_import("peft", lambda: importlib.import_module(".tuner", __name__))  # the tuner registers NeFT
 logging.getLogger(__name__).addHandler(logging.NullHandler())  # quiet unless the application sets up logging
-
-__all__ = ["NeFTConfig", "NeFTModel", "NeuronCalibrationCallback", "NeuronScores", "NeuronSelection", "__version__",
-           "budget_from_lora", "calibrate", "export_lora", "gradient_scores", "import_lora", "overlap",
-           "save_pretrained_atomically", "select_neurons"]

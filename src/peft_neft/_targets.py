@@ -10,18 +10,22 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
-from peft.tuners.tuners_utils import check_target_module_exists
-from torch import nn
-from transformers.pytorch_utils import Conv1D
+if TYPE_CHECKING:  # torch and transformers load on first use: the CLI's parser reads DEFAULT_TARGET_MODULES
+    from torch import nn
 
 TargetModules = Union[str, Sequence[str]]
 DEFAULT_TARGET_MODULES: tuple[str, ...] = ("up_proj", "down_proj")
 """The paper's targets: the MLP input and output projections of every decoder block."""
 
-ROW_MODULES = (nn.Linear, Conv1D)
-"""Module types whose output neurons (weight rows) NeFT can select."""
+
+def is_row_module(module: nn.Module) -> bool:
+    """Whether NeFT can select the output neurons (weight rows) of ``module``: a Linear or transformers' Conv1D."""
+    from torch import nn
+    from transformers.pytorch_utils import Conv1D
+
+    return isinstance(module, (nn.Linear, Conv1D))
 
 _BLOCK_INDEX = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
 
@@ -36,6 +40,10 @@ class _Targets:
 
 def matches(target_modules: TargetModules, name: str) -> bool:
     """Whether peft would adapt module ``name`` for this ``target_modules`` value."""
+    # Imported here: the tuner imports this module, and a first ``import peft`` while the tuner's own imports
+    # are unfinished would register NeFT before its classes exist (see peft_neft._import_hook).
+    from peft.tuners.tuners_utils import check_target_module_exists
+
     return bool(check_target_module_exists(_Targets(target_modules), name))
 
 
@@ -53,7 +61,7 @@ def block_name(module_name: str) -> Optional[str]:
 
 def row_module_names(named_modules: Iterable[tuple[str, nn.Module]]) -> list[str]:
     """The last name parts of the Linear/Conv1D modules, sorted: what a user can put in ``target_modules``."""
-    return sorted({n.rsplit(".", 1)[-1] for n, m in named_modules if isinstance(m, ROW_MODULES) and n})
+    return sorted({n.rsplit(".", 1)[-1] for n, m in named_modules if is_row_module(m) and n})
 
 
 def check_targets_found(target_modules: TargetModules, found: Iterable[str], available: list[str]) -> None:
@@ -74,7 +82,7 @@ def find_target_modules(model: nn.Module, target_modules: TargetModules) -> dict
     """The Linear/Conv1D modules ``target_modules`` matches, in model order; a clear error for unknown names."""
     found = {
         name: m for name, m in model.named_modules()
-        if isinstance(m, ROW_MODULES) and name and matches(target_modules, name)
+        if is_row_module(m) and name and matches(target_modules, name)
     }
     check_targets_found(target_modules, found, row_module_names(model.named_modules()))
     return found

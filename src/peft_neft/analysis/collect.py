@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from .._shapes import module_shape
-from .._targets import DEFAULT_TARGET_MODULES, ROW_MODULES, TargetModules, block_name, find_target_modules, layer_index
+from .._targets import (DEFAULT_TARGET_MODULES, TargetModules, block_name, find_target_modules, is_row_module,
+                        layer_index)
 from .inputs import Inputs, batches, tokenize
 from .streaming import StreamingPearson
 
@@ -59,7 +60,7 @@ def analysed_modules(model: nn.Module, target_modules: TargetModules, extra: Seq
     """Names of the Linear/Conv1D layers ``target_modules`` matches (peft's rule) plus ``extra``, in model order."""
     _reject_peft_model(model)
     targets = find_target_modules(model, target_modules)
-    return [n for n, m in model.named_modules() if n in targets or (n in extra and isinstance(m, ROW_MODULES))]
+    return [n for n, m in model.named_modules() if n in targets or (n in extra and is_row_module(m))]
 
 
 def _reject_peft_model(model: nn.Module) -> None:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from .._targets import DEFAULT_TARGET_MODULES, ROW_MODULES, TargetModules
+from .._targets import DEFAULT_TARGET_MODULES, TargetModules, is_row_module
 from ..neuron_selection import NeuronSelection
 from .collect import CorrelateWith, PearsonScores, neuron_pearson_scores
 from .inputs import Inputs
@@ -215,7 +215,7 @@ def analyze_models(
     """
     if selection is not None:
         names = dict(model_a.named_modules())
-        foreign = [n for n in selection.rows if not isinstance(names.get(n), ROW_MODULES)]
+        foreign = [n for n in selection.rows if not is_row_module(names.get(n))]
         if foreign:
             raise ValueError(
                 f"The selection names {foreign[:3]}, which are not Linear/Conv1D layers of model_a: the selection was made "

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import argparse
-from typing import Callable
-
-from torch import nn
+from typing import TYPE_CHECKING, Callable
 
 from .._targets import DEFAULT_TARGET_MODULES
-from ..neuron_selection import NeuronSelection
-from ..selection import NeuronScores, budget_from_lora, select_neurons
-from ..selection.select import STRATEGIES
+
+if TYPE_CHECKING:  # torch and the selection code load when a command runs, not when the parser is built
+    from torch import nn
+
+    from ..neuron_selection import NeuronSelection
+    from ..selection import NeuronScores
+
+
+def _strategy(text: str) -> str:
+    from ..selection.select import STRATEGIES
+
+    if text not in STRATEGIES:
+        raise argparse.ArgumentTypeError(f"choose one of {', '.join(STRATEGIES)}, not {text!r}")
+    return text
 
 
 def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,7 +29,7 @@ def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
     budget.add_argument("--num-params", type=int, help="budget: this many trainable parameters")
     budget.add_argument("--num-neurons", type=int, help="budget: this many rows, whatever they cost")
     budget.add_argument("--lora-rank", type=int, help="budget: as many parameters as LoRA of this rank on every block Linear")
-    parser.add_argument("--strategy", choices=STRATEGIES, default="lowest",
+    parser.add_argument("--strategy", type=_strategy, default="lowest",
                         help="lowest: most changed first (paper); reversed: least changed first; random (seeded)")
     parser.add_argument("--target-modules", nargs="+", default=list(DEFAULT_TARGET_MODULES),
                         help="Linear layers whose rows are scored")
@@ -35,6 +44,8 @@ def select_and_save(args: argparse.Namespace, scores: NeuronScores, structure: C
 
     ``structure`` returns the model (possibly on the meta device) that a ``--lora-rank`` budget is counted on.
     """
+    from ..selection import budget_from_lora, select_neurons
+
     num_params = budget_from_lora(structure(), args.lora_rank) if args.lora_rank is not None else args.num_params
     selection = select_neurons(scores, percent=args.percent, num_params=num_params, num_neurons=args.num_neurons,
                                strategy=args.strategy, seed=args.seed, per_layer_quota=args.per_layer_quota)

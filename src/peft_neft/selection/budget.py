@@ -8,7 +8,7 @@ from typing import Optional
 from torch import nn
 
 from .._shapes import module_shape
-from .._targets import ROW_MODULES, TargetModules, find_target_modules, layer_index
+from .._targets import TargetModules, find_target_modules, is_row_module, layer_index
 
 
 def budget_from_lora(model: nn.Module, r: int, target_modules: Optional[TargetModules] = None) -> int:
@@ -23,7 +23,7 @@ def budget_from_lora(model: nn.Module, r: int, target_modules: Optional[TargetMo
     if target_modules is None:
         modules = [
             m for name, m in model.named_modules()
-            if isinstance(m, ROW_MODULES) and layer_index(name) is not None
+            if is_row_module(m) and layer_index(name) is not None
         ]
         if not modules:
             raise ValueError("The model has no Linear layers inside numbered decoder blocks; pass target_modules.")

@@ -18,10 +18,10 @@ from transformers.pytorch_utils import Conv1D
 from .._shapes import count_params, fingerprint_of, meta_model, model_fingerprint, module_shape, weight_rows
 from .._targets import (
     DEFAULT_TARGET_MODULES,
-    ROW_MODULES,
     TargetModules,
     check_targets_found,
     find_target_modules,
+    is_row_module,
     matches,
     row_module_names,
 )
@@ -60,7 +60,7 @@ def score_models(
     scores, in_features = {}, {}
     for name, module in orig_modules.items():
         other = ft_modules.get(name)
-        if other is None or not isinstance(other, ROW_MODULES):
+        if other is None or not is_row_module(other):
             raise ValueError(f"The fine-tuned model has no Linear module {name!r}: the two models differ in structure.")
         if module_shape(other) != module_shape(module):
             raise ValueError(
@@ -146,7 +146,7 @@ def score_checkpoints(
             if key.endswith(".weight") and len(shape) == 2 and matches(target_modules, key[: -len(".weight")])
         }
         if modules is not None:
-            candidates = {n: k for n, k in candidates.items() if isinstance(modules.get(n), ROW_MODULES)}
+            candidates = {n: k for n, k in candidates.items() if is_row_module(modules.get(n))}
             available = row_module_names(modules.items())
         else:
             available = sorted({k[: -len(".weight")].rsplit(".", 1)[-1] for k, s in shapes.items() if len(s) == 2})

@@ -22,7 +22,7 @@ NeuronsSpec = Union[Mapping[str, Sequence[int]], NeuronSelection, str, os.PathLi
 _DELTA_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 _PEFT_MODEL_PREFIX = "base_model.model."
 PEFT_TYPE_NAME = "NEFT"
-"""The member of peft's ``PeftType`` enum that importing ``peft_neft`` adds (see :mod:`peft_neft.registration`)."""
+"""The member of peft's ``PeftType`` enum that importing ``peft_neft`` adds (see :mod:`peft_neft.tuner.registration`)."""
 
 
 def normalize_rows(module: str, rows: Any) -> torch.Tensor:

@@ -16,8 +16,8 @@ import peft.mapping as mapping
 import peft.utils as utils
 from peft.utils import PeftType
 
-from .tuner.config import PEFT_TYPE_NAME, NeFTConfig
-from .tuner.model import NeFTModel
+from .config import PEFT_TYPE_NAME, NeFTConfig
+from .model import NeFTModel
 
 METHOD_NAME = "neft"
 PREFIX = "neft_"
