@@ -12,6 +12,7 @@ import logging
 import os
 import pkgutil
 import sys
+import warnings
 from collections.abc import Sequence
 
 from . import commands
@@ -68,7 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level)
     try:
-        return int(args.run(args) or 0)
+        with warnings.catch_warnings():
+            # peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` each time it wraps a model:
+            # a note for peft's maintainers that someone running a command can do nothing about.
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+            return int(args.run(args) or 0)
     except Exception as err:
         if os.environ.get("PEFT_NEFT_DEBUG", "") not in ("", "0"):
             raise
