@@ -246,10 +246,13 @@ def test_cli_runs_a_comparison_and_resumes(tokenizer, tmp_path, capsys):
             "--eval", str(tmp_path / "test.en"), str(tmp_path / "test.fr"), "--source-lang", "en",
             "--target-lang", "fr", "--methods", "base,lora:2", "--seeds", "0,1", "--steps", "2", "--batch-size", "2",
             "--eval-every", "1", "--max-new-tokens", "3", "--eval-batch-size", "3", "--out", str(tmp_path / "out")]
+    capsys.readouterr()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert main(args) == 0
     assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]  # peft's, hidden by the CLI
+    bars = capsys.readouterr().err
+    assert "it/s]" not in bars and "s/it]" not in bars and "runs:" not in bars  # stderr is no terminal: no bars
     stored = json.loads((tmp_path / "out" / "results.json").read_text())
     assert set(stored["runs"]) == {"base@seed0", "lora:2@seed0", "lora:2@seed1"}
     assert stored["identity"]["config"]["eval_batch_size"] == 3 and stored["identity"]["data"]["validation"]

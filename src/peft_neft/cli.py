@@ -13,7 +13,8 @@ import os
 import pkgutil
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from . import commands
 from ._version import __version__
@@ -37,7 +38,7 @@ def _add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="how much of peft-neft's log to show on stderr")
     parser.add_argument("--no-progress", dest="progress", action="store_false", default=None,
-                        help="hide progress bars (they show only on a terminal anyway)")
+                        help="hide progress bars (shown only when stderr is a terminal anyway)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,12 +65,31 @@ def configure_logging(level: str) -> None:
     logging.getLogger("peft_neft").setLevel(level)
 
 
+@contextmanager
+def _transformers_bars(shown: bool) -> Iterator[None]:
+    """transformers' own bars (loading and writing weights) follow ``--no-progress`` too, for this command only."""
+    if shown:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; any failure is one ``peft-neft CMD: error: ...`` line (``PEFT_NEFT_DEBUG=1``: traceback)."""
     args = build_parser().parse_args(argv)
+    if args.progress is None:  # bars (tqdm, on stderr) only where someone watches them
+        args.progress = sys.stderr.isatty()
     configure_logging(args.log_level)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _transformers_bars(args.progress):
             # peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` each time it wraps a model:
             # a note for peft's maintainers that someone running a command can do nothing about.
             warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)

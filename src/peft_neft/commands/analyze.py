@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         model_a, model_b, texts, tokenizer,
         selection=selection, target_modules=args.target_modules, correlate_with=args.correlate_with,
         strong_threshold=args.strong_threshold, batch_size=args.batch_size, max_length=args.max_length,
+        progress=args.progress,
     )
     out = write_report(report, args.out, label_a=str(args.model_a), label_b=str(args.model_b),
                        extra={"data": str(args.data), "selection": args.selection})

@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
                 scores = calibrate(model.to(device), rows, steps=args.steps, target_modules=args.target_modules,
                                    lr=args.lr, batch_size=args.batch_size, seed=args.seed, frugal=args.frugal,
                                    collate_fn=make_collator(tokenizer), budget=_budget(args, model),
-                                   progress=args.progress is not False)
+                                   progress=args.progress)
         else:
             scores = gradient_scores(model.to(device), rows, batches=args.steps, target_modules=args.target_modules,
                                      batch_size=args.batch_size, seed=args.seed, collate_fn=make_collator(tokenizer))

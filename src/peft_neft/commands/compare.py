@@ -160,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     with console_logs():
         compare(lambda: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), tokenizer,
                 {"train": train, "validation": validation, "test": test}, methods, args.seeds, args.out,
-                config, model_id=str(args.model))
+                config, model_id=str(args.model), progress=args.progress)
     print(Path(args.out, "results.md").read_text(encoding="utf-8"), end="")  # table and paired tests
     print(f"results, table and plot written to {args.out}/")
     return 0

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     _, tokenizer = load_model_and_tokenizer(path)
     with console_logs():
         compare(lambda: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), tokenizer, data,
-                methods, args.seeds, args.out, config, model_id="smollm2-135m-instruct")
+                methods, args.seeds, args.out, config, model_id="smollm2-135m-instruct", progress=args.progress)
     print(Path(args.out, "results.md").read_text(encoding="utf-8"), end="")  # table and paired tests
     print(f"table: {args.out}/results.md, plot: {args.out}/results.png, outputs: {args.out}/outputs/ "
           f"({time.perf_counter() - start:.0f} s)")
