@@ -86,6 +86,18 @@ def test_the_best_validation_checkpoint_is_restored():
         pytest.approx(stats["best_val_loss"], abs=1e-6)
 
 
+def test_validation_batches_group_similar_lengths_whatever_the_given_order():
+    # Padding costs time: rows of 12, 5, 12, 5, ... tokens in batches of 2 should be padded to 5 and 12, not 12.
+    model = _model("lora")
+    rows = [{**row, **{k: v[:5] for k, v in row.items()}} if i % 2 else row for i, row in enumerate(_data()[1])]
+    widths = []
+    model.get_input_embeddings().register_forward_hook(lambda module, args, out: widths.append(args[0].shape[1]))
+    settings = TrainingSettings(eval_batch_size=2)
+    loss = validation_loss(model, rows, _collate, settings, device=CPU, dtype=torch.float32)
+    assert sorted(widths) == [5, 5, 12, 12]
+    assert validation_loss(model, rows[::-1], _collate, settings, device=CPU, dtype=torch.float32) == loss
+
+
 def test_training_stops_at_a_validation_plateau():
     model = _model("full")
     stats = _train(model, TrainingSettings(max_steps=40, batch_size=8, eval_every=4, patience=2, eval_batch_size=8),
