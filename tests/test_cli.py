@@ -64,3 +64,17 @@ def test_common_options_reach_every_command():
     args = build_parser().parse_args([*select, "--no-progress", "--log-level", "WARNING"])
     assert args.progress is False and args.log_level == "WARNING"
     assert build_parser().parse_args(select).progress is None  # None: bars only on a terminal
+
+
+def test_compare_options_default_to_the_library_defaults():
+    # The parser must not import the library (it would cost --help seconds), so the defaults are written in both
+    # places; this keeps the two equal.
+    from peft_neft.commands.compare import config_arguments
+    from peft_neft.compare import CompareConfig
+
+    args = _subparsers()["compare"].parse_args(["--train", "t.jsonl", "--eval", "e.jsonl", "--methods", "lora:8",
+                                                 "--out", "out"])
+    given = CompareConfig(task=args.task, source_lang=args.source_lang, target_lang=args.target_lang,
+                          max_source_tokens=args.max_source_tokens, max_target_tokens=args.max_target_tokens,
+                          char_level=args.char_level, **config_arguments(args))
+    assert given == CompareConfig()
