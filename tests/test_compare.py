@@ -258,7 +258,9 @@ def test_cli_runs_a_comparison_and_resumes(tokenizer, tmp_path, capsys):
     assert stored["identity"]["config"]["eval_batch_size"] == 3 and stored["identity"]["data"]["validation"]
     capsys.readouterr()
     assert main(args) == 0
-    assert capsys.readouterr().out.count("already done, skipped") == 3  # the CLI shows the library's logs
+    shown = capsys.readouterr()
+    assert shown.out.count("already done, skipped") == 3  # the CLI shows the library's logs
+    assert "already done, skipped" not in shown.err  # once
 
 
 def test_a_learning_rate_grid_keeps_the_rate_with_the_lowest_validation_loss(tokenizer, data, tmp_path):

@@ -54,3 +54,19 @@ def test_cli_shows_the_library_log_at_the_chosen_level(tmp_path, caplog):
         assert messages == [f"Scored 192 neurons in 4 weight matrices of {tmp_path / 'base'} against {tmp_path / 'tuned'}."]
     finally:
         logging.getLogger("peft_neft").setLevel(logging.NOTSET)
+
+
+def test_a_command_shows_each_library_record_once(monkeypatch, capsys):
+    import io
+
+    from peft_neft.cli import configure_logging
+    from peft_neft.commands.compare import console_logs
+
+    stderr = io.StringIO()
+    monkeypatch.setattr(logging.root, "handlers", [logging.StreamHandler(stderr)])  # as basicConfig leaves it
+    monkeypatch.setattr(logging.getLogger("peft_neft"), "level", logging.NOTSET)
+    configure_logging("INFO")
+    with console_logs():
+        logging.getLogger("peft_neft.compare.run").info("lora:8@seed0 already done, skipped")
+    assert capsys.readouterr().out.count("already done") == 1
+    assert stderr.getvalue() == ""

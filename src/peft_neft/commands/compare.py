@@ -42,14 +42,16 @@ def console_logs() -> Iterator[None]:
     package = logging.getLogger("peft_neft")
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("[%(name)s] %(message)s"))
-    level = package.level
+    level, propagate = package.level, package.propagate
     package.addHandler(handler)
     package.setLevel(logging.INFO)
+    package.propagate = False  # shown here, not a second time by the root handler on stderr
     try:
         yield
     finally:
         package.removeHandler(handler)
         package.setLevel(level)
+        package.propagate = propagate
 
 
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:
