@@ -107,6 +107,24 @@ def test_training_stops_at_a_validation_plateau():
     assert len(stats["curve"]) == stats["steps_run"] // 4
 
 
+@pytest.mark.parametrize("losses, patience, reason", [
+    ([2.0, 1.5, 1.6, 1.7], 2, "plateau"),  # patience runs out at the last step: the loss had flattened
+    ([2.0, 1.5, 1.6, 1.7], 3, "max_steps"),
+    ([2.0, 1.9, 1.8, 1.7], 2, "max_steps"),
+])
+def test_the_stop_reason_says_whether_validation_loss_flattened(losses, patience, reason):
+    from transformers import TrainerControl, TrainerState
+
+    from peft_neft.training import KeepBestCallback
+
+    callback = KeepBestCallback([torch.nn.Parameter(torch.zeros(2))], patience)
+    state, control = TrainerState(max_steps=40), TrainerControl()
+    for step, loss in zip((10, 20, 30, 40), losses):
+        state.global_step = step
+        callback.on_evaluate(None, state, control, metrics={"eval_loss": loss})
+    assert callback.stop_reason == reason
+
+
 def test_epochs_end_a_run_before_max_steps():
     settings = TrainingSettings(max_steps=100, epochs=1, batch_size=8, eval_every=2, patience=None)
     assert settings.steps_for(32) == 4

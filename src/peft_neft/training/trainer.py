@@ -121,8 +121,7 @@ class KeepBestCallback(TrainerCallback):
             self.evaluations_since_best += 1
             if self.patience is not None and self.evaluations_since_best >= self.patience:
                 control.should_training_stop = True
-                if state.global_step < state.max_steps:
-                    self.stop_reason = "plateau"
+                self.stop_reason = "plateau"  # also when it coincides with the last step: the loss had flattened
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.best is not None:
