@@ -50,16 +50,21 @@ def step(method: bc.Method, batch: dict[str, torch.Tensor], autocast_dtype: torc
     return loss.item()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    parser.add_argument("--dtype", default="auto", help="the new engine's compute dtype: auto, bfloat16 or float32")
+def add_step_arguments(parser: argparse.ArgumentParser) -> None:
+    """The batch shape, the LoRA budget and the timing rounds (shared with benchmarks/threads.py)."""
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=60)
     parser.add_argument("--target", type=int, default=25, help="labelled positions at the end of each row")
     parser.add_argument("--lora-rank", type=int, default=8, help="LoRA rank on up/down_proj; NeFT gets its parameter count")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--dtype", default="auto", help="the new engine's compute dtype: auto, bfloat16 or float32")
+    add_step_arguments(parser)
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default docs/performance/engine_<device>.json)")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_common as bc  # noqa: E402
 import torch  # noqa: E402
-from engine import multi30k_batch, step  # noqa: E402
+from engine import add_step_arguments, multi30k_batch, step  # noqa: E402
 
 
 def _with_threads(threads: int, fn) -> float:
@@ -27,12 +27,7 @@ def _with_threads(threads: int, fn) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--seq", type=int, default=60)
-    parser.add_argument("--target", type=int, default=25, help="labelled positions at the end of each row")
-    parser.add_argument("--lora-rank", type=int, default=8, help="LoRA rank on up/down_proj; NeFT gets its parameter count")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=5)
+    add_step_arguments(parser)
     parser.add_argument("--out", type=Path, default=bc.RESULTS_DIR / "threads_cpu.json")
     args = parser.parse_args(argv)
     most = torch.get_num_threads()

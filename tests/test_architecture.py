@@ -80,13 +80,19 @@ def test_the_graph_is_read():
     assert "peft_neft._targets" in GRAPH["peft_neft.selection.budget"]
 
 
-def test_the_tuner_imports_nothing_above_it():
+def _reached_from_the_tuner() -> set[str]:
+    """Every module the tuner's modules import, directly or through others (and the tuner's own)."""
     reached, todo = set(), [m for m in GRAPH if _unit(m) == "tuner"]
     while todo:
         module = todo.pop()
         if module not in reached:
             reached.add(module)
             todo.extend(GRAPH.get(module, ()))
+    return reached
+
+
+def test_the_tuner_imports_nothing_above_it():
+    reached = _reached_from_the_tuner()
     assert {_unit(m) for m in reached} <= TUNER_MAY_IMPORT, sorted(m for m in reached if _unit(m) not in TUNER_MAY_IMPORT)
 
 
@@ -128,13 +134,7 @@ def _imports_peft_at_module_level(path: Path) -> bool:
 def test_what_the_tuner_imports_outside_itself_does_not_import_peft_on_load():
     # peft_neft registers NeFT right after peft's first import, by importing the tuner (peft_neft._import_hook).
     # If that first import came from a module the tuner needs, the tuner would meet it half-initialised.
-    reached, todo = set(), [m for m in GRAPH if _unit(m) == "tuner"]
-    while todo:
-        module = todo.pop()
-        if module not in reached:
-            reached.add(module)
-            todo.extend(GRAPH.get(module, ()))
-    outside = sorted(m for m in reached if _unit(m) not in ("tuner", "peft_neft"))
+    outside = sorted(m for m in _reached_from_the_tuner() if _unit(m) not in ("tuner", "peft_neft"))
     assert "peft_neft._targets" in outside
     files = {m: SRC.joinpath(*m.split(".")[1:]).with_suffix(".py") for m in outside}
     assert not [m for m, f in files.items() if f.is_file() and _imports_peft_at_module_level(f)]
