@@ -142,5 +142,50 @@ def _fsdp2_worker(output_dir: Path) -> None:
     dist.destroy_process_group()
 
 
+def test_the_training_engine_under_accelerate_launch_equals_one_process(tmp_path):
+    # peft_neft.training.train_model (TargetLossTrainer) on 2 processes with batch 2 each against 1 process with
+    # batch 4: the same global batches, so the same adapter, validation curve and best step.
+    _run([sys.executable, Path(__file__), "engine-worker", tmp_path / "single", 2 * PER_PROCESS_BATCH])
+    stdout = _accelerate_launch_2_cpus(Path(__file__), "engine-worker", tmp_path / "ddp", PER_PROCESS_BATCH)
+    assert "processes: 2" in stdout
+    _assert_same_adapter(tmp_path / "ddp" / "adapter", tmp_path / "single" / "adapter")
+    ddp, single = (json.loads((tmp_path / run / "stats.json").read_text()) for run in ("ddp", "single"))
+    assert [p["step"] for p in ddp["curve"]] == [p["step"] for p in single["curve"]] == [2, 4, 6]
+    assert [p["val_loss"] for p in ddp["curve"]] == pytest.approx([p["val_loss"] for p in single["curve"]], rel=1e-5)
+    assert ddp["best_step"] == single["best_step"] and ddp["steps_run"] == single["steps_run"] == 6
+
+
+def _engine_worker(output_dir: Path, batch_size: int) -> None:
+    """NeFT on a tiny Llama through the training engine; the main process saves the adapter and the statistics."""
+    from accelerate import PartialState
+    from peft import get_peft_model
+
+    import peft_neft
+    from conftest import make_tiny_llama
+    from peft_neft.training import TrainingSettings, train_model
+
+    def rows(count: int, seed: int) -> list[dict]:
+        gen = torch.Generator().manual_seed(seed)
+        ids = torch.randint(0, 128, (count, 12), generator=gen).tolist()
+        return [{"input_ids": r, "attention_mask": [1] * 12, "labels": [-100] * 4 + r[4:]} for r in ids]
+
+    def collate(batch: list[dict]) -> dict[str, torch.Tensor]:
+        return {key: torch.tensor([r[key] for r in batch]) for key in batch[0]}
+
+    neurons = {f"model.layers.{i}.mlp.{m}": list(range(0, 32, 3)) for i in range(2) for m in ("up_proj", "down_proj")}
+    model = get_peft_model(make_tiny_llama(), peft_neft.NeFTConfig(neurons=neurons))
+    settings = TrainingSettings(max_steps=6, batch_size=batch_size, eval_every=2, patience=None, eval_batch_size=2,
+                                group_by_length=False)
+    stats = train_model(model, rows(48, 1), rows(8, 2), collate, settings, learning_rate=1e-2, seed=0,
+                        device=torch.device("cpu"), dtype=torch.float32, progress=False)
+    state = PartialState()
+    if state.is_main_process:
+        print(f"processes: {state.num_processes}")
+        model.save_pretrained(output_dir / "adapter")
+        (output_dir / "stats.json").write_text(json.dumps(stats))
+
+
 if __name__ == "__main__" and sys.argv[1:2] == ["fsdp2-worker"]:
     _fsdp2_worker(Path(sys.argv[2]))
+if __name__ == "__main__" and sys.argv[1:2] == ["engine-worker"]:
+    _engine_worker(Path(sys.argv[2]), int(sys.argv[3]))
