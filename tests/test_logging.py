@@ -70,3 +70,15 @@ def test_a_command_shows_each_library_record_once(monkeypatch, capsys):
         logging.getLogger("peft_neft.compare.run").info("lora:8@seed0 already done, skipped")
     assert capsys.readouterr().out.count("already done") == 1
     assert stderr.getvalue() == ""
+
+
+def test_a_command_honours_the_log_level(monkeypatch, capsys):
+    from peft_neft.cli import configure_logging
+    from peft_neft.commands.compare import console_logs
+
+    monkeypatch.setattr(logging.getLogger("peft_neft"), "level", logging.NOTSET)
+    configure_logging("WARNING")
+    with console_logs():
+        logging.getLogger("peft_neft.compare.run").info("lora:8@seed0 already done, skipped")
+        logging.getLogger("peft_neft.compare.run").warning("a warning")
+    assert capsys.readouterr().out == "[peft_neft.compare.run] a warning\n"

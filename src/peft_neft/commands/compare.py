@@ -38,19 +38,17 @@ def _learning_rate(text: str) -> tuple[str, float]:
 
 @contextmanager
 def console_logs() -> Iterator[None]:
-    """Show the library's progress messages (``peft_neft`` INFO logs) on stdout while a command runs."""
+    """Show the library's log records (at the level ``--log-level`` set) on stdout while a command runs."""
     package = logging.getLogger("peft_neft")
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("[%(name)s] %(message)s"))
-    level, propagate = package.level, package.propagate
+    propagate = package.propagate
     package.addHandler(handler)
-    package.setLevel(logging.INFO)
     package.propagate = False  # shown here, not a second time by the root handler on stderr
     try:
         yield
     finally:
         package.removeHandler(handler)
-        package.setLevel(level)
         package.propagate = propagate
 
 
