@@ -7,7 +7,11 @@ What :func:`train_model` adds to a plain ``Trainer``:
   group examples of similar length (``group_by_length``), which saves the compute spent on padding;
 - the loss is :func:`~peft_neft.training.loss.causal_lm_target_loss` (LM head on labelled positions);
 - validation loss every ``eval_every`` steps and at the last step; the trainable tensors of the best
-  evaluation are kept in memory (no checkpoint on disk) and restored at the end;
+  evaluation are kept in memory and restored at the end;
+- with a ``checkpoint_dir``, a checkpoint at every evaluation (Trainer's own: trainable weights,
+  optimizer, scheduler, RNG states; plus the best-so-far tensors and the evaluation history), so the
+  same call after an interruption resumes from the last one and ends bit-identical to an
+  uninterrupted run; a finished run leaves its result there and is not trained again;
 - early stopping after ``patience`` evaluations without improvement, and the reason a run ended
   (``"plateau"`` or ``"max_steps"``) in the returned statistics.
 
@@ -19,19 +23,23 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import RandomSampler
+from torch.utils.data import RandomSampler, Sampler
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .checkpoints import FINISHED, KEEP_BEST, load_state, remove_checkpoints, resumable_checkpoint, save_state
 from .loss import causal_lm_target_loss
 
 logger = logging.getLogger(__name__)
@@ -89,7 +97,10 @@ def set_precision(model: nn.Module, dtype: torch.dtype) -> None:
 
 
 class KeepBestCallback(TrainerCallback):
-    """Keep the trainable tensors of the lowest validation loss in memory, stop at a plateau, restore at the end."""
+    """Keep the trainable tensors of the lowest validation loss in memory, stop at a plateau, restore at the end.
+
+    With checkpointing on, each of Trainer's checkpoints gets this state too (:meth:`load` reads it back).
+    """
 
     def __init__(self, params: Sequence[nn.Parameter], patience: int | None) -> None:
         self.params, self.patience = list(params), patience
@@ -123,6 +134,24 @@ class KeepBestCallback(TrainerCallback):
                 control.should_training_stop = True
                 self.stop_reason = "plateau"  # also when it coincides with the last step: the loss had flattened
 
+    def state(self) -> dict[str, Any]:
+        """The evaluation history and counters (JSON), without the tensors."""
+        return {"best_loss": self.best_loss, "best_step": self.best_step, "stop_reason": self.stop_reason,
+                "evaluations_since_best": self.evaluations_since_best, "curve": self.curve,
+                "train_seconds": self.train_seconds, "last_train_loss": self._last_train_loss}
+
+    def load(self, path: str | os.PathLike) -> None:
+        """Restore what :meth:`on_save` wrote into a checkpoint."""
+        tensors, state = load_state(path)
+        self.best = tensors or None
+        self.best_loss, self.best_step, self.stop_reason = state["best_loss"], state["best_step"], state["stop_reason"]
+        self.evaluations_since_best, self.curve = state["evaluations_since_best"], state["curve"]
+        self.train_seconds, self._last_train_loss = state["train_seconds"], state["last_train_loss"]
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        save_state(folder / KEEP_BEST, self.best, self.state())  # last: marks the checkpoint complete
+
     def on_train_end(self, args, state, control, **kwargs):
         if self.best is not None:
             with torch.no_grad():
@@ -137,6 +166,30 @@ class _BarsOnly(ProgressCallback):
         pass
 
 
+class EpochSeededSampler(Sampler[int]):
+    """A sampler whose order in epoch ``e`` depends on the seed and ``e`` alone (Trainer calls ``set_epoch``).
+
+    Epoch ``e`` draws what a single generator seeded once would draw after ``e`` epochs, so a run resumed
+    in a later epoch sees the batches of an uninterrupted one.
+    """
+
+    def __init__(self, make: Callable[[torch.Generator], Sampler[int]], seed: int, length: int) -> None:
+        self.make, self.seed, self.length, self.epoch = make, seed, length, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[int]:
+        sampler = self.make(torch.Generator().manual_seed(self.seed))
+        for _ in range(self.epoch):
+            for _ in sampler:
+                pass
+        return iter(sampler)
+
+
 class TargetLossTrainer(Trainer):
     """``Trainer`` with the target-only loss, a data order fixed by the seed alone, and loss-only evaluation."""
 
@@ -146,11 +199,12 @@ class TargetLossTrainer(Trainer):
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
-        generator = torch.Generator().manual_seed(self.data_seed)
         if self.args.train_sampling_strategy == "group_by_length":
             batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
-            return LengthGroupedSampler(batch, lengths=[len(row["input_ids"]) for row in dataset], generator=generator)
-        return RandomSampler(dataset, generator=generator)
+            lengths = [len(row["input_ids"]) for row in dataset]
+            return EpochSeededSampler(lambda g: LengthGroupedSampler(batch, lengths=lengths, generator=g),
+                                      self.data_seed, len(dataset))
+        return EpochSeededSampler(lambda g: RandomSampler(dataset, generator=g), self.data_seed, len(dataset))
 
     def _get_eval_sampler(self, eval_dataset):
         # Validation batches of similar lengths: on the demo's Django messages 1.9x fewer tokens than random batches
@@ -178,14 +232,15 @@ class TargetLossTrainer(Trainer):
 
 
 def _arguments(settings: TrainingSettings, output_dir: str, *, steps: int, learning_rate: float, seed: int,
-               device: torch.device, dtype: torch.dtype, progress: bool) -> TrainingArguments:
+               device: torch.device, dtype: torch.dtype, progress: bool, checkpoints: bool = False) -> TrainingArguments:
     return TrainingArguments(
         output_dir=output_dir, max_steps=steps, per_device_train_batch_size=settings.batch_size,
         per_device_eval_batch_size=settings.eval_batch_size,
         gradient_accumulation_steps=settings.gradient_accumulation_steps, learning_rate=learning_rate,
         weight_decay=0.0, lr_scheduler_type="linear", warmup_steps=int(settings.warmup_ratio * steps),
         max_grad_norm=0.0, eval_strategy="steps", eval_steps=settings.eval_every, logging_steps=settings.eval_every,
-        save_strategy="no", report_to=settings.report_to, bf16=dtype == torch.bfloat16,
+        save_strategy="steps" if checkpoints else "no", save_steps=settings.eval_every, save_total_limit=2,
+        report_to=settings.report_to, bf16=dtype == torch.bfloat16,
         use_cpu=device.type == "cpu", seed=seed, data_seed=seed, disable_tqdm=not progress,
         remove_unused_columns=False, prediction_loss_only=True, dataloader_num_workers=0,
         train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
@@ -220,7 +275,7 @@ def train_model(
     seed: int,
     device: torch.device,
     dtype: torch.dtype,
-    output_dir: str | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
     progress: bool = True,
     callbacks: Sequence[TrainerCallback] = (),
 ) -> dict[str, Any]:
@@ -230,6 +285,10 @@ def train_model(
     under autocast when ``dtype`` is bfloat16 (see :func:`set_precision`). Returns the run's statistics:
     ``best_val_loss``, ``best_step``, ``steps_run``, ``max_steps``, ``stop_reason`` ("plateau" or
     ``"max_steps"``), ``train_seconds`` (optimizer steps only, no evaluation), ``time_per_step_s``, ``curve``.
+
+    With ``checkpoint_dir``, Trainer checkpoints there at every evaluation and the same call resumes from the
+    newest complete checkpoint; once finished, the folder holds only the result, which a later call loads
+    instead of training again (the folder stands for this one run: give each run its own).
     """
     params = trainable_parameters(model)
     if not params:
@@ -239,19 +298,41 @@ def train_model(
     set_precision(model, dtype)
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)
+    if checkpoint_dir is not None and Path(checkpoint_dir, FINISHED).is_file():
+        return _finished(params, Path(checkpoint_dir))
     steps = settings.steps_for(len(train_rows))
     keep_best = KeepBestCallback(params, settings.patience)
     with tempfile.TemporaryDirectory(prefix="peft-neft-train-") as tmp:
-        args = _arguments(settings, output_dir or tmp, steps=steps, learning_rate=learning_rate, seed=seed,
-                          device=device, dtype=dtype, progress=progress)
+        args = _arguments(settings, str(checkpoint_dir or tmp), steps=steps, learning_rate=learning_rate, seed=seed,
+                          device=device, dtype=dtype, progress=progress, checkpoints=checkpoint_dir is not None)
         trainer = _trainer(model, args, train_rows, val_rows, collator, [keep_best, *callbacks], seed, progress)
-        trainer.train()
+        resume = resumable_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
+        if resume is not None:
+            keep_best.load(resume / KEEP_BEST)
+            logger.info("resuming from %s (step %s)", resume, resume.name.rpartition("-")[2])
+        trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     steps_run = trainer.state.global_step
     logger.info("trained %d of %d steps (%s); best validation loss %.4f at step %d", steps_run, steps,
                 keep_best.stop_reason, keep_best.best_loss, keep_best.best_step)
-    return {"best_val_loss": keep_best.best_loss, "best_step": keep_best.best_step, "steps_run": steps_run,
-            "max_steps": steps, "stop_reason": keep_best.stop_reason, "train_seconds": keep_best.train_seconds,
-            "time_per_step_s": keep_best.train_seconds / max(steps_run, 1), "curve": keep_best.curve}
+    stats = {"best_val_loss": keep_best.best_loss, "best_step": keep_best.best_step, "steps_run": steps_run,
+             "max_steps": steps, "stop_reason": keep_best.stop_reason, "train_seconds": keep_best.train_seconds,
+             "time_per_step_s": keep_best.train_seconds / max(steps_run, 1), "curve": keep_best.curve}
+    if checkpoint_dir is not None:
+        save_state(Path(checkpoint_dir, FINISHED), params, stats)
+        remove_checkpoints(checkpoint_dir)
+    return stats
+
+
+def _finished(params: Sequence[nn.Parameter], folder: Path) -> dict[str, Any]:
+    """Load a finished run's best tensors into ``params`` and return its statistics."""
+    tensors, stats = load_state(folder / FINISHED)
+    if [tuple(t.shape) for t in tensors] != [tuple(p.shape) for p in params]:
+        raise ValueError(f"{folder / FINISHED} holds tensors of another model; delete {folder} to train this run.")
+    with torch.no_grad():
+        for p, saved in zip(params, tensors):
+            p.copy_(saved)
+    logger.info("already trained: %s", folder)
+    return stats
 
 
 def validation_loss(model: nn.Module, val_rows: Sequence[dict], collator: Callable, settings: TrainingSettings, *,
