@@ -10,6 +10,9 @@ from ..training import TrainingSettings
 from .methods import DEFAULT_LR
 
 
+SAVE_ADAPTERS = ("best", "all", "none")
+
+
 @dataclass
 class CompareConfig:
     """Everything that makes two comparisons comparable (methods and seeds may grow between resumes)."""
@@ -38,6 +41,9 @@ class CompareConfig:
     device: str = "auto"  # auto, cpu, cuda, cuda:N (the resolved device is stored with the results)
     dtype: str = "auto"  # auto, float32, bfloat16 (the resolved dtype is stored with the results)
     report_to: str = "none"  # Trainer's report_to (not part of a folder's identity)
+    workers: int = 1  # runs trained side by side in separate processes (results do not depend on it)
+    checkpoint_dir: str | None = None  # where runs checkpoint while they train (None: OUT/checkpoints)
+    save_adapters: str = "best"  # best: each method's best run on validation loss, all, or none
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -46,6 +52,10 @@ class CompareConfig:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
         self.training()  # checks the training settings
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1, got {self.workers}.")
+        if self.save_adapters not in SAVE_ADAPTERS:
+            raise ValueError(f"save_adapters must be one of {', '.join(SAVE_ADAPTERS)}, got {self.save_adapters!r}.")
         unknown = set(self.learning_rates) - set(DEFAULT_LR)
         if unknown:
             raise ValueError(f"Learning rates given for unknown method kinds {sorted(unknown)}; kinds: {sorted(DEFAULT_LR)}.")

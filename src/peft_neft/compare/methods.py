@@ -22,7 +22,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import PreTrainedModel
 
 from .._targets import DEFAULT_TARGET_MODULES
-from ..selection import budget_from_lora, select_neurons
+from ..selection import NeuronSelection, budget_from_lora, select_neurons
 from ..selection.cosine import score_models
 from ..selection.neuron_scores import NeuronScores
 from ..tuner import NeFTConfig
@@ -88,8 +88,9 @@ def paired_baseline(spec: str) -> str | None:
     return f"lora:{method.rank}" if method.rank else None
 
 
-def prepare_model(model: PreTrainedModel, method: Method, seed: int, scores: Any = None) -> torch.nn.Module:
-    """Make ``model`` trainable the way ``method`` says (NeFT needs the calibration ``scores``)."""
+def prepare_model(model: PreTrainedModel, method: Method, seed: int, scores: Any = None,
+                  selection: NeuronSelection | None = None) -> torch.nn.Module:
+    """Make ``model`` trainable the way ``method`` says (NeFT needs the calibration ``scores``, or its ``selection``)."""
     if method.kind == "full":
         for p in model.parameters():
             p.requires_grad_(True)
@@ -106,7 +107,7 @@ def prepare_model(model: PreTrainedModel, method: Method, seed: int, scores: Any
         config = LoraConfig(r=method.rank, lora_alpha=2 * method.rank, lora_dropout=0.0, target_modules="all-linear")
         return get_peft_model(model, config)
     elif method.kind == "neft":
-        return get_peft_model(model, NeFTConfig(neurons=select_for(model, method, scores, seed)))
+        return get_peft_model(model, NeFTConfig(neurons=selection or select_for(model, method, scores, seed)))
     return model
 
 

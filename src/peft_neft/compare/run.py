@@ -2,7 +2,10 @@
 
 Every method starts from the same base model and sees the same batches in the same order (per
 seed), with its own learning rate (the best of ``lr_grid`` on validation loss); the checkpoint with
-the lowest validation loss is evaluated by greedy generation on the test set.
+the lowest validation loss is evaluated by greedy generation on the test set. Anything random in a
+method's initialisation (LoRA's A) is drawn from its run seed, so a run gives the same result alone,
+after other runs, in another worker process, or resumed after an interruption: each training
+checkpoints at every evaluation, calibration scores are cached, and the same call resumes.
 """
 
 from __future__ import annotations
@@ -10,9 +13,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
+import shutil
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +28,7 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 from transformers import DataCollatorForSeq2Seq, PreTrainedModel, PreTrainedTokenizerBase
 
+from ..atomic import atomic_dir
 from ..selection import calibrate
 from ..device import autocast_for, dtype_name, resolve_device, resolve_dtype
 from ..tasks import TASKS, encode_for_generation, encode_for_training, hold_out_validation, score
@@ -29,15 +37,16 @@ from ..training import train_model, validation_loss
 from ..training.trainer import set_precision, trainable_parameters
 from .config import CompareConfig
 from .evaluate import adapter_bytes, generate, memory_mb, model_device
-from .methods import Method, parse_method, prepare_model, shape_scores
+from .methods import Method, parse_method, prepare_model, select_for, shape_scores
 from .report import write_report
-from .results import data_fingerprint, load_results, outputs_path, run_key, save_results, write_outputs
+from .results import (data_fingerprint, load_results, load_scores, outputs_path, run_key, save_results, save_scores,
+                      weights_fingerprint, write_outputs)
 from .significance import metric_names
 
 logger = logging.getLogger(__name__)
 
 # Settings that change how a run is shown, not what it computes: left out of a folder's identity.
-_NOT_IDENTITY = ("device", "dtype", "report_to")
+_NOT_IDENTITY = ("device", "dtype", "report_to", "workers", "checkpoint_dir", "save_adapters")
 
 
 def make_collator(tokenizer: PreTrainedTokenizerBase) -> DataCollatorForSeq2Seq:
@@ -63,7 +72,10 @@ def compare(
     ``data`` has ``train``, ``validation`` and ``test`` datasets with ``source``/``target`` columns; without
     ``validation``, the last 10 % of ``train`` (at most 200 pairs) is held out (:func:`~peft_neft.tasks.hold_out_validation`).
     ``load_model`` returns a fresh float32 copy of the base model each call; frozen weights are cast
-    to the resolved ``config.dtype`` and the model is moved to ``config.device``.
+    to the resolved ``config.dtype`` and the model is moved to ``config.device``. With ``config.workers``
+    above 1, runs go to that many processes (torch's threads shared out among them); ``load_model`` must
+    then be picklable (a module-level function or a ``functools.partial``, not a lambda). The folder's
+    identity holds a fingerprint of the base model's weights, not its path; ``model_id`` is kept for show.
     """
     config = config or CompareConfig()
     methods = [parse_method(m) if isinstance(m, str) else m for m in methods]
@@ -76,13 +88,20 @@ def compare(
         raise ValueError(f"Data split(s) {missing} are missing or empty; give train, validation and test pairs.")
     if not seeds:
         raise ValueError("Give at least one seed.")
+    if config.workers > 1:
+        _check_picklable(load_model)
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     out = Path(out_dir)
+    checkpoints = Path(config.checkpoint_dir) if config.checkpoint_dir else out / "checkpoints"
+    base = load_model()
+    total_params = sum(p.numel() for p in base.parameters())
     settings = {k: v for k, v in asdict(config).items() if k not in _NOT_IDENTITY}
-    identity = {"config": json.loads(json.dumps(settings)), "data": data_fingerprint(data), "model": model_id,
-                "device": str(device), "dtype": dtype_name(dtype)}
+    identity = {"config": json.loads(json.dumps(settings)), "data": data_fingerprint(data),
+                "model": weights_fingerprint(base), "device": str(device), "dtype": dtype_name(dtype)}
+    del base
     results = load_results(out / "results.json", identity)
+    results["model_id"] = model_id
     instruction = TASKS[config.task].instruction_for(config.source_lang, config.target_lang)
     collator = make_collator(tokenizer)
 
@@ -92,43 +111,82 @@ def compare(
 
     train_rows, val_rows = encode(data["train"]), encode(data["validation"])
     prompts = [encode_for_generation(tokenizer, instruction, s, config.max_source_tokens) for s in data["test"]["source"]]
-    calibrations: dict[int, tuple[Any, dict[str, Any]]] = {}
-    total_params = sum(p.numel() for p in load_model().parameters())
-    grid = [(seed, method) for seed in seeds for method in methods]
-    bar = tqdm(grid, desc="runs", unit="run", disable=not progress)
-    for seed, method in bar:
-        key = run_key(method.spec, seed)
-        bar.set_postfix_str(key)
-        if key in results["runs"]:
-            logger.info("%s: already done, skipped", key)
-            continue
-        done_base = next((k for k, r in results["runs"].items() if r["kind"] == "base"), None)
-        if method.kind == "base" and done_base:
-            logger.info("%s: skipped, the untrained model does not depend on the seed (%s)", key, done_base)
-            continue
-        scores, calibration = None, None
-        if method.kind == "neft" and method.strategy == "random":
-            scores = shape_scores(load_model(), config.neft_target_modules)
-        elif method.kind == "neft":
-            if seed not in calibrations:
-                calibrations[seed] = _calibrate(load_model, train_rows, collator, config, seed, device, dtype, progress)
-            scores, calibration = calibrations[seed]
-        run = _Run(load_model, method, seed, scores, config, device, dtype, collator, progress)
-        row = run.train_and_evaluate(tokenizer, train_rows, val_rows, prompts, data["test"], total_params)
-        row["calibration"] = calibration
+    pending = _pending(results, methods, seeds)
+    calibrations = {seed: _calibration(checkpoints, load_model, train_rows, collator, config, seed, device, dtype,
+                                       progress)
+                    for seed in sorted({s for s, m in pending if _calibrated(m)})}
+    jobs = [_Job(load_model, tokenizer, method, seed, config, device, dtype, collator, train_rows, val_rows, prompts,
+                 list(data["test"]["target"]), calibrations.get(seed) if _calibrated(method) else None, checkpoints / _safe(run_key(method.spec, seed)),
+                 total_params, progress and config.workers == 1)
+            for seed, method in pending]
+    bar = tqdm(total=len(jobs), desc="runs", unit="run", disable=not progress)
+    for job, row in _executed(jobs, config.workers):
+        key = run_key(job.method.spec, job.seed)
         write_outputs(outputs_path(out, key), data["test"], row.pop("hypotheses"))
         results["runs"][key] = row
         save_results(out / "results.json", results)
-        write_report(results, out, [m.spec for m in methods])
+        _keep_adapter(job, row, results, out)
+        shutil.rmtree(job.folder, ignore_errors=True)
+        _report(results, out, methods)
         logger.info("%s: %s", key, ", ".join(f"{k}={row['scores'][k]:.2f}" for k in metric_names(config.task)))
-    write_report(results, out, [m.spec for m in methods])
+        bar.update()
+    bar.close()
+    _report(results, out, methods)
     return results
 
 
-def _calibrate(load_model, train_rows: list[dict], collator, config: CompareConfig, seed: int,
-               device: torch.device, dtype: torch.dtype, progress: bool):
-    """Cosine scores from the paper's short full fine-tune (float32 master weights, autocast to ``dtype``)."""
-    model = load_model().to(device)
+def _calibrated(method: Method) -> bool:
+    """Whether a method's rows come from the calibration's scores (random rows need only the shapes)."""
+    return method.kind == "neft" and method.strategy != "random"
+
+
+def _check_picklable(load_model: Callable) -> None:
+    try:
+        pickle.dumps(load_model)
+    except Exception:
+        raise ValueError(f"workers > 1 runs each run in its own process, so load_model must be picklable (a "
+                         f"module-level function or functools.partial), not {load_model!r}; or use workers=1.") from None
+
+
+def _safe(key: str) -> str:
+    return outputs_path(Path("."), key).name.removesuffix(".jsonl.gz")
+
+
+def _pending(results: dict[str, Any], methods: Sequence[Method], seeds: Sequence[int]) -> list[tuple[int, Method]]:
+    """The (seed, method) runs still to do; the untrained ``base`` once, whatever the seeds."""
+    pending, base_done = [], any(r["kind"] == "base" for r in results["runs"].values())
+    for seed in seeds:
+        for method in methods:
+            key = run_key(method.spec, seed)
+            if key in results["runs"]:
+                logger.info("%s: already done, skipped", key)
+            elif method.kind == "base" and base_done:
+                logger.info("%s: skipped, the untrained model does not depend on the seed", key)
+            else:
+                base_done = base_done or method.kind == "base"
+                pending.append((seed, method))
+    return pending
+
+
+def _report(results: dict[str, Any], out: Path, methods: Sequence[Method]) -> None:
+    """Write the table and plot; a failure is logged, never allowed to stop the runs still to train."""
+    try:
+        write_report(results, out, [m.spec for m in methods])
+    except Exception as err:  # the results themselves are saved; the report can be rebuilt from them
+        logger.warning("the report of %s could not be written (%s: %s); results.json is complete", out,
+                       type(err).__name__, err)
+
+
+def _calibration(folder: Path, load_model, train_rows: list[dict], collator, config: CompareConfig, seed: int,
+                 device: torch.device, dtype: torch.dtype, progress: bool) -> tuple[Any, dict[str, Any]]:
+    """Cosine scores from the paper's short full fine-tune (float32 master weights, autocast to ``dtype``), cached."""
+    path = folder / f"calibration@seed{seed}.safetensors"
+    if path.is_file():
+        logger.info("calibration of seed %d: cached in %s", seed, path)
+        return load_scores(path)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = load_model().to(device)
     lr = config.calibration_lr if config.calibration_lr is not None else config.lr("full")
     start = time.perf_counter()
     with autocast_for(device, dtype):
@@ -136,37 +194,101 @@ def _calibrate(load_model, train_rows: list[dict], collator, config: CompareConf
                            lr=lr, batch_size=config.batch_size, seed=seed, collate_fn=collator, progress=progress)
     info = {"steps": config.calibration_steps, "lr": lr, "seconds": time.perf_counter() - start,
             "target_modules": list(config.neft_target_modules)}
+    save_scores(path, scores, info)
     return scores, info
+
+
+@dataclass
+class _Job:
+    """One (method, seed) run and everything it needs, picklable for a worker process."""
+
+    load_model: Callable[[], PreTrainedModel]
+    tokenizer: PreTrainedTokenizerBase
+    method: Method
+    seed: int
+    config: CompareConfig
+    device: torch.device
+    dtype: torch.dtype
+    collator: Any
+    train_rows: list[dict]
+    val_rows: list[dict]
+    prompts: list[list[int]]
+    references: list[str]
+    calibration: tuple[Any, dict[str, Any]] | None
+    folder: Path  # its checkpoints while it runs, and its adapter until the parent keeps it
+    total_params: int
+    progress: bool
+
+
+def _executed(jobs: list[_Job], workers: int) -> Iterator[tuple[_Job, dict[str, Any]]]:
+    """Each job with its result row, as runs finish: in this process, or in ``workers`` spawned ones."""
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            yield job, _execute(job)
+        return
+    threads = max(1, torch.get_num_threads() // workers)
+    level = logging.getLogger("peft_neft").getEffectiveLevel()
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=get_context("spawn"), initializer=_start_worker,
+                             initargs=(threads, level)) as pool:
+        futures = {pool.submit(_execute, job): job for job in jobs}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
+
+
+def _start_worker(threads: int, level: int) -> None:
+    """A worker process: its share of torch's threads, and the parent's log level on stderr."""
+    torch.set_num_threads(threads)
+    package = logging.getLogger("peft_neft")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(f"[worker {os.getpid()}] %(message)s"))
+    package.addHandler(handler)
+    package.setLevel(level)
+    package.propagate = False
+
+
+def _execute(job: _Job) -> dict[str, Any]:
+    scores, calibration = job.calibration or (None, None)
+    if job.method.kind == "neft" and job.method.strategy == "random":
+        scores = shape_scores(job.load_model(), job.config.neft_target_modules)
+    row = _Run(job, scores).train_and_evaluate()
+    row["calibration"] = calibration
+    return row
 
 
 class _Run:
     """One (method, seed): its learning-rate search, then the test-set evaluation of the best model."""
 
-    def __init__(self, load_model, method: Method, seed: int, scores, config: CompareConfig, device: torch.device,
-                 dtype: torch.dtype, collator, progress: bool) -> None:
-        self.load_model, self.method, self.seed, self.scores = load_model, method, seed, scores
-        self.config, self.device, self.dtype, self.collator, self.progress = config, device, dtype, collator, progress
+    def __init__(self, job: _Job, scores: Any) -> None:
+        self.job, self.method, self.seed, self.config, self.scores = job, job.method, job.seed, job.config, scores
+        self.selection = None  # NeFT's rows: selected once, for every rate of the search
 
     def _fresh_model(self) -> torch.nn.Module:
-        model = prepare_model(self.load_model(), self.method, self.seed, self.scores)
-        set_precision(model, self.dtype)
-        return model.to(self.device)
+        """The base model made trainable by the method, anything random in it drawn from the run seed."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            base = self.job.load_model()
+            if self.method.kind == "neft" and self.selection is None:
+                self.selection = select_for(base, self.method, self.scores, self.seed)
+            model = prepare_model(base, self.method, self.seed, selection=self.selection)
+        set_precision(model, self.job.dtype)
+        return model.to(self.job.device)
 
-    def _search(self, train_rows, val_rows) -> tuple[torch.nn.Module, dict[str, Any], list[dict[str, Any]]]:
+    def _search(self) -> tuple[torch.nn.Module, dict[str, Any], list[dict[str, Any]]]:
         """Train at each rate of the grid; keep the model and statistics of the lowest validation loss."""
-        config, kind = self.config, self.method.kind
+        job, config, kind = self.job, self.config, self.method.kind
         best_model, best, search = None, None, []
         for factor in (config.lr_grid if kind != "base" else (1.0,)):
             model, lr = self._fresh_model(), config.lr(kind) * factor
             if kind == "base":
-                loss = validation_loss(model, val_rows, self.collator, config.training(), device=self.device,
-                                       dtype=self.dtype)
+                loss = validation_loss(model, job.val_rows, job.collator, config.training(), device=job.device,
+                                       dtype=job.dtype)
                 stats = {"best_val_loss": loss, "best_step": 0, "steps_run": 0, "max_steps": 0, "stop_reason": None,
                          "train_seconds": 0.0, "time_per_step_s": 0.0, "curve": []}
             else:
                 logger.info("%s seed %d: training at lr %g", self.method.spec, self.seed, lr)
-                stats = train_model(model, train_rows, val_rows, self.collator, config.training(), learning_rate=lr,
-                                    seed=self.seed, device=self.device, dtype=self.dtype, progress=self.progress)
+                stats = train_model(model, job.train_rows, job.val_rows, job.collator, config.training(),
+                                    learning_rate=lr, seed=self.seed, device=job.device, dtype=job.dtype,
+                                    checkpoint_dir=job.folder / f"lr-{lr:.6g}", progress=job.progress)
             stats["lr"] = lr
             search.append({k: stats[k] for k in ("lr", "best_val_loss", "best_step", "steps_run", "stop_reason")})
             if best is None or stats["best_val_loss"] < best["best_val_loss"]:
@@ -174,26 +296,47 @@ class _Run:
             del model
         return best_model, best, search
 
-    def train_and_evaluate(self, tokenizer, train_rows, val_rows, prompts, test: Dataset, total: int) -> dict[str, Any]:
-        method, config = self.method, self.config
-        model, best, search = self._search(train_rows, val_rows)
+    def train_and_evaluate(self) -> dict[str, Any]:
+        job, method, config = self.job, self.method, self.config
+        model, best, search = self._search()
         start = time.perf_counter()
-        hypotheses = generate(model, tokenizer, prompts, max_new_tokens=config.max_new_tokens,
-                              batch_size=config.eval_batch_size, dtype=self.dtype, desc=f"{method.spec} test",
-                              progress=self.progress)
+        hypotheses = generate(model, job.tokenizer, job.prompts, max_new_tokens=config.max_new_tokens,
+                              batch_size=config.eval_batch_size, dtype=job.dtype, desc=f"{method.spec} test",
+                              progress=job.progress)
         eval_seconds = time.perf_counter() - start
-        scored = score(config.task, hypotheses, list(test["target"]), char_level=config.char_level)
+        scored = score(config.task, hypotheses, job.references, char_level=config.char_level)
         trainable = 0 if method.kind == "base" else sum(p.numel() for p in trainable_parameters(model))
         mem, mem_kind = memory_mb(model)
+        if config.save_adapters != "none" and method.kind in ("lora", "neft"):
+            model.save_pretrained(job.folder / "adapter")
+            if self.selection is not None:
+                self.selection.save(job.folder / "adapter" / "selection.safetensors")
         return {
             "method": method.spec, "kind": method.kind, "strategy": method.strategy if method.kind == "neft" else None,
             "seed": self.seed, "lr": best["lr"], "lr_search": search, "steps_run": best["steps_run"],
             "max_steps": best["max_steps"], "stop_reason": best["stop_reason"], "best_step": best["best_step"],
             "best_val_loss": best["best_val_loss"], "curve": best["curve"],
-            "trainable_params": trainable, "total_params": total, "trainable_pct": 100 * trainable / total,
+            "trainable_params": trainable, "total_params": job.total_params,
+            "trainable_pct": 100 * trainable / job.total_params,
             "time_per_step_s": best["time_per_step_s"], "train_seconds": best["train_seconds"],
             "eval_seconds": eval_seconds, "memory_mb": mem, "memory_kind": mem_kind,
             "adapter_bytes": adapter_bytes(model, method),
             "scores": {k: v for k, v in scored.items() if k != "signatures"}, "signatures": scored["signatures"],
             "device": str(model_device(model)), "hypotheses": hypotheses,
         }
+
+
+def _keep_adapter(job: _Job, row: dict[str, Any], results: dict[str, Any], out: Path) -> None:
+    """Move a finished run's adapter to ``out/adapters/``: every run's, or the method's best on validation loss."""
+    source = job.folder / "adapter"
+    if not source.is_dir():
+        return
+    mode, spec = job.config.save_adapters, job.method.spec
+    if mode == "best":
+        rivals = [r["best_val_loss"] for r in results["runs"].values() if r["method"] == spec and r is not row]
+        if rivals and min(rivals) <= row["best_val_loss"]:
+            return
+    target = out / "adapters" / _safe(spec if mode == "best" else run_key(spec, job.seed))
+    with atomic_dir(target) as tmp:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+    logger.info("%s: adapter saved in %s", run_key(spec, job.seed), target)

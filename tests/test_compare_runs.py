@@ -1,0 +1,148 @@
+"""A comparison's runs are reproducible: alone, after other runs, in worker processes, resumed after a kill."""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import pytest
+import torch
+from peft import AutoPeftModelForCausalLM, PeftModel
+
+from conftest import make_tiny_llama
+from peft_neft.compare import compare, read_outputs
+from peft_neft.selection import NeuronSelection
+from peft_neft.training.trainer import KeepBestCallback
+from test_compare import _config, data, tokenizer  # noqa: F401  (fixtures)
+
+TIMING = ("time_per_step_s", "train_seconds", "eval_seconds", "seconds")
+
+
+def _loader(tokenizer, seed=0):
+    return functools.partial(make_tiny_llama, seed=seed, vocab=len(tokenizer))
+
+
+def _without_timing(value):
+    if isinstance(value, dict):
+        return {k: _without_timing(v) for k, v in value.items() if k not in TIMING}
+    if isinstance(value, list):
+        return [_without_timing(v) for v in value]
+    return value
+
+
+def _runs(folder):
+    return _without_timing(json.loads((folder / "results.json").read_text())["runs"])
+
+
+def _config_long(**overrides):
+    return _config(max_steps=6, eval_every=2, patience=None, **overrides)
+
+
+def test_a_run_is_the_same_alone_after_other_runs_and_in_worker_processes(tokenizer, data, tmp_path):
+    methods = ["lora:2", "neft:match-lora:2"]
+    compare(_loader(tokenizer), tokenizer, data, methods, [0], tmp_path / "alone", _config_long(), progress=False)
+    torch.manual_seed(1234)
+    torch.rand(100)  # whatever ran before in the process must not matter
+    compare(_loader(tokenizer), tokenizer, data, ["full", "embed", *methods], [0], tmp_path / "after",
+            _config_long(), progress=False)
+    compare(_loader(tokenizer), tokenizer, data, methods, [0], tmp_path / "workers", _config_long(workers=2),
+            progress=False)
+    alone = _runs(tmp_path / "alone")
+    for other in ("after", "workers"):
+        runs = _runs(tmp_path / other)
+        assert {k: runs[k] for k in alone} == alone, other
+        for key in alone:
+            name = key.replace(":", "_") + ".jsonl.gz"
+            assert read_outputs(tmp_path / other / "outputs" / name) == read_outputs(tmp_path / "alone" / "outputs" / name)
+    for other in ("after", "workers"):  # the saved adapters are bit-identical too
+        for method in ("lora_2", "neft_match-lora_2"):
+            a = (tmp_path / "alone" / "adapters" / method / "adapter_model.safetensors").read_bytes()
+            assert a == (tmp_path / other / "adapters" / method / "adapter_model.safetensors").read_bytes()
+
+
+def test_a_killed_comparison_resumes_mid_run_and_ends_as_an_uninterrupted_one(tokenizer, data, tmp_path, monkeypatch):
+    methods = ["lora:2", "neft:match-lora:2"]
+    compare(_loader(tokenizer), tokenizer, data, methods, [0], tmp_path / "whole", _config_long(), progress=False)
+    saved = KeepBestCallback.on_save
+
+    def killed_after_step_4(self, args, state, control, **kwargs):
+        saved(self, args, state, control, **kwargs)
+        if state.global_step == 4:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(KeepBestCallback, "on_save", killed_after_step_4)
+        with pytest.raises(KeyboardInterrupt):
+            compare(_loader(tokenizer), tokenizer, data, methods, [0], tmp_path / "killed", _config_long(),
+                    progress=False)
+    folder = tmp_path / "killed"
+    assert not (folder / "results.json").exists()
+    assert (folder / "checkpoints" / "lora_2@seed0" / "lr-0.001" / "checkpoint-4").is_dir()
+    steps = []
+    monkeypatch.setattr(KeepBestCallback, "on_step_end",
+                        lambda self, args, state, control, **kw: steps.append(state.global_step))
+    compare(_loader(tokenizer), tokenizer, data, methods, [0], folder, _config_long(), progress=False)
+    assert steps[:2] == [5, 6]  # LoRA resumed after its checkpoint at step 4, then NeFT from 1
+    assert _runs(folder) == _runs(tmp_path / "whole")
+    assert not (folder / "checkpoints" / "lora_2@seed0").exists()  # a finished run's checkpoints are removed
+
+
+def test_saved_adapters_load_with_peft_and_the_selection_sits_beside_neft(tokenizer, data, tmp_path):
+    out = tmp_path / "cmp"
+    results = compare(_loader(tokenizer), tokenizer, data, ["lora:2", "neft:match-lora:2"], [0, 1], out,
+                      _config(save_adapters="best"), progress=False)
+    assert sorted(p.name for p in (out / "adapters").iterdir()) == ["lora_2", "neft_match-lora_2"]
+    neft = out / "adapters" / "neft_match-lora_2"
+    selection = NeuronSelection.load(neft / "selection.safetensors")
+    model = PeftModel.from_pretrained(make_tiny_llama(vocab=len(tokenizer)), neft)
+    rows = {name.removeprefix("base_model.model."): sorted(m.neft_rows["default"].tolist())
+            for name, m in model.named_modules() if hasattr(m, "neft_rows") and "default" in m.neft_rows}
+    assert rows == {k: sorted(v.tolist()) for k, v in selection.rows.items()}
+    # "best": the seed with the lower validation loss is the one kept.
+    runs = [results["runs"][f"neft:match-lora:2@seed{s}"] for s in (0, 1)]
+    best_seed = min(runs, key=lambda r: r["best_val_loss"])["seed"]
+    alone = tmp_path / "alone"
+    compare(_loader(tokenizer), tokenizer, data, ["neft:match-lora:2"], [best_seed], alone, _config(), progress=False)
+    assert (alone / "adapters" / "neft_match-lora_2" / "adapter_model.safetensors").read_bytes() == \
+        (neft / "adapter_model.safetensors").read_bytes()
+    compare(_loader(tokenizer), tokenizer, data, ["lora:2"], [0], tmp_path / "all", _config(save_adapters="all"),
+            progress=False)
+    assert [p.name for p in (tmp_path / "all" / "adapters").iterdir()] == ["lora_2@seed0"]
+    compare(_loader(tokenizer), tokenizer, data, ["lora:2"], [0], tmp_path / "none", _config(save_adapters="none"),
+            progress=False)
+    assert not (tmp_path / "none" / "adapters").exists()
+
+
+def test_the_folder_identity_is_the_model_weights_not_its_path(tokenizer, data, tmp_path):
+    model_dir = tmp_path / "model"
+    make_tiny_llama(vocab=len(tokenizer)).save_pretrained(model_dir)
+    out = tmp_path / "cmp"
+    load = functools.partial(type(make_tiny_llama()).from_pretrained, model_dir)
+    compare(load, tokenizer, data, ["base"], [0], out, _config(), model_id=str(model_dir), progress=False)
+    make_tiny_llama(seed=1, vocab=len(tokenizer)).save_pretrained(model_dir)  # same path, other weights
+    with pytest.raises(ValueError, match="different configuration.*model"):
+        compare(load, tokenizer, data, ["lora:2"], [0], out, _config(), model_id=str(model_dir), progress=False)
+    moved = tmp_path / "moved"
+    make_tiny_llama(vocab=len(tokenizer)).save_pretrained(moved)  # the first weights, at another path: resumes
+    again = compare(functools.partial(type(make_tiny_llama()).from_pretrained, moved), tokenizer, data, ["base"], [0],
+                    out, _config(), model_id=str(moved), progress=False)
+    assert list(again["runs"]) == ["base@seed0"]
+
+
+def test_a_failing_report_never_stops_the_runs(tokenizer, data, tmp_path, monkeypatch, caplog):
+    import peft_neft.compare.run as run
+
+    def broken(*args, **kwargs):
+        raise TypeError("don't know how to coerce float and float32")
+
+    monkeypatch.setattr(run, "write_report", broken)
+    results = compare(_loader(tokenizer), tokenizer, data, ["base", "lora:2"], [0], tmp_path / "cmp", _config(),
+                      progress=False)
+    assert set(results["runs"]) == {"base@seed0", "lora:2@seed0"}
+    assert "could not be written" in caplog.text and "coerce" in caplog.text
+
+
+def test_workers_need_a_picklable_loader(tokenizer, data, tmp_path):
+    with pytest.raises(ValueError, match="picklable"):
+        compare(lambda: make_tiny_llama(vocab=len(tokenizer)), tokenizer, data, ["lora:2"], [0], tmp_path / "x",
+                _config(workers=2), progress=False)
