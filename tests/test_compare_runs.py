@@ -77,14 +77,14 @@ def test_a_killed_comparison_resumes_mid_run_and_ends_as_an_uninterrupted_one(to
                     progress=False)
     folder = tmp_path / "killed"
     assert not (folder / "results.json").exists()
-    assert (folder / "checkpoints" / "lora_2@seed0" / "lr-0.001" / "checkpoint-4").is_dir()
+    assert (folder / "checkpoints" / "lora_2@seed0@lr0.001" / "training" / "checkpoint-4").is_dir()
     steps = []
     monkeypatch.setattr(KeepBestCallback, "on_step_end",
                         lambda self, args, state, control, **kw: steps.append(state.global_step))
     compare(_loader(tokenizer), tokenizer, data, methods, [0], folder, _config_long(), progress=False)
     assert steps[:2] == [5, 6]  # LoRA resumed after its checkpoint at step 4, then NeFT from 1
     assert _runs(folder) == _runs(tmp_path / "whole")
-    assert not (folder / "checkpoints" / "lora_2@seed0").exists()  # a finished run's checkpoints are removed
+    assert not (folder / "checkpoints" / "lora_2@seed0@lr0.001").exists()  # a finished run's checkpoints are removed
 
 
 def test_saved_adapters_load_with_peft_and_the_selection_sits_beside_neft(tokenizer, data, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 from collections.abc import Iterator
@@ -119,6 +120,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-source-tokens", type=int, default=256, help="truncate inputs to this many tokens")
     parser.add_argument("--max-target-tokens", type=int, default=128, help="truncate training targets to this many tokens")
     parser.add_argument("--out", required=True, help="results folder; rerun with the same settings to resume")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="trainings side by side in separate processes, torch's threads shared out among them")
+    parser.add_argument("--checkpoint-dir", default=None,
+                        help="where trainings checkpoint at each evaluation (default: OUT/checkpoints)")
+    parser.add_argument("--save-adapters", choices=["best", "all", "none"], default="best",
+                        help="adapters kept in OUT/adapters: each method's best run on validation loss, all, or none")
     add_data_arguments(parser)
 
 
@@ -144,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
     methods = parse_methods(args.methods)  # fail on a bad name before loading anything
     config = CompareConfig(task=args.task, source_lang=args.source_lang, target_lang=args.target_lang,
                            max_source_tokens=args.max_source_tokens, max_target_tokens=args.max_target_tokens,
-                           char_level=args.char_level, **config_arguments(args))
+                           char_level=args.char_level, workers=args.workers, checkpoint_dir=args.checkpoint_dir,
+                           save_adapters=args.save_adapters, **config_arguments(args))
     resolve_dtype(config.dtype, resolve_device(config.device))  # a flag this machine cannot honour fails here
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -158,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
     path = resolve_model_path(args.model)
     _, tokenizer = load_model_and_tokenizer(path)
     with console_logs():
-        compare(lambda: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), tokenizer,
+        compare(functools.partial(AutoModelForCausalLM.from_pretrained, path, dtype=torch.float32), tokenizer,
                 {"train": train, "validation": validation, "test": test}, methods, args.seeds, args.out,
                 config, model_id=str(args.model), progress=args.progress)
     print(Path(args.out, "results.md").read_text(encoding="utf-8"), end="")  # table and paired tests

@@ -30,6 +30,11 @@ def run_key(spec: str, seed: int) -> str:
     return f"{spec}@seed{seed}"
 
 
+def training_key(spec: str, seed: int, lr: float) -> str:
+    """The key of one training of a run's learning-rate search in ``results["trainings"]``: ``"lora:8@seed0@lr0.001"``."""
+    return f"{run_key(spec, seed)}@lr{lr:.6g}"
+
+
 def data_fingerprint(data: dict[str, Dataset]) -> dict[str, Any]:
     """Row count and a content hash of each split, so a folder never mixes two data sets."""
     out = {}

@@ -40,7 +40,7 @@ from .evaluate import adapter_bytes, generate, memory_mb, model_device
 from .methods import Method, parse_method, prepare_model, select_for, shape_scores
 from .report import write_report
 from .results import (data_fingerprint, load_results, load_scores, outputs_path, run_key, save_results, save_scores,
-                      weights_fingerprint, write_outputs)
+                      training_key, weights_fingerprint, write_outputs)
 from .significance import metric_names
 
 logger = logging.getLogger(__name__)
@@ -111,28 +111,59 @@ def compare(
 
     train_rows, val_rows = encode(data["train"]), encode(data["validation"])
     prompts = [encode_for_generation(tokenizer, instruction, s, config.max_source_tokens) for s in data["test"]["source"]]
+    results.setdefault("trainings", {})
     pending = _pending(results, methods, seeds)
     calibrations = {seed: _calibration(checkpoints, load_model, train_rows, collator, config, seed, device, dtype,
                                        progress)
                     for seed in sorted({s for s, m in pending if _calibrated(m)})}
-    jobs = [_Job(load_model, tokenizer, method, seed, config, device, dtype, collator, train_rows, val_rows, prompts,
-                 list(data["test"]["target"]), calibrations.get(seed) if _calibrated(method) else None, checkpoints / _safe(run_key(method.spec, seed)),
-                 total_params, progress and config.workers == 1)
-            for seed, method in pending]
-    bar = tqdm(total=len(jobs), desc="runs", unit="run", disable=not progress)
+    jobs = [_Job(load_model, tokenizer, method, seed, lr, config, device, dtype, collator, train_rows, val_rows, prompts,
+                 list(data["test"]["target"]), calibrations.get(seed) if _calibrated(method) else None,
+                 checkpoints / _safe(training_key(method.spec, seed, lr)), total_params, progress and config.workers == 1)
+            for seed, method in pending for lr in _rates(config, method)
+            if training_key(method.spec, seed, lr) not in results["trainings"]]
+    jobs.sort(key=lambda job: (job.seed, _rates(config, job.method).index(job.lr)))  # every method's first rate first
+    bar = tqdm(total=len(jobs), desc="trainings", unit="run", disable=not progress)
     for job, row in _executed(jobs, config.workers):
-        key = run_key(job.method.spec, job.seed)
-        write_outputs(outputs_path(out, key), data["test"], row.pop("hypotheses"))
-        results["runs"][key] = row
+        name = training_key(job.method.spec, job.seed, job.lr)
+        write_outputs(outputs_path(out, name), data["test"], row.pop("hypotheses"))
+        results["trainings"][name] = row
         save_results(out / "results.json", results)
-        _keep_adapter(job, row, results, out)
-        shutil.rmtree(job.folder, ignore_errors=True)
+        logger.info("%s: validation loss %.4f, %s", name, row["best_val_loss"],
+                    ", ".join(f"{k}={row['scores'][k]:.2f}" for k in metric_names(config.task)))
+        _finish_run(job, results, out, checkpoints)
         _report(results, out, methods)
-        logger.info("%s: %s", key, ", ".join(f"{k}={row['scores'][k]:.2f}" for k in metric_names(config.task)))
         bar.update()
     bar.close()
     _report(results, out, methods)
     return results
+
+
+def _rates(config: CompareConfig, method: Method) -> list[float]:
+    """The learning rates a method's run trains at: its rate times each factor of the grid (base: none)."""
+    return [0.0] if method.kind == "base" else [config.lr(method.kind) * f for f in config.lr_grid]
+
+
+def _finish_run(job: "_Job", results: dict[str, Any], out: Path, checkpoints: Path) -> None:
+    """Once every rate of a run has trained: the run is its rate of lowest validation loss, with the search beside it."""
+    method, seed = job.method, job.seed
+    names = [training_key(method.spec, seed, lr) for lr in _rates(job.config, method)]
+    if any(n not in results["trainings"] for n in names):
+        return
+    trainings = [results["trainings"][n] for n in names]
+    best = min(range(len(names)), key=lambda i: trainings[i]["best_val_loss"])
+    key = run_key(method.spec, seed)
+    row = {**trainings[best], "lr_search": [{k: t[k] for k in _SEARCH} for t in trainings]}
+    shutil.copyfile(outputs_path(out, names[best]), outputs_path(out, key))
+    results["runs"][key] = row
+    save_results(out / "results.json", results)
+    _keep_adapter(checkpoints / _safe(names[best]) / "adapter", job.config.save_adapters, method.spec, seed, row,
+                  results, out)
+    for name in names:
+        shutil.rmtree(checkpoints / _safe(name), ignore_errors=True)
+    logger.info("%s: %s", key, ", ".join(f"{k}={row['scores'][k]:.2f}" for k in metric_names(job.config.task)))
+
+
+_SEARCH = ("lr", "best_val_loss", "best_step", "steps_run", "stop_reason")
 
 
 def _calibrated(method: Method) -> bool:
@@ -206,6 +237,7 @@ class _Job:
     tokenizer: PreTrainedTokenizerBase
     method: Method
     seed: int
+    lr: float
     config: CompareConfig
     device: torch.device
     dtype: torch.dtype
@@ -215,7 +247,7 @@ class _Job:
     prompts: list[list[int]]
     references: list[str]
     calibration: tuple[Any, dict[str, Any]] | None
-    folder: Path  # its checkpoints while it runs, and its adapter until the parent keeps it
+    folder: Path  # its checkpoints while it trains, then its result and adapter until the run is complete
     total_params: int
     progress: bool
 
@@ -256,49 +288,42 @@ def _execute(job: _Job) -> dict[str, Any]:
 
 
 class _Run:
-    """One (method, seed): its learning-rate search, then the test-set evaluation of the best model."""
+    """One (method, seed, learning rate): its training, then the test-set evaluation of its best checkpoint."""
 
     def __init__(self, job: _Job, scores: Any) -> None:
         self.job, self.method, self.seed, self.config, self.scores = job, job.method, job.seed, job.config, scores
-        self.selection = None  # NeFT's rows: selected once, for every rate of the search
+        self.selection = None  # NeFT's rows, saved beside its adapter
 
     def _fresh_model(self) -> torch.nn.Module:
         """The base model made trainable by the method, anything random in it drawn from the run seed."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             base = self.job.load_model()
-            if self.method.kind == "neft" and self.selection is None:
+            if self.method.kind == "neft":
                 self.selection = select_for(base, self.method, self.scores, self.seed)
             model = prepare_model(base, self.method, self.seed, selection=self.selection)
         set_precision(model, self.job.dtype)
         return model.to(self.job.device)
 
-    def _search(self) -> tuple[torch.nn.Module, dict[str, Any], list[dict[str, Any]]]:
-        """Train at each rate of the grid; keep the model and statistics of the lowest validation loss."""
-        job, config, kind = self.job, self.config, self.method.kind
-        best_model, best, search = None, None, []
-        for factor in (config.lr_grid if kind != "base" else (1.0,)):
-            model, lr = self._fresh_model(), config.lr(kind) * factor
-            if kind == "base":
-                loss = validation_loss(model, job.val_rows, job.collator, config.training(), device=job.device,
-                                       dtype=job.dtype)
-                stats = {"best_val_loss": loss, "best_step": 0, "steps_run": 0, "max_steps": 0, "stop_reason": None,
-                         "train_seconds": 0.0, "time_per_step_s": 0.0, "curve": []}
-            else:
-                logger.info("%s seed %d: training at lr %g", self.method.spec, self.seed, lr)
-                stats = train_model(model, job.train_rows, job.val_rows, job.collator, config.training(),
-                                    learning_rate=lr, seed=self.seed, device=job.device, dtype=job.dtype,
-                                    checkpoint_dir=job.folder / f"lr-{lr:.6g}", progress=job.progress)
-            stats["lr"] = lr
-            search.append({k: stats[k] for k in ("lr", "best_val_loss", "best_step", "steps_run", "stop_reason")})
-            if best is None or stats["best_val_loss"] < best["best_val_loss"]:
-                best_model, best = model, stats
-            del model
-        return best_model, best, search
+    def _train(self) -> tuple[torch.nn.Module, dict[str, Any]]:
+        """Train at the job's rate (checkpointed in its folder); the base model is only validated."""
+        job, config = self.job, self.config
+        model = self._fresh_model()
+        if self.method.kind == "base":
+            loss = validation_loss(model, job.val_rows, job.collator, config.training(), device=job.device,
+                                   dtype=job.dtype)
+            stats = {"best_val_loss": loss, "best_step": 0, "steps_run": 0, "max_steps": 0, "stop_reason": None,
+                     "train_seconds": 0.0, "time_per_step_s": 0.0, "curve": []}
+        else:
+            logger.info("%s seed %d: training at lr %g", self.method.spec, self.seed, job.lr)
+            stats = train_model(model, job.train_rows, job.val_rows, job.collator, config.training(),
+                                learning_rate=job.lr, seed=self.seed, device=job.device, dtype=job.dtype,
+                                checkpoint_dir=job.folder / "training", progress=job.progress)
+        return model, {**stats, "lr": job.lr}
 
     def train_and_evaluate(self) -> dict[str, Any]:
         job, method, config = self.job, self.method, self.config
-        model, best, search = self._search()
+        model, best = self._train()
         start = time.perf_counter()
         hypotheses = generate(model, job.tokenizer, job.prompts, max_new_tokens=config.max_new_tokens,
                               batch_size=config.eval_batch_size, dtype=job.dtype, desc=f"{method.spec} test",
@@ -313,7 +338,7 @@ class _Run:
                 self.selection.save(job.folder / "adapter" / "selection.safetensors")
         return {
             "method": method.spec, "kind": method.kind, "strategy": method.strategy if method.kind == "neft" else None,
-            "seed": self.seed, "lr": best["lr"], "lr_search": search, "steps_run": best["steps_run"],
+            "seed": self.seed, "lr": best["lr"], "steps_run": best["steps_run"],
             "max_steps": best["max_steps"], "stop_reason": best["stop_reason"], "best_step": best["best_step"],
             "best_val_loss": best["best_val_loss"], "curve": best["curve"],
             "trainable_params": trainable, "total_params": job.total_params,
@@ -326,17 +351,16 @@ class _Run:
         }
 
 
-def _keep_adapter(job: _Job, row: dict[str, Any], results: dict[str, Any], out: Path) -> None:
-    """Move a finished run's adapter to ``out/adapters/``: every run's, or the method's best on validation loss."""
-    source = job.folder / "adapter"
+def _keep_adapter(source: Path, mode: str, spec: str, seed: int, row: dict[str, Any], results: dict[str, Any],
+                  out: Path) -> None:
+    """Copy a finished run's adapter to ``out/adapters/``: every run's, or the method's best on validation loss."""
     if not source.is_dir():
         return
-    mode, spec = job.config.save_adapters, job.method.spec
     if mode == "best":
-        rivals = [r["best_val_loss"] for r in results["runs"].values() if r["method"] == spec and r is not row]
+        rivals = [r["best_val_loss"] for k, r in results["runs"].items() if r["method"] == spec and k != run_key(spec, seed)]
         if rivals and min(rivals) <= row["best_val_loss"]:
             return
-    target = out / "adapters" / _safe(spec if mode == "best" else run_key(spec, job.seed))
+    target = out / "adapters" / _safe(spec if mode == "best" else run_key(spec, seed))
     with atomic_dir(target) as tmp:
         shutil.copytree(source, tmp, dirs_exist_ok=True)
-    logger.info("%s: adapter saved in %s", run_key(spec, job.seed), target)
+    logger.info("%s: adapter saved in %s", run_key(spec, seed), target)
