@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_common as bc  # noqa: E402
 import torch  # noqa: E402
 
-from peft_neft.device import resolve_device, resolve_dtype  # noqa: E402
+from peft_neft.training.precision import Precision  # noqa: E402
 from peft_neft.training.loss import causal_lm_target_loss  # noqa: E402
 
 
@@ -67,8 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     add_step_arguments(parser)
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default docs/performance/engine_<device>.json)")
     args = parser.parse_args(argv)
-    device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
+    precision = Precision.resolve(args.device, args.dtype)
+    device, dtype = precision.device, precision.dtype
+    bf16 = "native" if precision.native else "emulated (no AVX512-BF16/AMX: slow but correct)"
     base32 = bc.load_base(str(device), torch.float32, random_weights=False)
     base16 = bc.shared_copy(base32).to(dtype) if dtype != torch.float32 else base32
     batch = multi30k_batch(base32.config.vocab_size, args.batch, args.seq, args.target, device)
@@ -107,13 +108,13 @@ def main(argv: list[str] | None = None) -> int:
         "neft/floor (new)": med["neft_new"] / med["floor_new"],
         "neft/lora (old)": med["neft_old"] / med["lora_old"],
     }
-    print(f"\nSmolLM2-135M, {device}, new dtype {str(dtype).removeprefix('torch.')}, batch {args.batch} x {args.seq} tokens "
+    print(f"\nSmolLM2-135M, {device}, new dtype {precision.name} ({bf16 if precision.name == 'bfloat16' else 'float32'}), batch {args.batch} x {args.seq} tokens "
           f"({args.target} labelled), {args.repeats} repeats after {args.warmup} warm-up, medians")
     print(bc.table(["method", "trainable", "step ms"], [[n, r["trainable"], r["median_s"] * 1e3] for n, r in results.items()]))
     print("\n" + bc.table(["ratio", "value"], [[k, v] for k, v in ratios.items()]))
     out = args.out or bc.RESULTS_DIR / f"engine_{device.type}.json"
     bc.write_json(out, {"command": bc.command_line(), "machine": bc.machine(), "batch": args.batch, "seq": args.seq,
-                        "target_tokens": args.target, "new_dtype": str(dtype), "lora_rank": args.lora_rank,
+                        "target_tokens": args.target, "new_dtype": str(dtype), "bf16": bf16, "lora_rank": args.lora_rank,
                         "results": results, "ratios": ratios})
     return 0
 

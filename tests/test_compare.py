@@ -27,11 +27,12 @@ from peft_neft.compare import (
     select_for,
 )
 from peft_neft.compare.methods import shape_scores
-from peft_neft.training import TrainingSettings, train_model
+from peft_neft.training import Precision, TrainingSettings, train_model
 from peft_neft.training.trainer import trainable_parameters
 from peft_neft.selection import budget_from_lora
 from peft_neft.tasks import django_translation_pairs, encode_for_training
 
+CPU32 = Precision(torch.device("cpu"), torch.float32, True)
 ALL_METHODS = ["base", "full", "embed", "in-out", "lora:2", "neft:match-lora:2",
                "neft-random:match-lora:2", "neft-reversed:match-lora:2"]
 
@@ -53,7 +54,8 @@ def _loader(tokenizer):
 
 
 def _config(**overrides):
-    values = dict(max_steps=3, eval_every=2, batch_size=4, calibration_steps=2, max_new_tokens=4)
+    """Settings of a tiny comparison, in float32 whatever this machine's CPU (bf16 is tested in test_precision.py)."""
+    values = dict(max_steps=3, eval_every=2, batch_size=4, calibration_steps=2, max_new_tokens=4, dtype="float32")
     values.update(overrides)
     return CompareConfig(**values)
 
@@ -93,7 +95,7 @@ def test_each_method_trains_only_what_it_should(tokenizer, data, spec):
     trainable = sum(p.numel() for p in trainable_parameters(model))
     train_model(model, rows, rows[:4], make_collator(tokenizer),
                 TrainingSettings(max_steps=3, batch_size=4, eval_every=3, warmup_ratio=0.0, patience=None),
-                learning_rate=1e-2, seed=0, device=torch.device("cpu"), dtype=torch.float32, progress=False)
+                learning_rate=1e-2, seed=0, precision=CPU32, progress=False)
     selection = {n.removeprefix("base_model.model."): m.neft_rows["default"].clone()
                  for n, m in model.named_modules() if hasattr(m, "neft_rows")}
     after = _dense_state(model)
@@ -288,6 +290,8 @@ def test_results_folder_identity_holds_the_resolved_device_and_dtype(tokenizer, 
     identity = json.loads((out / "results.json").read_text())["identity"]
     assert (identity["device"], identity["dtype"]) == ("cpu", "float32")
     assert "dtype" not in identity["config"]  # 'auto' and 'float32' resolving alike are one configuration
+    compare(_loader(tokenizer), tokenizer, data, ["base"], [0], out, _config(dtype="auto"), model_id="tiny",
+            progress=False, precision=Precision(torch.device("cpu"), torch.float32, True))  # auto as resolved here
     stored = json.loads((out / "results.json").read_text())
     stored["identity"]["dtype"] = "bfloat16"  # as if written by a bf16 run
     (out / "results.json").write_text(json.dumps(stored))

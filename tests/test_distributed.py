@@ -162,7 +162,7 @@ def _engine_worker(output_dir: Path, batch_size: int) -> None:
 
     import peft_neft
     from conftest import make_tiny_llama
-    from peft_neft.training import TrainingSettings, train_model
+    from peft_neft.training import Precision, TrainingSettings, train_model
 
     def rows(count: int, seed: int) -> list[dict]:
         gen = torch.Generator().manual_seed(seed)
@@ -177,7 +177,7 @@ def _engine_worker(output_dir: Path, batch_size: int) -> None:
     settings = TrainingSettings(max_steps=6, batch_size=batch_size, eval_every=2, patience=None, eval_batch_size=2,
                                 group_by_length=False)
     stats = train_model(model, rows(48, 1), rows(8, 2), collate, settings, learning_rate=1e-2, seed=0,
-                        device=torch.device("cpu"), dtype=torch.float32, progress=False)
+                        precision=Precision(torch.device("cpu"), torch.float32, True), progress=False)
     state = PartialState()
     if state.is_main_process:
         print(f"processes: {state.num_processes}")

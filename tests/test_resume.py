@@ -8,7 +8,7 @@ from peft_neft.training import TrainingSettings, train_model
 from peft_neft.training.checkpoints import FINISHED, KEEP_BEST
 from peft_neft.training.trainer import trainable_parameters
 
-from test_training import CPU, _collate, _data, _model
+from test_training import _collate, _data, _model, _precision
 
 # 32 rows in batches of 8: 4 steps an epoch, so the kill at step 7 and the resume from step 6 fall in the
 # second epoch, and the run ends in the third.
@@ -32,8 +32,8 @@ def _run(kind, folder, callbacks=()):
     torch.manual_seed(0)
     model = _model(kind)
     train, val = _data()
-    stats = train_model(model, train, val, _collate, SETTINGS, learning_rate=3e-2, seed=1, device=CPU,
-                        dtype=torch.float32, checkpoint_dir=folder, progress=False, callbacks=callbacks)
+    stats = train_model(model, train, val, _collate, SETTINGS, learning_rate=3e-2, seed=1, precision=_precision(),
+                        checkpoint_dir=folder, progress=False, callbacks=callbacks)
     return [p.detach().clone() for p in trainable_parameters(model)], stats
 
 

@@ -5,12 +5,16 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from peft_neft import NeFTConfig
-from peft_neft.training import TrainingSettings, train_model, validation_loss
+from peft_neft.training import Precision, TrainingSettings, train_model, validation_loss
 
 from conftest import make_tiny_llama
 
 SELECTION = {f"model.layers.{i}.mlp.{m}": list(range(0, 64, 2)) for i in range(2) for m in ("up_proj", "gate_proj")}
 CPU = torch.device("cpu")
+
+
+def _precision(dtype=torch.float32):
+    return Precision(CPU, dtype, True)
 
 
 def _rows(starts, step):
@@ -48,7 +52,7 @@ def _model(kind, dtype=torch.float32):
 
 def _train(model, settings, lr=1e-1, seed=0, dtype=torch.float32):
     train, val = _data()
-    return train_model(model, train, val, _collate, settings, learning_rate=lr, seed=seed, device=CPU, dtype=dtype,
+    return train_model(model, train, val, _collate, settings, learning_rate=lr, seed=seed, precision=_precision(dtype),
                        progress=False)
 
 
@@ -82,7 +86,7 @@ def test_the_best_validation_checkpoint_is_restored():
     assert stats["best_step"] < 40 and losses[-1] > min(losses) + 0.1  # the last weights are far from the best
     _, val = _data()
     settings = TrainingSettings(eval_batch_size=8)
-    assert validation_loss(model, val, _collate, settings, device=CPU, dtype=torch.float32) == \
+    assert validation_loss(model, val, _collate, settings, precision=_precision()) == \
         pytest.approx(stats["best_val_loss"], abs=1e-6)
 
 
@@ -93,9 +97,9 @@ def test_validation_batches_group_similar_lengths_whatever_the_given_order():
     widths = []
     model.get_input_embeddings().register_forward_hook(lambda module, args, out: widths.append(args[0].shape[1]))
     settings = TrainingSettings(eval_batch_size=2)
-    loss = validation_loss(model, rows, _collate, settings, device=CPU, dtype=torch.float32)
+    loss = validation_loss(model, rows, _collate, settings, precision=_precision())
     assert sorted(widths) == [5, 5, 12, 12]
-    assert validation_loss(model, rows[::-1], _collate, settings, device=CPU, dtype=torch.float32) == loss
+    assert validation_loss(model, rows[::-1], _collate, settings, precision=_precision()) == loss
 
 
 def test_training_stops_at_a_validation_plateau():
@@ -175,7 +179,7 @@ def test_length_grouped_batches_are_fixed_by_the_seed_and_pad_less():
         model.get_input_embeddings().register_forward_hook(record)
         train_model(model, train, val, _collate, TrainingSettings(max_steps=8, batch_size=8, eval_every=8, patience=None,
                                                                   group_by_length=grouped),
-                    learning_rate=1e-2, seed=0, device=CPU, dtype=torch.float32, progress=False)
+                    learning_rate=1e-2, seed=0, precision=_precision(), progress=False)
         return sum(widths), rows
 
     grouped, rows = padded_tokens("neft", True)

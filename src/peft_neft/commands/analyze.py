@@ -42,22 +42,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..analysis import analyze_models, load_analysis_model, load_texts, write_report
-    from ..device import resolve_device, resolve_dtype
+    from ..training.precision import Precision
     from ..selection import NeuronSelection
 
-    device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
+    precision = Precision.resolve(args.device, args.dtype)
     texts = load_texts(args.data, args.text_field, args.max_examples)
     selection = NeuronSelection.load(args.selection) if args.selection else None
     model_a, tokenizer = load_analysis_model(args.model_a)
     model_b, _ = load_analysis_model(args.model_b)
-    model_a, model_b = model_a.to(device=device, dtype=dtype), model_b.to(device=device, dtype=dtype)
-    report = analyze_models(
-        model_a, model_b, texts, tokenizer,
-        selection=selection, target_modules=args.target_modules, correlate_with=args.correlate_with,
-        strong_threshold=args.strong_threshold, batch_size=args.batch_size, max_length=args.max_length,
-        progress=args.progress,
-    )
+    model_a, model_b = precision.apply(model_a.requires_grad_(False)), precision.apply(model_b.requires_grad_(False))
+    with precision.autocast():
+        report = analyze_models(
+            model_a, model_b, texts, tokenizer,
+            selection=selection, target_modules=args.target_modules, correlate_with=args.correlate_with,
+            strong_threshold=args.strong_threshold, batch_size=args.batch_size, max_length=args.max_length,
+            progress=args.progress,
+        )
     out = write_report(report, args.out, label_a=str(args.model_a), label_b=str(args.model_b),
                        extra={"data": str(args.data), "selection": args.selection})
     counts = report.category_counts()

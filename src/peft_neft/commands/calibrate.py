@@ -58,29 +58,29 @@ def _budget(args: argparse.Namespace, model) -> dict:
 def run(args: argparse.Namespace) -> int:
     check_arguments(args)
     from ..compare import make_collator
-    from ..device import autocast_for, resolve_device, resolve_dtype
+    from ..training.precision import Precision
     from ..models import load_model_and_tokenizer
     from ..selection import calibrate, gradient_scores, tokenize_pair
     from ..tasks import load_prompt_completion
     from ._selection_options import select_and_save
 
-    device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
+    precision = Precision.resolve(args.device, args.dtype)
     pairs = load_prompt_completion(args.data, args.max_examples)
     model, tokenizer = load_model_and_tokenizer(None if args.model == "default" else args.model)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     rows = [tokenize_pair(tokenizer, p, c, args.max_length) for p, c in zip(pairs["prompt"], pairs["completion"])]
     with console_logs():
-        if args.method == "cosine":
-            with autocast_for(device, dtype):  # float32 weights, their products in the compute dtype
-                scores = calibrate(model.to(device), rows, steps=args.steps, target_modules=args.target_modules,
-                                   lr=args.lr, batch_size=args.batch_size, seed=args.seed, frugal=args.frugal,
-                                   collate_fn=make_collator(tokenizer), budget=_budget(args, model),
-                                   progress=args.progress)
+        if args.method == "cosine":  # computed in float32 whatever --dtype: bf16 rounding reorders its tiny changes
+            scores = calibrate(model.to(precision.device), rows, steps=args.steps, target_modules=args.target_modules,
+                               lr=args.lr, batch_size=args.batch_size, seed=args.seed, frugal=args.frugal,
+                               collate_fn=make_collator(tokenizer), budget=_budget(args, model),
+                               progress=args.progress)
         else:
-            scores = gradient_scores(model.to(device), rows, batches=args.steps, target_modules=args.target_modules,
-                                     batch_size=args.batch_size, seed=args.seed, collate_fn=make_collator(tokenizer))
+            with precision.autocast():
+                scores = gradient_scores(model.to(precision.device), rows, batches=args.steps,
+                                         target_modules=args.target_modules, batch_size=args.batch_size,
+                                         seed=args.seed, collate_fn=make_collator(tokenizer))
     scores.metadata.update(model=str(args.model), data=str(args.data), examples=len(rows))
     select_and_save(args, scores, lambda: model)
     return 0

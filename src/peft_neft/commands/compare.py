@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     from transformers import AutoModelForCausalLM
 
     from ..compare import CompareConfig, compare, parse_methods
-    from ..device import resolve_device, resolve_dtype
+    from ..training.precision import Precision
     from ..models import load_model_and_tokenizer, resolve_model_path
     from ..tasks import TASKS, hold_out_validation
 
@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
                            max_source_tokens=args.max_source_tokens, max_target_tokens=args.max_target_tokens,
                            char_level=args.char_level, workers=args.workers, checkpoint_dir=args.checkpoint_dir,
                            save_adapters=args.save_adapters, **config_arguments(args))
-    resolve_dtype(config.dtype, resolve_device(config.device))  # a flag this machine cannot honour fails here
+    precision = Precision.resolve(config.device, config.dtype)  # a flag this machine cannot honour fails here
     if args.threads:
         torch.set_num_threads(args.threads)
     task = TASKS[args.task]
@@ -168,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
     with console_logs():
         compare(functools.partial(AutoModelForCausalLM.from_pretrained, path, dtype=torch.float32), tokenizer,
                 {"train": train, "validation": validation, "test": test}, methods, args.seeds, args.out,
-                config, model_id=str(args.model), progress=args.progress)
+                config, model_id=str(args.model), progress=args.progress, precision=precision)
     print(Path(args.out, "results.md").read_text(encoding="utf-8"), end="")  # table and paired tests
     print(f"results, table and plot written to {args.out}/")
     return 0

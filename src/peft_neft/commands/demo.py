@@ -9,6 +9,7 @@ evaluates by greedy generation and prints the table; the plot lands next to ``re
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from pathlib import Path
 
@@ -37,14 +38,14 @@ def run(args: argparse.Namespace) -> int:
     from transformers import AutoModelForCausalLM
 
     from ..compare import CompareConfig, compare, parse_methods
-    from ..device import resolve_device, resolve_dtype
+    from ..training.precision import Precision
     from ..models import default_model_dir, load_model_and_tokenizer
     from ..tasks import django_translation_pairs
 
     methods = parse_methods(args.methods)
     settings = {**config_arguments(args), "learning_rates": {**DEMO_LR, **dict(args.lr)}}
     config = CompareConfig(task="translation", source_lang="en", target_lang="fr", max_target_tokens=48, **settings)
-    resolve_dtype(config.dtype, resolve_device(config.device))  # a flag this machine cannot honour fails here
+    precision = Precision.resolve(config.device, config.dtype)  # a flag this machine cannot honour fails here
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -53,8 +54,9 @@ def run(args: argparse.Namespace) -> int:
     path = default_model_dir()
     _, tokenizer = load_model_and_tokenizer(path)
     with console_logs():
-        compare(lambda: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), tokenizer, data,
-                methods, args.seeds, args.out, config, model_id="smollm2-135m-instruct", progress=args.progress)
+        compare(functools.partial(AutoModelForCausalLM.from_pretrained, path, dtype=torch.float32), tokenizer, data,
+                methods, args.seeds, args.out, config, model_id="smollm2-135m-instruct", progress=args.progress,
+                precision=precision)
     print(Path(args.out, "results.md").read_text(encoding="utf-8"), end="")  # table and paired tests
     print(f"table: {args.out}/results.md, plot: {args.out}/results.png, outputs: {args.out}/outputs/ "
           f"({time.perf_counter() - start:.0f} s)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from contextlib import nullcontext
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from ..device import autocast_for
+from ..training.precision import Precision
 from ..training.trainer import trainable_parameters
 from .methods import Method
 
@@ -22,9 +23,11 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 @torch.no_grad()
 def generate(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[list[int]], *,
-             max_new_tokens: int, batch_size: int, dtype: torch.dtype = torch.float32, desc: str = "generate",
+             max_new_tokens: int, batch_size: int, precision: Precision | None = None, desc: str = "generate",
              progress: bool = True) -> list[str]:
-    """Greedy continuations of token-id prompts (left-padded batches, stop at EOS), decoded and stripped."""
+    """Greedy continuations of token-id prompts (left-padded batches, stop at EOS), decoded and stripped.
+
+    Under ``precision``'s autocast (default: none) on the model's device."""
     model.eval()
     pad_id, device = tokenizer.pad_token_id, model_device(model)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -34,7 +37,7 @@ def generate(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompts
         width = max(len(prompts[i]) for i in chunk)
         ids = torch.tensor([[pad_id] * (width - len(prompts[i])) + prompts[i] for i in chunk], device=device)
         mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in chunk], device=device)
-        with autocast_for(device, dtype):
+        with precision.autocast() if precision else nullcontext():
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                                  num_beams=1, temperature=None, top_p=None, top_k=None,
                                  pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)

@@ -30,11 +30,11 @@ from transformers import DataCollatorForSeq2Seq, PreTrainedModel, PreTrainedToke
 
 from ..atomic import atomic_dir
 from ..selection import calibrate
-from ..device import autocast_for, dtype_name, resolve_device, resolve_dtype
 from ..tasks import TASKS, encode_for_generation, encode_for_training, hold_out_validation, score
 from ..tasks.prompts import IGNORE_INDEX
 from ..training import train_model, validation_loss
-from ..training.trainer import set_precision, trainable_parameters
+from ..training.precision import Precision
+from ..training.trainer import trainable_parameters
 from .config import CompareConfig
 from .evaluate import adapter_bytes, generate, memory_mb, model_device
 from .methods import Method, parse_method, prepare_model, select_for, shape_scores
@@ -66,13 +66,16 @@ def compare(
     config: CompareConfig | None = None,
     model_id: str = "",
     progress: bool = True,
+    precision: Precision | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate every (method, seed) not already in ``out_dir/results.json``; return all results.
 
     ``data`` has ``train``, ``validation`` and ``test`` datasets with ``source``/``target`` columns; without
     ``validation``, the last 10 % of ``train`` (at most 200 pairs) is held out (:func:`~peft_neft.tasks.hold_out_validation`).
-    ``load_model`` returns a fresh float32 copy of the base model each call; frozen weights are cast
-    to the resolved ``config.dtype`` and the model is moved to ``config.device``. With ``config.workers``
+    ``load_model`` returns a fresh float32 copy of the base model each call; ``precision`` (default:
+    resolved from ``config.device`` and ``config.dtype``) puts it on its device with frozen weights in its
+    dtype. Calibration always computes in float32: its row changes are tiny, and bf16 rounding would
+    reorder them. With ``config.workers``
     above 1, runs go to that many processes (torch's threads shared out among them); ``load_model`` must
     then be picklable (a module-level function or a ``functools.partial``, not a lambda). The folder's
     identity holds a fingerprint of the base model's weights, not its path; ``model_id`` is kept for show.
@@ -90,15 +93,14 @@ def compare(
         raise ValueError("Give at least one seed.")
     if config.workers > 1:
         _check_picklable(load_model)
-    device = resolve_device(config.device)
-    dtype = resolve_dtype(config.dtype, device)
+    precision = precision or Precision.resolve(config.device, config.dtype)
     out = Path(out_dir)
     checkpoints = Path(config.checkpoint_dir) if config.checkpoint_dir else out / "checkpoints"
     base = load_model()
     total_params = sum(p.numel() for p in base.parameters())
     settings = {k: v for k, v in asdict(config).items() if k not in _NOT_IDENTITY}
     identity = {"config": json.loads(json.dumps(settings)), "data": data_fingerprint(data),
-                "model": weights_fingerprint(base), "device": str(device), "dtype": dtype_name(dtype)}
+                "model": weights_fingerprint(base), "device": str(precision.device), "dtype": precision.name}
     del base
     results = load_results(out / "results.json", identity)
     results["model_id"] = model_id
@@ -113,10 +115,10 @@ def compare(
     prompts = [encode_for_generation(tokenizer, instruction, s, config.max_source_tokens) for s in data["test"]["source"]]
     results.setdefault("trainings", {})
     pending = _pending(results, methods, seeds)
-    calibrations = {seed: _calibration(checkpoints, load_model, train_rows, collator, config, seed, device, dtype,
+    calibrations = {seed: _calibration(checkpoints, load_model, train_rows, collator, config, seed, precision.device,
                                        progress)
                     for seed in sorted({s for s, m in pending if _calibrated(m)})}
-    jobs = [_Job(load_model, tokenizer, method, seed, lr, config, device, dtype, collator, train_rows, val_rows, prompts,
+    jobs = [_Job(load_model, tokenizer, method, seed, lr, config, precision, collator, train_rows, val_rows, prompts,
                  list(data["test"]["target"]), calibrations.get(seed) if _calibrated(method) else None,
                  checkpoints / _safe(training_key(method.spec, seed, lr)), total_params, progress and config.workers == 1)
             for seed, method in pending for lr in _rates(config, method)
@@ -209,8 +211,12 @@ def _report(results: dict[str, Any], out: Path, methods: Sequence[Method]) -> No
 
 
 def _calibration(folder: Path, load_model, train_rows: list[dict], collator, config: CompareConfig, seed: int,
-                 device: torch.device, dtype: torch.dtype, progress: bool) -> tuple[Any, dict[str, Any]]:
-    """Cosine scores from the paper's short full fine-tune (float32 master weights, autocast to ``dtype``), cached."""
+                 device: torch.device, progress: bool) -> tuple[Any, dict[str, Any]]:
+    """Cosine scores from the paper's short full fine-tune, computed in float32 whatever the training dtype, cached.
+
+    After a few Adam steps every weight has moved by about the learning rate, so rows are told apart by
+    changes of 1 - cos ~ 1e-5; in bf16 their order rests on rounding (docs/selection.md).
+    """
     path = folder / f"calibration@seed{seed}.safetensors"
     if path.is_file():
         logger.info("calibration of seed %d: cached in %s", seed, path)
@@ -220,11 +226,10 @@ def _calibration(folder: Path, load_model, train_rows: list[dict], collator, con
         model = load_model().to(device)
     lr = config.calibration_lr if config.calibration_lr is not None else config.lr("full")
     start = time.perf_counter()
-    with autocast_for(device, dtype):
-        scores = calibrate(model, train_rows, steps=config.calibration_steps, target_modules=config.neft_target_modules,
-                           lr=lr, batch_size=config.batch_size, seed=seed, collate_fn=collator, progress=progress)
+    scores = calibrate(model, train_rows, steps=config.calibration_steps, target_modules=config.neft_target_modules,
+                       lr=lr, batch_size=config.batch_size, seed=seed, collate_fn=collator, progress=progress)
     info = {"steps": config.calibration_steps, "lr": lr, "seconds": time.perf_counter() - start,
-            "target_modules": list(config.neft_target_modules)}
+            "target_modules": list(config.neft_target_modules), "dtype": "float32"}
     save_scores(path, scores, info)
     return scores, info
 
@@ -239,8 +244,7 @@ class _Job:
     seed: int
     lr: float
     config: CompareConfig
-    device: torch.device
-    dtype: torch.dtype
+    precision: Precision
     collator: Any
     train_rows: list[dict]
     val_rows: list[dict]
@@ -302,22 +306,20 @@ class _Run:
             if self.method.kind == "neft":
                 self.selection = select_for(base, self.method, self.scores, self.seed)
             model = prepare_model(base, self.method, self.seed, selection=self.selection)
-        set_precision(model, self.job.dtype)
-        return model.to(self.job.device)
+        return self.job.precision.apply(model)
 
     def _train(self) -> tuple[torch.nn.Module, dict[str, Any]]:
         """Train at the job's rate (checkpointed in its folder); the base model is only validated."""
         job, config = self.job, self.config
         model = self._fresh_model()
         if self.method.kind == "base":
-            loss = validation_loss(model, job.val_rows, job.collator, config.training(), device=job.device,
-                                   dtype=job.dtype)
+            loss = validation_loss(model, job.val_rows, job.collator, config.training(), precision=job.precision)
             stats = {"best_val_loss": loss, "best_step": 0, "steps_run": 0, "max_steps": 0, "stop_reason": None,
                      "train_seconds": 0.0, "time_per_step_s": 0.0, "curve": []}
         else:
             logger.info("%s seed %d: training at lr %g", self.method.spec, self.seed, job.lr)
             stats = train_model(model, job.train_rows, job.val_rows, job.collator, config.training(),
-                                learning_rate=job.lr, seed=self.seed, device=job.device, dtype=job.dtype,
+                                learning_rate=job.lr, seed=self.seed, precision=job.precision,
                                 checkpoint_dir=job.folder / "training", progress=job.progress)
         return model, {**stats, "lr": job.lr}
 
@@ -326,7 +328,7 @@ class _Run:
         model, best = self._train()
         start = time.perf_counter()
         hypotheses = generate(model, job.tokenizer, job.prompts, max_new_tokens=config.max_new_tokens,
-                              batch_size=config.eval_batch_size, dtype=job.dtype, desc=f"{method.spec} test",
+                              batch_size=config.eval_batch_size, precision=job.precision, desc=f"{method.spec} test",
                               progress=job.progress)
         eval_seconds = time.perf_counter() - start
         scored = score(config.task, hypotheses, job.references, char_level=config.char_level)

@@ -41,6 +41,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .checkpoints import FINISHED, KEEP_BEST, load_state, remove_checkpoints, resumable_checkpoint, save_state
 from .loss import causal_lm_target_loss
+from .precision import Precision
 
 logger = logging.getLogger(__name__)
 
@@ -82,18 +83,6 @@ class TrainingSettings:
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     """Parameters that will be trained, each once (tied weights are one parameter)."""
     return [p for p in model.parameters() if p.requires_grad]
-
-
-def set_precision(model: nn.Module, dtype: torch.dtype) -> None:
-    """Frozen floating-point weights in ``dtype``, trainable ones in float32 (master weights, as peft keeps adapters).
-
-    Call it after choosing what trains: a model loaded in float32 keeps full precision where it trains.
-    """
-    for p in model.parameters():
-        if p.is_floating_point():
-            wanted = torch.float32 if p.requires_grad else dtype
-            if p.dtype != wanted:
-                p.data = p.data.to(wanted)
 
 
 class KeepBestCallback(TrainerCallback):
@@ -220,8 +209,11 @@ class TargetLossTrainer(Trainer):
         if model is not self.accelerator.unwrap_model(model):
             # Wrapped for multi-process training: DDP needs its own forward, so Trainer's standard loss.
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        loss = causal_lm_target_loss(model, inputs["input_ids"], inputs["labels"], inputs.get("attention_mask"),
-                                     num_items_in_batch=num_items_in_batch)
+        # The decoder is called directly, not through model.forward where accelerate installs mixed precision's
+        # autocast: the same autocast here, or float32 trained tensors meet bf16 frozen ones.
+        with self.accelerator.autocast():
+            loss = causal_lm_target_loss(model, inputs["input_ids"], inputs["labels"], inputs.get("attention_mask"),
+                                         num_items_in_batch=num_items_in_batch)
         return (loss, None) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -232,7 +224,7 @@ class TargetLossTrainer(Trainer):
 
 
 def _arguments(settings: TrainingSettings, output_dir: str, *, steps: int, learning_rate: float, seed: int,
-               device: torch.device, dtype: torch.dtype, progress: bool, checkpoints: bool = False) -> TrainingArguments:
+               precision: Precision, progress: bool, checkpoints: bool = False) -> TrainingArguments:
     return TrainingArguments(
         output_dir=output_dir, max_steps=steps, per_device_train_batch_size=settings.batch_size,
         per_device_eval_batch_size=settings.eval_batch_size,
@@ -240,8 +232,8 @@ def _arguments(settings: TrainingSettings, output_dir: str, *, steps: int, learn
         weight_decay=0.0, lr_scheduler_type="linear", warmup_steps=int(settings.warmup_ratio * steps),
         max_grad_norm=0.0, eval_strategy="steps", eval_steps=settings.eval_every, logging_steps=settings.eval_every,
         save_strategy="steps" if checkpoints else "no", save_steps=settings.eval_every, save_total_limit=2,
-        report_to=settings.report_to, bf16=dtype == torch.bfloat16,
-        use_cpu=device.type == "cpu", seed=seed, data_seed=seed, disable_tqdm=not progress,
+        report_to=settings.report_to, bf16=precision.dtype == torch.bfloat16,
+        use_cpu=precision.device.type == "cpu", seed=seed, data_seed=seed, disable_tqdm=not progress,
         remove_unused_columns=False, prediction_loss_only=True, dataloader_num_workers=0,
         train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
     )
@@ -273,16 +265,15 @@ def train_model(
     *,
     learning_rate: float,
     seed: int,
-    device: torch.device,
-    dtype: torch.dtype,
+    precision: Precision,
     checkpoint_dir: str | os.PathLike | None = None,
     progress: bool = True,
     callbacks: Sequence[TrainerCallback] = (),
 ) -> dict[str, Any]:
     """Train ``model`` (its trainable parameters) and leave it at its best-validation-loss checkpoint.
 
-    Frozen weights are used in ``dtype``, trainable tensors are kept in float32, and the forward runs
-    under autocast when ``dtype`` is bfloat16 (see :func:`set_precision`). Returns the run's statistics:
+    ``precision`` is applied first (frozen weights in its dtype, trainable tensors float32, every forward
+    under its autocast; :class:`~peft_neft.training.precision.Precision`). Returns the run's statistics:
     ``best_val_loss``, ``best_step``, ``steps_run``, ``max_steps``, ``stop_reason`` ("plateau" or
     ``"max_steps"``), ``train_seconds`` (optimizer steps only, no evaluation), ``time_per_step_s``, ``curve``.
 
@@ -295,16 +286,16 @@ def train_model(
         raise ValueError("Nothing to train: no parameter of the model requires grad.")
     if not train_rows or not val_rows:
         raise ValueError("Training and validation data must both be non-empty.")
-    set_precision(model, dtype)
-    if device.type == "cuda" and device.index is not None:
-        torch.cuda.set_device(device)
+    precision.apply(model)
+    if precision.device.type == "cuda" and precision.device.index is not None:
+        torch.cuda.set_device(precision.device)
     if checkpoint_dir is not None and Path(checkpoint_dir, FINISHED).is_file():
         return _finished(params, Path(checkpoint_dir))
     steps = settings.steps_for(len(train_rows))
     keep_best = KeepBestCallback(params, settings.patience)
     with tempfile.TemporaryDirectory(prefix="peft-neft-train-") as tmp:
         args = _arguments(settings, str(checkpoint_dir or tmp), steps=steps, learning_rate=learning_rate, seed=seed,
-                          device=device, dtype=dtype, progress=progress, checkpoints=checkpoint_dir is not None)
+                          precision=precision, progress=progress, checkpoints=checkpoint_dir is not None)
         trainer = _trainer(model, args, train_rows, val_rows, collator, [keep_best, *callbacks], seed, progress)
         resume = resumable_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
         if resume is not None:
@@ -336,10 +327,9 @@ def _finished(params: Sequence[nn.Parameter], folder: Path) -> dict[str, Any]:
 
 
 def validation_loss(model: nn.Module, val_rows: Sequence[dict], collator: Callable, settings: TrainingSettings, *,
-                    device: torch.device, dtype: torch.dtype, progress: bool = False) -> float:
+                    precision: Precision, progress: bool = False) -> float:
     """The validation loss :func:`train_model` reports, for a model as it is (e.g. the untrained base)."""
-    set_precision(model, dtype)
+    precision.apply(model)
     with tempfile.TemporaryDirectory(prefix="peft-neft-eval-") as tmp:
-        args = _arguments(settings, tmp, steps=1, learning_rate=0.0, seed=0, device=device, dtype=dtype,
-                          progress=progress)
+        args = _arguments(settings, tmp, steps=1, learning_rate=0.0, seed=0, precision=precision, progress=progress)
         return float(_trainer(model, args, None, val_rows, collator, [], 0, progress).evaluate()["eval_loss"])

@@ -1,0 +1,118 @@
+"""The precision policy: resolved once, the same on every machine, and every method correct in bf16.
+
+Nothing here depends on what this machine's CPU can do: ``auto`` is tested with the capability probe
+patched both ways, and bf16 runs everywhere (emulated on an AVX2 CPU: slow but correct).
+"""
+
+import functools
+import logging
+
+import pytest
+import torch
+
+import peft_neft.training.precision as precision_module
+from conftest import make_tiny_llama
+from peft_neft.compare import compare, parse_method, prepare_model
+from peft_neft.compare.methods import shape_scores
+from peft_neft.training import Precision, TrainingSettings, train_model
+from peft_neft.training.precision import resolve_device
+from test_compare import ALL_METHODS, _config, data, tokenizer  # noqa: F401  (fixtures)
+from test_training import _collate, _data
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_follows_the_capability_probe(monkeypatch, caplog, native):
+    monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: native)
+    with caplog.at_level(logging.INFO, logger="peft_neft"):
+        resolved = Precision.resolve("cpu", "auto")
+    assert resolved == Precision(torch.device("cpu"), torch.bfloat16 if native else torch.float32, True)
+    assert f"precision: {resolved.name} on cpu (auto: {'native' if native else 'no native'} bf16" in caplog.text
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_runs_everywhere_and_warns_once_where_it_is_emulated(monkeypatch, caplog, native):
+    monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: native)
+    precision_module._warn_emulated.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="peft_neft"):
+        first, second = Precision.resolve("cpu", "bfloat16"), Precision.resolve("cpu", torch.bfloat16)
+    assert first == second and first.dtype == torch.bfloat16 and first.native is native
+    assert caplog.text.count("emulated") == (0 if native else 1)
+
+
+def test_float32_and_bad_choices():
+    assert Precision.resolve("cpu", "float32") == Precision(torch.device("cpu"), torch.float32, True)
+    for bad, message in (("float16", "--dtype float16 is not supported: it needs loss scaling"),
+                         (torch.float16, "--dtype float16"), ("fp8", "--dtype 'fp8' is not supported"),
+                         (torch.int8, "--dtype")):
+        with pytest.raises(ValueError, match=message):
+            Precision.resolve("cpu", bad)
+    for bad in ("tpu", "gpu0", "mps"):
+        with pytest.raises(ValueError, match="--device"):
+            resolve_device(bad)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("text", ["cuda", "cuda:1"])
+def test_cuda_without_cuda_names_the_flag(text):
+    with pytest.raises(ValueError, match="--device .*no CUDA"):
+        resolve_device(text)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("command", [
+    ["demo", "--out", "{tmp}/d"],
+    ["compare", "--train", "{tmp}/t.jsonl", "--eval", "{tmp}/t.jsonl", "--methods", "lora:8", "--out", "{tmp}/c"],
+    ["calibrate", "--data", "{tmp}/t.jsonl", "--percent", "1", "--out", "{tmp}/s.safetensors"],
+    ["analyze", "--model-a", "default", "--model-b", "default", "--data", "{tmp}/t.jsonl", "--out", "{tmp}/a"],
+])
+def test_every_command_refuses_cuda_without_cuda(tmp_path, capsys, command):
+    from peft_neft.cli import main
+
+    (tmp_path / "t.jsonl").write_text('{"source": "a", "target": "b", "text": "a"}\n')
+    assert main([part.format(tmp=tmp_path) for part in command] + ["--device", "cuda"]) == 2
+    assert "--device 'cuda': this machine has no CUDA" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists() and not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("spec", [m for m in ALL_METHODS if m != "base"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_each_method_trains_in_the_dtypes_the_policy_says(spec, dtype):
+    """Trained tensors float32, frozen ones in the compute dtype, before and after training (no crash in bf16)."""
+    method = parse_method(spec.replace(":2", ":1"))
+    base = make_tiny_llama()
+    scores = shape_scores(base, ("up_proj", "down_proj"))
+    model = prepare_model(base, method, 0, scores)
+    precision = Precision(torch.device("cpu"), dtype, True)
+    train, val = _data()
+    train_model(model, train, val, _collate, TrainingSettings(max_steps=2, batch_size=8, eval_every=2),
+                learning_rate=1e-3, seed=0, precision=precision, progress=False)
+    trained = {n: p.dtype for n, p in model.named_parameters() if p.requires_grad}
+    frozen = {n: p.dtype for n, p in model.named_parameters() if not p.requires_grad}
+    assert trained and set(trained.values()) == {torch.float32}
+    assert set(frozen.values()) <= {dtype} and (frozen or method.kind == "full")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_every_compare_method_trains_and_decodes(tokenizer, data, tmp_path, dtype):  # noqa: F811
+    loader = functools.partial(make_tiny_llama, vocab=len(tokenizer))
+    results = compare(loader, tokenizer, data, ALL_METHODS, [0], tmp_path / dtype, _config(dtype=dtype),
+                      progress=False)
+    assert set(results["runs"]) == {f"{m}@seed0" for m in ALL_METHODS}
+    assert results["identity"]["dtype"] == dtype
+    for key, run in results["runs"].items():
+        assert run["scores"]["chrf"] >= 0 and run["best_val_loss"] == run["best_val_loss"], key  # not NaN
+    calibrated = results["runs"]["neft:match-lora:2@seed0"]["calibration"]
+    assert calibrated["dtype"] == "float32"  # calibration computes in float32 whatever the training dtype
+
+
+def test_the_calibration_and_so_the_selection_do_not_depend_on_the_training_dtype(tokenizer, data, tmp_path):  # noqa: F811
+    loader = functools.partial(make_tiny_llama, vocab=len(tokenizer))
+    rows = {}
+    for dtype in ("float32", "bfloat16"):
+        compare(loader, tokenizer, data, ["neft:match-lora:2"], [0], tmp_path / dtype, _config(dtype=dtype),
+                progress=False)
+        from peft_neft.selection import NeuronSelection
+
+        selection = NeuronSelection.load(tmp_path / dtype / "adapters" / "neft_match-lora_2" / "selection.safetensors")
+        rows[dtype] = {k: v.tolist() for k, v in selection.rows.items()}
+    assert rows["float32"] == rows["bfloat16"]
