@@ -178,3 +178,26 @@ def test_hold_out_validation_takes_the_last_tenth_at_most_200():
     assert len(hold_out_validation(big)[1]) == 200
     with pytest.raises(ValueError, match="Too few training pairs \\(9\\)"):
         hold_out_validation(table.select(range(9)))
+
+
+def test_a_task_owns_its_metrics_and_the_command_line_offers_every_registered_task():
+    from peft_neft.cli import build_parser
+    from peft_neft.compare.significance import metric_names
+    from peft_neft.tasks import TASKS, get_task
+
+    refs = ["Le chat dort.", "Une réunion a été annulée hier."]
+    for task in TASKS.values():
+        scores = task.score(refs, refs)
+        assert [m.name for m in task.metrics(False)] == list(task.metric_names) == list(metric_names(task.name))
+        assert all(scores[name] == pytest.approx(100) for name in task.metric_names)
+        intervals = task.intervals(refs, refs, samples=20)
+        assert sorted(intervals) == sorted(task.metric_names)
+        assert all(v["score"] == pytest.approx(100) and v["ci"] == pytest.approx(0) for v in intervals.values())
+    compare = build_parser().parse_args(["compare", "--train", "t", "--eval", "e", "--methods", "base", "--out", "o",
+                                         "--task", "summarization"])
+    assert compare.task == "summarization"
+    (task_option,) = [a for a in build_parser()._subparsers._group_actions[0].choices["compare"]._actions
+                      if "--task" in a.option_strings]
+    assert sorted(task_option.choices) == sorted(TASKS)
+    with pytest.raises(ValueError, match="Unknown task 'qa'; use one of summarization, translation"):
+        get_task("qa")

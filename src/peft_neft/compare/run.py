@@ -19,12 +19,12 @@ from typing import Any
 import torch
 from datasets import Dataset
 from tqdm.auto import tqdm
-from transformers import DataCollatorForSeq2Seq, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..selection import calibrate
 from ..device import autocast_for, dtype_name, resolve_device, resolve_dtype
 from ..tasks import TASKS, encode_for_generation, encode_for_training, hold_out_validation, score
-from ..tasks.prompts import IGNORE_INDEX
+from ..tasks.prompts import make_collator
 from ..training import train_model, validation_loss
 from ..training.trainer import set_precision, trainable_parameters
 from .config import CompareConfig
@@ -38,13 +38,6 @@ logger = logging.getLogger(__name__)
 
 # Settings that change how a run is shown, not what it computes: left out of a folder's identity.
 _NOT_IDENTITY = ("device", "dtype", "report_to")
-
-
-def make_collator(tokenizer: PreTrainedTokenizerBase) -> DataCollatorForSeq2Seq:
-    """Pads ``input_ids`` (pad token), ``attention_mask`` (0) and ``labels`` (-100) to the longest row."""
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX, return_tensors="pt")
 
 
 def compare(

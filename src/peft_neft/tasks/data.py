@@ -14,7 +14,6 @@ import hashlib
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import datasets.exceptions
@@ -50,35 +49,7 @@ def _datasets_progress_bars_hidden() -> Iterator[None]:
         if was_enabled:
             datasets.utils.enable_progress_bars()
 
-_LANGUAGES = {"en": "English", "fr": "French", "de": "German", "cs": "Czech", "zh": "Chinese", "uk": "Ukrainian"}
 _JSON_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz")
-
-
-@dataclass(frozen=True)
-class Task:
-    """A task kind: its default JSON fields, its instruction and the metrics it is scored with."""
-
-    name: str
-    source_field: str
-    target_field: str
-    instruction: str  # a template with ``{source_lang}`` and ``{target_lang}``
-
-    def instruction_for(self, source_lang: str, target_lang: str) -> str:
-        """The instruction with the language names filled in."""
-        return self.instruction.format(source_lang=language_name(source_lang), target_lang=language_name(target_lang))
-
-
-TASKS = {
-    "translation": Task("translation", "source", "target", "Translate this {source_lang} text into {target_lang}."),
-    "summarization": Task(
-        "summarization", "document", "summary", "Summarize this {source_lang} dialogue in {target_lang}, in one or two sentences."
-    ),
-}
-
-
-def language_name(code: str) -> str:
-    """``"fr"`` -> ``"French"``; anything unknown is used as given."""
-    return _LANGUAGES.get(code.lower(), code)
 
 
 def _require_file(path: str | os.PathLike) -> Path:
