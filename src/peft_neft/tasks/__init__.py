@@ -10,16 +10,15 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .data import (django_translation_pairs, hold_out_validation, load_pairs, load_prompt_completion,
-                       read_data_file)
-    from .prompts import IGNORE_INDEX, encode_for_generation, encode_for_training, make_collator
+    from .data import django_translation_pairs, hold_out_validation, load_pairs, read_data_file
+    from .prompts import IGNORE_INDEX, encode_for_generation, encode_pairs, encode_for_training, make_collator
     from .task import TASKS, Task, get_task, score
 
 _HOME = {
     **dict.fromkeys(["TASKS", "Task", "get_task", "score"], "task"),
-    **dict.fromkeys(["django_translation_pairs", "hold_out_validation", "load_pairs", "load_prompt_completion",
-                     "read_data_file"], "data"),
-    **dict.fromkeys(["IGNORE_INDEX", "encode_for_generation", "encode_for_training", "make_collator"], "prompts"),
+    **dict.fromkeys(["django_translation_pairs", "hold_out_validation", "load_pairs", "read_data_file"], "data"),
+    **dict.fromkeys(["IGNORE_INDEX", "encode_for_generation", "encode_pairs", "encode_for_training", "make_collator"],
+                    "prompts"),
 }
 __all__ = sorted(_HOME)
 
