@@ -451,3 +451,31 @@ def test_a_budget_is_made_once_and_selects_as_its_keywords_do(tiny_llama):
         Budget(percent=50).check_fits(tiny_llama, ["up_proj"])
     with pytest.raises(ValueError, match="smaller than one row"):
         Budget(num_params=10).check_fits(tiny_llama, ["up_proj"])
+
+
+def test_every_scorer_returns_neuron_scores_whose_selections_carry_the_fingerprint(tiny_llama):
+    from peft_neft._shapes import model_fingerprint
+    from peft_neft.analysis import probe_scores
+    from peft_neft.selection import calibrate, gradient_scores
+    from peft_neft.tasks import make_collator
+
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 128, (8, 8), generator=gen).tolist()
+    data = [{"input_ids": row, "attention_mask": [1] * 8, "labels": row} for row in ids]
+    collate = make_collator(make_tiny_tokenizer())
+    every = {
+        "cosine": score_models(tiny_llama, perturbed_copy(tiny_llama)),
+        "calibrate": calibrate(tiny_llama, data, collate_fn=collate, steps=1, lr=1e-2, batch_size=4, progress=False),
+        "gradient": gradient_scores(tiny_llama, data, collate_fn=collate, batches=1, batch_size=4),
+        "probe": probe_scores(tiny_llama, ids, [i % 2 for i in range(8)], progress=False),
+    }
+    for name, scores in every.items():
+        assert isinstance(scores, NeuronScores), name
+        assert scores.fingerprint == model_fingerprint(tiny_llama), name
+        selection = select_neurons(scores, num_neurons=6)
+        assert selection.metadata["fingerprint"] == model_fingerprint(tiny_llama), name
+        chosen = {n: torch.isin(torch.arange(s.numel()), selection.rows.get(n, torch.empty(0, dtype=torch.long)))
+                  for n, s in scores.scores.items()}
+        picked = torch.cat([s[chosen[n]] for n, s in scores.scores.items()])
+        left = torch.cat([s[~chosen[n]] for n, s in scores.scores.items()])
+        assert float(picked.max()) <= float(left.min()), name  # lower is selected first, for every scorer
