@@ -32,15 +32,14 @@ def gradient_selection(base, data: Path, budget: int):
     from transformers import AutoTokenizer
 
     from peft_neft import gradient_scores, select_neurons
-    from peft_neft.selection import tokenize_pair
     from peft_neft.models import default_model_dir
-    from peft_neft.tasks import load_pairs
+    from peft_neft.tasks import TASKS, encode_pairs, load_pairs, make_collator
 
     tokenizer = AutoTokenizer.from_pretrained(default_model_dir())
     pairs = load_pairs(data / "train.en.gz", data / "train.fr.gz", limit=32)
-    dataset = [tokenize_pair(tokenizer, f"Translate this English text into French.\n{s}\n", t) for s, t in
-               zip(pairs["source"], pairs["target"])]
-    scores = gradient_scores(base, dataset, batches=4, batch_size=8, target_modules=list(bc.UP_DOWN))
+    dataset = encode_pairs(tokenizer, TASKS["translation"].instruction_for("en", "fr"), pairs["source"], pairs["target"])
+    scores = gradient_scores(base, dataset, collate_fn=make_collator(tokenizer), batches=4, batch_size=8,
+                             target_modules=list(bc.UP_DOWN))
     return select_neurons(scores, num_params=budget).rows
 
 

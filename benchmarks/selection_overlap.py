@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 
 from peft_neft.atomic import atomic_path
-from peft_neft.selection import calibrate, gradient_scores, tokenize_pair
 from peft_neft.models import load_model_and_tokenizer
-from peft_neft.selection import NeuronScores, overlap, select_neurons
+from peft_neft.selection import NeuronScores, calibrate, gradient_scores, overlap, select_neurons
+from peft_neft.tasks import TASKS, encode_pairs, make_collator
 from peft_neft._shapes import weight_rows
 from peft_neft._targets import DEFAULT_TARGET_MODULES, find_target_modules
 from peft_neft.selection.cosine import cosine_rows
@@ -28,10 +28,11 @@ from peft_neft.selection.cosine import cosine_rows
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k"
 
 
-def pairs(start: int, count: int) -> list[tuple[str, str]]:
+def pairs(start: int, count: int) -> tuple[list[str], list[str]]:
+    """English sources and French targets of Multi30k training pairs ``start`` to ``start + count``."""
     with gzip.open(DATA / "train.en.gz", "rt") as en, gzip.open(DATA / "train.fr.gz", "rt") as fr:
         lines = list(zip(en, fr))[start:start + count]
-    return [(f"Translate English to French: {e.strip()}\nFrench:", " " + f.strip()) for e, f in lines]
+    return [e.strip() for e, _ in lines], [f.strip() for _, f in lines]
 
 
 def main() -> None:
@@ -47,9 +48,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     model, tokenizer = load_model_and_tokenizer(None)
-    model.config.pad_token_id = tokenizer.pad_token_id
-    first = [tokenize_pair(tokenizer, p, c, 96) for p, c in pairs(0, args.pairs)]
-    other = [tokenize_pair(tokenizer, p, c, 96) for p, c in pairs(args.pairs, args.pairs)]
+    instruction, collate = TASKS["translation"].instruction_for("en", "fr"), make_collator(tokenizer)
+    first = encode_pairs(tokenizer, instruction, *pairs(0, args.pairs), 64, 32)  # as compare trains on them
+    other = encode_pairs(tokenizer, instruction, *pairs(args.pairs, args.pairs), 64, 32)
     runs, seconds = {}, {}
     targets = find_target_modules(model, DEFAULT_TARGET_MODULES)
     before = {name: weight_rows(m).detach().clone() for name, m in targets.items()}
@@ -64,16 +65,17 @@ def main() -> None:
     in_features = {name: m.in_features for name, m in targets.items()}
     total = model.num_parameters()
     k = max(args.steps)
-    final = calibrate(model, first, steps=k, lr=args.lr, batch_size=args.batch_size, progress=False,
-                      callback=score_intermediate)
+    final = calibrate(model, first, collate_fn=collate, steps=k, lr=args.lr, batch_size=args.batch_size,
+                      progress=False, callback=score_intermediate)
     runs[f"K={k}"], seconds[f"K={k}"] = final, time.perf_counter() - start
     other_k = args.other_steps or k
     start = time.perf_counter()
-    runs[f"K={other_k} other data"] = calibrate(model, other, steps=other_k, lr=args.lr, batch_size=args.batch_size,
-                                                progress=False)
+    runs[f"K={other_k} other data"] = calibrate(model, other, collate_fn=collate, steps=other_k, lr=args.lr,
+                                                batch_size=args.batch_size, progress=False)
     seconds[f"K={other_k} other data"] = time.perf_counter() - start
     start = time.perf_counter()
-    runs["gradient"] = gradient_scores(model, first, batches=args.gradient_batches, batch_size=args.batch_size)
+    runs["gradient"] = gradient_scores(model, first, collate_fn=collate, batches=args.gradient_batches,
+                                       batch_size=args.batch_size)
     seconds["gradient"] = time.perf_counter() - start
     # After a few AdamW steps every weight has moved by about lr, so 1 - cos ~ lr^2 * in / |row|^2:
     # check how much of the selection the row norms alone predict, and a norm-relative gradient score.

@@ -9,12 +9,14 @@ import pytest
 import torch
 from peft import get_peft_model
 
-from conftest import make_tiny_llama
+from conftest import make_tiny_llama, make_tiny_tokenizer
 from peft_neft import NeFTConfig
-from peft_neft.selection import calibrate, gradient_scores, pad_collate, tokenize_pair
 from peft_neft.cli import main
 from peft_neft.models import load_model_and_tokenizer
-from peft_neft.selection import NeuronSelection, select_neurons
+from peft_neft.selection import Budget, NeuronSelection, calibrate, gradient_scores, select_neurons
+from peft_neft.tasks import TASKS, encode_pairs, make_collator
+
+COLLATE = make_collator(make_tiny_tokenizer())  # pads with <pad> = 0, labels with -100
 
 
 def toy_data(n=12, seed=0, vocab=128):
@@ -39,7 +41,8 @@ def test_calibration_restores_the_model(frugal):
     model.lm_head.weight.grad = user_grad  # a gradient the user accumulated survives
     before = state(model)
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    scores = calibrate(model, toy_data(), steps=3, lr=1e-3, batch_size=4, frugal=frugal, progress=False)
+    scores = calibrate(model, toy_data(), collate_fn=COLLATE, steps=3, lr=1e-3, batch_size=4, frugal=frugal,
+                       progress=False)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
@@ -56,7 +59,7 @@ def test_callback_sees_every_step_with_the_fine_tuned_weights():
     model = make_tiny_llama()
     original = model.model.layers[0].mlp.up_proj.weight.detach().clone()
     seen = []
-    scores = calibrate(model, toy_data(), steps=3, lr=1e-3, batch_size=4, progress=False,
+    scores = calibrate(model, toy_data(), collate_fn=COLLATE, steps=3, lr=1e-3, batch_size=4, progress=False,
                        callback=lambda step, loss: seen.append(
                            (step, loss, torch.equal(model.model.layers[0].mlp.up_proj.weight, original))))
     assert [s for s, _, _ in seen] == [1, 2, 3]
@@ -66,7 +69,8 @@ def test_callback_sees_every_step_with_the_fine_tuned_weights():
 
 
 def test_calibration_is_reproducible_with_a_seed():
-    runs = [calibrate(make_tiny_llama(), toy_data(), steps=3, lr=1e-3, batch_size=4, seed=s, progress=False)
+    runs = [calibrate(make_tiny_llama(), toy_data(), collate_fn=COLLATE, steps=3, lr=1e-3, batch_size=4, seed=s,
+                      progress=False)
             for s in (0, 0, 1)]
     assert all(torch.equal(runs[0].scores[k], runs[1].scores[k]) for k in runs[0].scores)
     assert any(not torch.equal(runs[0].scores[k], runs[2].scores[k]) for k in runs[0].scores)
@@ -79,7 +83,7 @@ def test_calibration_scores_match_a_real_fine_tune():
     from peft_neft.selection import score_models
 
     model, data = make_tiny_llama(), toy_data(8)
-    scores = calibrate(model, data, steps=2, lr=1e-3, batch_size=8, frugal=True, progress=False)
+    scores = calibrate(model, data, collate_fn=COLLATE, steps=2, lr=1e-3, batch_size=8, frugal=True, progress=False)
     tuned = copy.deepcopy(model)
     weights = [m.weight for n, m in tuned.named_modules() if n.endswith(("up_proj", "down_proj"))]
     for p in tuned.parameters():
@@ -87,7 +91,7 @@ def test_calibration_scores_match_a_real_fine_tune():
     for w in weights:
         w.requires_grad_(True)
     optimizer = torch.optim.AdamW(weights, lr=1e-3)
-    batch = pad_collate(0)(data)  # one batch holds all 8 examples; the order does not change the mean loss
+    batch = COLLATE(data)  # one batch holds all 8 examples; the order does not change the mean loss
     tuned.train()
     for _ in range(2):
         tuned(**batch).loss.backward()
@@ -103,48 +107,40 @@ def test_calibration_scores_match_a_real_fine_tune():
 def test_gradient_scores_are_minus_the_row_gradient_norm():
     model, data = make_tiny_llama(), toy_data(4)
     before = state(model)
-    scores = gradient_scores(model, data, batches=1, batch_size=4)
+    scores = gradient_scores(model, data, collate_fn=COLLATE, batches=1, batch_size=4)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     model.zero_grad()
-    model(**pad_collate(0)(data)).loss.backward()
+    model(**COLLATE(data)).loss.backward()
     grad = model.model.layers[1].mlp.down_proj.weight.grad
     torch.testing.assert_close(scores.scores["model.layers.1.mlp.down_proj"], -grad.double().norm(dim=1))
     assert scores.method == "gradient" and (torch.cat(list(scores.scores.values())) <= 0).all()
     assert select_neurons(scores, percent=2).num_neurons > 0
 
 
-def test_collate_pads_and_masks():
-    batch = pad_collate(7)([{"input_ids": [1, 2, 3], "attention_mask": [1, 1, 1], "labels": [-100, 2, 3]},
-                            {"input_ids": [4], "attention_mask": [1], "labels": [4]}])
-    assert batch["input_ids"].tolist() == [[1, 2, 3], [4, 7, 7]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
-    assert batch["labels"].tolist() == [[-100, 2, 3], [4, -100, -100]]
-    with pytest.raises(ValueError, match="tokenize them first"):
-        pad_collate(0)([{"text": "hello"}])
-
-
 def test_bad_calibration_input():
     model = make_tiny_llama()
     with pytest.raises(ValueError, match="steps"):
-        calibrate(model, toy_data(), steps=0, progress=False)
+        calibrate(model, toy_data(), collate_fn=COLLATE, steps=0, progress=False)
     with pytest.raises(ValueError, match="empty"):
-        calibrate(model, [], steps=1, progress=False)
+        calibrate(model, [], collate_fn=COLLATE, steps=1, progress=False)
     with pytest.raises(ValueError, match="Unknown target modules"):
-        gradient_scores(model, toy_data(), target_modules=["mlp_up"])
+        gradient_scores(model, toy_data(), collate_fn=COLLATE, target_modules=["mlp_up"])
 
 
 def multi30k_pairs(shared_data, n):
     with gzip.open(shared_data / "multi30k" / "train.en.gz", "rt") as en, gzip.open(shared_data / "multi30k" / "train.fr.gz", "rt") as fr:
-        return [(f"Translate English to French: {e.strip()}\nFrench:", " " + f.strip()) for e, f, _ in zip(en, fr, range(n))]
+        return [(e.strip(), f.strip()) for e, f, _ in zip(en, fr, range(n))]
 
 
 @pytest.mark.slow
 def test_smollm2_calibration_gives_a_selection_peft_accepts(smollm2_dir, shared_data):
     model, tokenizer = load_model_and_tokenizer(smollm2_dir)
-    data = [tokenize_pair(tokenizer, p, c, max_length=64) for p, c in multi30k_pairs(shared_data, 16)]
+    sources, targets = zip(*multi30k_pairs(shared_data, 16))
+    data = encode_pairs(tokenizer, TASKS["translation"].instruction_for("en", "fr"), sources, targets, 48, 16)
     assert data[0]["labels"][0] == -100 and data[0]["labels"][-1] == tokenizer.eos_token_id
     before = model.model.layers[3].mlp.up_proj.weight.clone()
-    scores = calibrate(model, data, steps=2, batch_size=2, lr=1e-5, frugal=True, progress=False)
+    collate = make_collator(tokenizer)
+    scores = calibrate(model, data, collate_fn=collate, steps=2, batch_size=2, lr=1e-5, frugal=True, progress=False)
     assert torch.equal(model.model.layers[3].mlp.up_proj.weight, before)
     assert len(scores.scores) == 60 and scores.total_params == model.num_parameters()
     selection = select_neurons(scores, percent=1.0, model=model)
@@ -152,7 +148,7 @@ def test_smollm2_calibration_gives_a_selection_peft_accepts(smollm2_dir, shared_
     assert len(torch.unique(torch.cat([s for s in scores.scores.values()]))) > 1000  # float64 resolves tiny changes
     peft_model = get_peft_model(model, NeFTConfig(neurons=selection))
     assert peft_model.get_nb_trainable_parameters()[0] == selection.num_params
-    batch = pad_collate(tokenizer.pad_token_id)(data[:2])
+    batch = collate(data[:2])
     assert torch.isfinite(peft_model(**batch).loss)
 
 
@@ -171,16 +167,18 @@ def test_calibrate_cli_on_smollm2(smollm2_dir, shared_data, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"text": "no fields"}) + "\n")
     assert main(["calibrate", "--data", str(bad), "--steps", "1", "--percent", "1", "--out", str(out)]) == 2
-    assert "'prompt' and 'completion'" in capsys.readouterr().err
+    assert "has no field(s) ['source', 'target']" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--percent", "150"], "--percent must be in"),
-    (["--percent", "1", "--max-length", "0"], "--max-length must be at least 1"),
+    (["--percent", "150"], "percent must lie in (0, 100]"),
+    (["--percent", "1", "--max-source-tokens", "0"], "--max-source-tokens must be at least 1"),
+    (["--percent", "1", "--max-target-tokens", "0"], "--max-target-tokens must be at least 1"),
     (["--percent", "1", "--max-examples", "0"], "--max-examples must be at least 1"),
     (["--percent", "1", "--lr", "0"], "--lr must be positive"),
     (["--percent", "1", "--steps", "0"], "--steps must be at least 1"),
-    (["--num-neurons", "-3"], "--num-neurons must be at least 1"),
+    (["--num-neurons", "-3"], "num_neurons must be a positive integer, got -3"),
+    (["--lora-rank", "0"], "--lora-rank must be at least 1"),
 ])
 def test_calibrate_cli_refuses_bad_arguments_before_any_work(tmp_path, capsys, flags, message):
     missing = tmp_path / "not-there.jsonl"  # checked later: an argument error must come first
@@ -195,32 +193,79 @@ def test_calibrate_cli_refuses_null_text(tmp_path, capsys):
     assert "row 2: 'source' and 'target' must be text, got None" in capsys.readouterr().err
 
 
-def test_calibrate_cli_fine_tunes_and_selects(tmp_path, capsys):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+# A chat template on the tiny word-level tokenizer: n1 <system> n2 <user> n3, the generation prompt n4.
+TINY_CHAT_TEMPLATE = ("{% for m in messages %}n{{ loop.index }} {{ m['content'] }} {% endfor %}"
+                      "{% if add_generation_prompt %}n3 n4 {% endif %}")
 
-    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2, **{f"n{i}": i + 3 for i in range(125)}}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+
+def _spy_on_select_neurons(monkeypatch):
+    """Counts the calls of the real select_neurons from the callback and from the command."""
+    import peft_neft.selection
+    import peft_neft.selection.calibration_callback as callback_module
+
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("budget"))
+        return select_neurons(*args, **kwargs)
+
+    monkeypatch.setattr(callback_module, "select_neurons", counted)
+    monkeypatch.setattr(peft_neft.selection, "select_neurons", counted)
+    return calls
+
+
+@pytest.mark.parametrize("method", ["cosine", "gradient"])
+def test_calibrate_cli_scores_the_templated_prompts_training_uses_and_selects_once(tmp_path, capsys, monkeypatch,
+                                                                                   method):
+    tokenizer = make_tiny_tokenizer()
+    tokenizer.chat_template = TINY_CHAT_TEMPLATE
     model_dir = tmp_path / "tiny"
     make_tiny_llama().save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
+    sources = [f"n{s} n{s + 1} n{s + 5}" for s in range(10, 70, 3)]
+    targets = [f"n{s + 2} n{s + 3}" for s in range(10, 70, 3)]
     data = tmp_path / "pairs.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"n{s} n{s + 1}", "completion": f"n{s + 2} n{s + 3}"}) + "\n"
-                            for s in range(0, 60, 3)))
+    data.write_text("".join(json.dumps({"source": a, "target": b}) + "\n" for a, b in zip(sources, targets)))
     out = tmp_path / "sel.safetensors"
-    assert main(["calibrate", "--model", str(model_dir), "--data", str(data), "--steps", "3", "--lr", "1e-2",
-                 "--batch-size", "4", "--num-neurons", "12", "--dtype", "float32", "--out", str(out)]) == 0
-    selection = NeuronSelection.load(out)
-    assert selection.num_neurons == 12 and selection.metadata["method"] == "cosine"
+    calls = _spy_on_select_neurons(monkeypatch)
+    assert main(["calibrate", "--model", str(model_dir), "--data", str(data), "--method", method, "--steps", "3",
+                 "--lr", "1e-2", "--batch-size", "4", "--lora-rank", "1", "--dtype", "float32", "--target-lang", "de",
+                 "--out", str(out)]) == 0
     assert "selection written to" in capsys.readouterr().out
+    assert len(calls) == 1 and calls[0].lora_rank == 1  # one selection, one budget made once
+    selection = NeuronSelection.load(out)
+    assert selection.metadata["method"] == method
+    assert selection.metadata["budget"]["spec"] == {"lora_rank": 1, "num_params": 2 * (64 + 48 + 48 + 64 + 3 * 96)}
+    # What training encodes (compare: the task's instruction, the chat template, the collator), scored directly.
+    rows = encode_pairs(tokenizer, TASKS["translation"].instruction_for("en", "de"), sources, targets, 256, 128)
+    assert rows[0]["input_ids"][0] == tokenizer.convert_tokens_to_ids("n1")  # the template's system turn
+    settings = dict(collate_fn=make_collator(tokenizer), batch_size=4, seed=0)
+    monkeypatch.undo()
+    expected = (calibrate(make_tiny_llama(), rows, steps=3, lr=1e-2, progress=False, **settings) if method == "cosine"
+                else gradient_scores(make_tiny_llama(), rows, batches=3, **settings))
+    assert set(selection.scores) == set(expected.scores)
+    for name, scores in expected.scores.items():
+        torch.testing.assert_close(selection.scores[name], scores, rtol=0, atol=0)
+
+
+def test_calibrate_returns_the_callbacks_selection(monkeypatch):
+    calls = _spy_on_select_neurons(monkeypatch)
+    budget = Budget(num_neurons=7)
+    selection = calibrate(make_tiny_llama(), toy_data(), collate_fn=COLLATE, steps=2, lr=1e-3, batch_size=4,
+                          progress=False, budget=budget, strategy="reversed")
+    assert calls == [budget] and isinstance(selection, NeuronSelection) and selection.num_neurons == 7
+    assert selection.metadata["strategy"] == "reversed" and selection.metadata["scores_metadata"]["source"] == "calibrate"
+    monkeypatch.undo()
+    scores = calibrate(make_tiny_llama(), toy_data(), collate_fn=COLLATE, steps=2, lr=1e-3, batch_size=4,
+                       progress=False)
+    again = select_neurons(scores, budget=budget, strategy="reversed")
+    assert {n: r.tolist() for n, r in selection.rows.items()} == {n: r.tolist() for n, r in again.rows.items()}
 
 
 def test_an_impossible_budget_fails_before_the_fine_tune():
     model, data = make_tiny_llama(), toy_data(8)
     losses = []
-    with pytest.raises(ValueError):
-        calibrate(model, data, steps=2, lr=1e-3, batch_size=8, progress=False, budget={"num_params": 10**12},
-                  callback=lambda step, loss: losses.append(loss))
+    with pytest.raises(ValueError, match="exceeds everything"):
+        calibrate(model, data, collate_fn=COLLATE, steps=2, lr=1e-3, batch_size=8, progress=False,
+                  budget=Budget(num_params=10**12), callback=lambda step, loss: losses.append(loss))
     assert losses == []  # no optimizer step ran

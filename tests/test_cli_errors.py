@@ -59,7 +59,7 @@ def test_corrupt_config_json(checkpoints, tmp_path, capsys):
 
 def test_model_path_that_does_not_exist_is_not_looked_up_on_the_hub(tmp_path, capsys):
     data = tmp_path / "data.jsonl"
-    data.write_text(json.dumps({"prompt": "a", "completion": "b"}) + "\n")
+    data.write_text(json.dumps({"source": "a", "target": "b"}) + "\n")
     missing = tmp_path / "no-such-model"
     assert main(["calibrate", "--model", str(missing), "--data", str(data), "--num-neurons", "4",
                  "--out", str(tmp_path / "sel.safetensors")]) == 2

@@ -18,7 +18,6 @@ from peft_neft.compare import (
     DEFAULT_LR,
     CompareConfig,
     compare,
-    make_collator,
     paired_tests,
     parse_method,
     parse_methods,
@@ -27,6 +26,7 @@ from peft_neft.compare import (
     select_for,
 )
 from peft_neft.compare.methods import shape_scores
+from peft_neft.tasks import make_collator
 from peft_neft.training import Precision, TrainingSettings, train_model
 from peft_neft.training.trainer import trainable_parameters
 from peft_neft.selection import budget_from_lora

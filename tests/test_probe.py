@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from conftest import make_tiny_llama
-from peft_neft import NeFTConfig, NeuronSelection
-from peft_neft.analysis import fit_ridge_classifier, select_neurons_by_probe
+from peft_neft import NeFTConfig, NeuronScores, select_neurons
+from peft_neft._shapes import model_fingerprint
+from peft_neft.analysis import fit_ridge_classifier, probe_scores
 
 UP0 = "model.layers.0.mlp.up_proj"
 PLANTED = [5, 17, 40]
@@ -68,23 +69,28 @@ def synthetic_task(count: int = 80):
 def test_probe_picks_the_neurons_aligned_with_the_separating_direction():
     model = planted_model()
     data, labels = synthetic_task()
-    selection = select_neurons_by_probe(model, data, labels, num_neurons=3, target_modules=[UP0], progress=False)
-    assert isinstance(selection, NeuronSelection)
+    scores = probe_scores(model, data, labels, target_modules=[UP0], progress=False)
+    assert isinstance(scores, NeuronScores) and scores.method == "probe"
+    selection = select_neurons(scores, num_neurons=3)
     assert selection.rows[UP0].tolist() == PLANTED
-    scores = selection.scores[UP0]
-    assert scores[PLANTED].min() > 0.9 and torch.topk(scores, 4).values[-1] < 0.5
-    assert selection.metadata["probe_train_accuracy"][UP0] == 1.0
-    assert selection.metadata["classes"] == ["0", "1"] and selection.metadata["num_neurons"] == 3
+    up = scores.scores[UP0]  # minus the alignment: lower = selected first, as for every scorer
+    assert up[PLANTED].max() < -0.9 and torch.topk(up, 4, largest=False).values[-1] > -0.5
+    assert scores.metadata["probe_train_accuracy"][UP0] == 1.0
+    assert scores.metadata["classes"] == ["0", "1"] and selection.num_neurons == 3
+    assert selection.metadata["fingerprint"] == model_fingerprint(model)  # so check_model refuses another model
+    selection.check_model(model)
+    with pytest.raises(ValueError, match="another base model|fingerprint"):
+        selection.check_model(make_tiny_llama(hidden=64, intermediate=96, layers=1, vocab=64))
 
 
 def test_parameter_budget_and_use_with_neft():
     model = planted_model()
     data, labels = synthetic_task(40)
-    by_params = select_neurons_by_probe(model, data, labels, num_params=3 * 64 + 63, target_modules=["up_proj"],
-                                        progress=False)
+    up = probe_scores(model, data, labels, target_modules=["up_proj"], progress=False)
+    by_params = select_neurons(up, num_params=3 * 64 + 31)  # the prefix closest to the budget, as for any scorer
     assert list(by_params.rows) == [UP0] and by_params.rows[UP0].tolist() == PLANTED
-    assert by_params.metadata["num_params"] == 3 * 64
-    both = select_neurons_by_probe(model, data, labels, num_neurons=10, progress=False)
+    assert by_params.num_params == 3 * 64 and by_params.metadata["method"] == "probe"
+    both = select_neurons(probe_scores(model, data, labels, progress=False), num_neurons=10)
     assert both.num_neurons == 10 and set(both.scores) == {UP0, "model.layers.0.mlp.down_proj"}
     config = NeFTConfig(neurons=both)
     assert config.num_rows == 10
@@ -94,17 +100,18 @@ def test_probe_bad_input():
     model = make_tiny_llama()
     data, labels = synthetic_task(10)
     with pytest.raises(ValueError, match="empty"):
-        select_neurons_by_probe(model, [], [], num_neurons=1)
+        probe_scores(model, [], [])
     with pytest.raises(ValueError, match="one label per example"):
-        select_neurons_by_probe(model, data, labels[:-1], num_neurons=1)
+        probe_scores(model, data, labels[:-1])
     with pytest.raises(ValueError, match="two distinct labels"):
-        select_neurons_by_probe(model, data, [0] * 10, num_neurons=1)
-    with pytest.raises(ValueError, match="num_neurons must lie"):
-        select_neurons_by_probe(model, data, labels, num_neurons=10_000)
+        probe_scores(model, data, [0] * 10)
+    scores = probe_scores(model, data, labels, progress=False)
+    with pytest.raises(ValueError, match="exceeds everything"):
+        select_neurons(scores, num_neurons=10_000)
     with pytest.raises(ValueError, match="exactly one budget"):
-        select_neurons_by_probe(model, data, labels)
+        select_neurons(scores)
     with pytest.raises(ValueError, match="tokenizer"):
-        select_neurons_by_probe(model, ["a text"] * 10, labels, num_neurons=1)
+        probe_scores(model, ["a text"] * 10, labels)
 
 
 @pytest.mark.slow
@@ -116,16 +123,17 @@ def test_probe_on_smollm2_with_xnli(smollm2_dir, shared_data):
     texts = [f"Premise: {p}\nHypothesis: {h}" for p, h, _ in rows]
     model, tokenizer = load_model_and_tokenizer(smollm2_dir)
     layers = r"model\.layers\.(0|15|29)\.mlp\.(up|down)_proj"
-    selection = select_neurons_by_probe(model, texts, [label for *_, label in rows], num_neurons=200,
-                                        tokenizer=tokenizer, target_modules=layers, batch_size=16, progress=False)
+    scores = probe_scores(model, texts, [label for *_, label in rows], tokenizer=tokenizer, target_modules=layers,
+                          batch_size=16, progress=False)
+    selection = select_neurons(scores, num_neurons=200, model=model)
     assert selection.num_neurons == 200 and len(selection.scores) == 6
-    assert selection.metadata["classes"] == ["contradiction", "entailment", "neutral"]
+    assert scores.metadata["classes"] == ["contradiction", "entailment", "neutral"]
     modules = dict(model.named_modules())
     for name, rows_ in selection.rows.items():
         assert int(rows_.max()) < modules[name].out_features
     chosen = torch.cat([selection.scores[n][r] for n, r in selection.rows.items()])
     others = torch.cat([s[~torch.isin(torch.arange(s.numel()), selection.rows.get(n, torch.empty(0, dtype=torch.long)))]
                         for n, s in selection.scores.items()])
-    assert float(chosen.min()) >= float(others.max())  # the 200 best-scored neurons over all modules
+    assert float(chosen.max()) <= float(others.min())  # the 200 best-aligned (lowest-scored) neurons over all modules
     everything = torch.cat(list(selection.scores.values()))
-    assert float(everything.std()) > 0 and float(everything.max()) <= 1.0
+    assert float(everything.std()) > 0 and float(everything.min()) >= -1.0 and float(everything.max()) <= 0.0

@@ -9,10 +9,11 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from conftest import make_tiny_llama
+from conftest import make_tiny_llama, make_tiny_tokenizer
 from peft_neft import NeFTConfig
 from peft_neft.cli import main
 from peft_neft.selection import (
+    Budget,
     NeuronScores,
     NeuronSelection,
     budget_from_lora,
@@ -261,6 +262,10 @@ def test_bad_inputs(tiny_llama):
         select_neurons(scores, percent=3, num_neurons=4)
     with pytest.raises(ValueError, match="exactly one budget"):
         select_neurons(scores)
+    with pytest.raises(ValueError, match="not both"):
+        select_neurons(scores, percent=3, budget=Budget(percent=3))
+    with pytest.raises(ValueError, match="lora_rank records where num_params came from"):
+        Budget(percent=3, lora_rank=8)
     with pytest.raises(ValueError, match="exceeds everything"):
         select_neurons(scores, percent=100)
     with pytest.raises(ValueError, match="Unknown strategy"):
@@ -355,11 +360,13 @@ def test_scores_of_an_unchanged_model_are_refused(tiny_llama, strategy):
 
 def test_calibration_at_learning_rate_zero_is_refused(tiny_llama):
     from peft_neft.selection import calibrate
+    from peft_neft.tasks import make_collator
 
     gen = torch.Generator().manual_seed(0)
     data = [{"input_ids": ids, "attention_mask": [1] * 8, "labels": ids}
             for ids in torch.randint(1, 128, (4, 8), generator=gen).tolist()]
-    scores = calibrate(tiny_llama, data, steps=2, lr=0.0, batch_size=2, progress=False)
+    scores = calibrate(tiny_llama, data, collate_fn=make_collator(make_tiny_tokenizer()), steps=2, lr=0.0, batch_size=2,
+                       progress=False)
     with pytest.raises(ValueError, match="No neuron changed"):
         select_neurons(scores, percent=3)
 
@@ -427,3 +434,48 @@ def test_select_cli_strategy_and_per_layer_quota(tiny_llama, tmp_path):
     assert all(as_lists(s) != PERTURBED for s in results.values())
     quota = results["quota.safetensors"].summary_rows()
     assert [r["neurons"] for r in quota] == [3, 3]
+
+
+def test_a_budget_is_made_once_and_selects_as_its_keywords_do(tiny_llama):
+    scores = score_models(tiny_llama, perturbed_copy(tiny_llama))
+    lora = Budget.from_lora(tiny_llama, 2)
+    assert lora.num_params == budget_from_lora(tiny_llama, 2) and lora.spec == {"num_params": lora.num_params,
+                                                                                 "lora_rank": 2}
+    for budget, keywords in ((Budget(percent=3), {"percent": 3}), (lora, {"num_params": lora.num_params}),
+                             (Budget(num_neurons=5), {"num_neurons": 5})):
+        made, spelled = select_neurons(scores, budget=budget), select_neurons(scores, **keywords)
+        assert {n: r.tolist() for n, r in made.rows.items()} == {n: r.tolist() for n, r in spelled.rows.items()}
+        assert made.metadata["budget"]["spec"] == budget.spec
+    lora.check_fits(tiny_llama, ["up_proj", "down_proj"])
+    with pytest.raises(ValueError, match="exceeds everything the target modules offer"):
+        Budget(percent=50).check_fits(tiny_llama, ["up_proj"])
+    with pytest.raises(ValueError, match="smaller than one row"):
+        Budget(num_params=10).check_fits(tiny_llama, ["up_proj"])
+
+
+def test_every_scorer_returns_neuron_scores_whose_selections_carry_the_fingerprint(tiny_llama):
+    from peft_neft._shapes import model_fingerprint
+    from peft_neft.analysis import probe_scores
+    from peft_neft.selection import calibrate, gradient_scores
+    from peft_neft.tasks import make_collator
+
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 128, (8, 8), generator=gen).tolist()
+    data = [{"input_ids": row, "attention_mask": [1] * 8, "labels": row} for row in ids]
+    collate = make_collator(make_tiny_tokenizer())
+    every = {
+        "cosine": score_models(tiny_llama, perturbed_copy(tiny_llama)),
+        "calibrate": calibrate(tiny_llama, data, collate_fn=collate, steps=1, lr=1e-2, batch_size=4, progress=False),
+        "gradient": gradient_scores(tiny_llama, data, collate_fn=collate, batches=1, batch_size=4),
+        "probe": probe_scores(tiny_llama, ids, [i % 2 for i in range(8)], progress=False),
+    }
+    for name, scores in every.items():
+        assert isinstance(scores, NeuronScores), name
+        assert scores.fingerprint == model_fingerprint(tiny_llama), name
+        selection = select_neurons(scores, num_neurons=6)
+        assert selection.metadata["fingerprint"] == model_fingerprint(tiny_llama), name
+        chosen = {n: torch.isin(torch.arange(s.numel()), selection.rows.get(n, torch.empty(0, dtype=torch.long)))
+                  for n, s in scores.scores.items()}
+        picked = torch.cat([s[chosen[n]] for n, s in scores.scores.items()])
+        left = torch.cat([s[~chosen[n]] for n, s in scores.scores.items()])
+        assert float(picked.max()) <= float(left.min()), name  # lower is selected first, for every scorer

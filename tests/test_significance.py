@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import random
+
+import numpy as np
 import pytest
 import sacrebleu
 
-from peft_neft.tasks import django_translation_pairs, score
-from peft_neft.tasks.significance import paired_bootstrap
+from peft_neft.tasks import TASKS, django_translation_pairs, get_task
+from peft_neft.tasks.significance import resamples
+
+METRICS = [("translation", ("bleu", "chrf")), ("summarization", ("rouge1", "rouge2", "rougeL"))]
 
 
 @pytest.fixture(scope="module")
@@ -20,27 +25,70 @@ def _damaged(references, every):
     return [r if i % every else "Rien à voir." for i, r in enumerate(references)]
 
 
-@pytest.mark.parametrize("task,metrics", [("translation", ("bleu", "chrf")),
-                                          ("summarization", ("rouge1", "rouge2", "rougeL"))])
+@pytest.mark.parametrize("task,metrics", METRICS)
 def test_delta_is_the_score_difference_and_p_separates_big_from_tiny_gaps(references, task, metrics):
     good, bad, almost_good = references, _damaged(references, 2), _damaged(references, 60)
-    big = paired_bootstrap(task, good, bad, references, samples=300)
-    tiny = paired_bootstrap(task, almost_good, good, references, samples=300)
+    big = TASKS[task].paired_test(good, bad, references, samples=300)
+    tiny = TASKS[task].paired_test(almost_good, good, references, samples=300)
     for name in metrics:
-        expected = score(task, good, references)[name] - score(task, bad, references)[name]
+        expected = get_task(task).score(good, references)[name] - get_task(task).score(bad, references)[name]
         assert big[name]["delta"] == pytest.approx(expected) and expected > 10
         assert big[name]["p_value"] < 0.01  # half the test set ruined: far beyond resampling noise
         assert tiny[name]["delta"] < 0 and tiny[name]["p_value"] > 0.05  # 2 of 120 sentences: within it
     if task == "translation":
         direct = sacrebleu.corpus_bleu(bad, [references]).score - sacrebleu.corpus_bleu(good, [references]).score
-        assert paired_bootstrap(task, bad, good, references, samples=50)["bleu"]["delta"] == pytest.approx(direct)
+        assert TASKS[task].paired_test(bad, good, references, samples=50)["bleu"]["delta"] == pytest.approx(direct)
+
+
+@pytest.mark.parametrize("task,metrics", METRICS)
+def test_identical_outputs_give_p_1(references, task, metrics):
+    system = _damaged(references, 3)
+    tests = TASKS[task].paired_test(system, list(system), references, samples=200)
+    assert {name: (t["delta"], t["p_value"]) for name, t in tests.items()} == {name: (0.0, 1.0) for name in metrics}
+
+
+def _unpaired_p(metric, system, baseline, references, samples=1000):
+    """The same test with the two systems resampled independently (what a paired test must not do)."""
+    ours, theirs = metric.statistics(system, references), metric.statistics(baseline, references)
+    delta = metric.score(ours.sum(0)) - metric.score(theirs.sum(0))
+    first, second = resamples(len(references), samples), np.random.default_rng(1).permutation(resamples(len(references), samples))
+    sampled = np.array([metric.score(ours[a].sum(0)) - metric.score(theirs[b].sum(0)) for a, b in zip(first, second)])
+    return (np.sum(np.abs(sampled - sampled.mean()) >= abs(delta)) + 1) / (samples + 1)
+
+
+@pytest.mark.parametrize("task,repaired", [("translation", 14), ("summarization", 7)])
+def test_a_small_consistent_paired_gap_is_significant_where_unpaired_resampling_is_not(references, task, repaired):
+    # Half the baseline's 120 sentences ruined; the system repairs a few of them and is otherwise identical
+    # (corpus BLEU, not a mean over sentences, needs a few more to be clear of its noise).
+    baseline = _damaged(references, 2)
+    system = [references[i] if i % 2 == 0 and i < 2 * repaired else b for i, b in enumerate(baseline)]
+    tests = TASKS[task].paired_test(system, baseline, references)
+    for metric in TASKS[task].metrics(False):
+        assert tests[metric.name]["delta"] > 0 and tests[metric.name]["p_value"] < 0.05, metric.name
+        assert _unpaired_p(metric, system, baseline, references) > 0.2, metric.name
+
+
+def test_a_random_relabelling_gives_uniform_p_values(references):
+    # Two different systems, each sentence's pair of outputs swapped by a coin: no system is better.
+    first, second = _damaged(references, 2), _damaged(references, 3)
+    p_values = {"bleu": [], "chrf": []}
+    for seed in range(40):
+        coins = random.Random(seed)
+        swap = [coins.random() < 0.5 for _ in references]
+        system = [b if s else a for a, b, s in zip(first, second, swap)]
+        baseline = [a if s else b for a, b, s in zip(first, second, swap)]
+        for name, test in TASKS["translation"].paired_test(system, baseline, references, samples=200).items():
+            p_values[name].append(test["p_value"])
+    for name, values in p_values.items():
+        counts, _ = np.histogram(values, bins=4, range=(0, 1))
+        assert counts.min() >= 4, (name, counts)  # about 10 of 40 in each quarter; sacrebleu's test: mostly < 0.5
+        assert sum(p < 0.05 for p in values) <= 5, name
 
 
 def test_reproducible_and_bad_input_refused(references):
     system = _damaged(references, 3)
-    assert paired_bootstrap("summarization", system, references, references, samples=100) == \
-        paired_bootstrap("summarization", system, references, references, samples=100)
+    summarization = TASKS["summarization"]
+    assert summarization.paired_test(system, references, references, samples=100) == \
+        summarization.paired_test(system, references, references, samples=100)
     with pytest.raises(ValueError, match="119 hypotheses but 120 references"):
-        paired_bootstrap("translation", references[:-1], references, references)
-    with pytest.raises(ValueError, match="Unknown task"):
-        paired_bootstrap("qa", references, references, references)
+        TASKS["translation"].paired_test(references[:-1], references, references)

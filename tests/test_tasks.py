@@ -10,7 +10,7 @@ import sacrebleu
 from rouge_score import rouge_scorer
 from transformers import AutoTokenizer
 
-from peft_neft.tasks import django_translation_pairs, encode_for_generation, encode_for_training, load_pairs, score
+from peft_neft.tasks import django_translation_pairs, encode_for_generation, encode_for_training, get_task, load_pairs
 from peft_neft.tasks.metrics import CharTokenizer, UnicodeWordTokenizer
 from peft_neft.tasks.prompts import IGNORE_INDEX
 
@@ -115,7 +115,7 @@ def test_truncation_limits_source_and_target(tokenizer):
 def test_translation_metrics_equal_sacrebleu(django_pairs):
     refs = list(django_pairs["test"]["target"])
     hyps = [r if i % 3 else r.upper() for i, r in enumerate(refs)]
-    scores = score("translation", hyps, refs)
+    scores = get_task("translation").score(hyps, refs)
     assert scores["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score)
     assert scores["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score)
     assert 0 < scores["bleu"] < 100
@@ -125,7 +125,7 @@ def test_translation_metrics_equal_sacrebleu(django_pairs):
 def test_rouge_equals_rouge_score_and_keeps_accents():
     refs = ["Le chat est assis sur le tapis.", "Une réunion a été annulée hier."]
     hyps = ["le chat dort sur le tapis", "la réunion a été reportée"]
-    ours = score("summarization", hyps, refs)
+    ours = get_task("summarization").score(hyps, refs)
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], tokenizer=UnicodeWordTokenizer())
     direct = [scorer.score(r, h) for r, h in zip(refs, hyps)]
     for name in ("rouge1", "rouge2", "rougeL"):
@@ -133,23 +133,23 @@ def test_rouge_equals_rouge_score_and_keeps_accents():
     # On plain ASCII English the tokenizer agrees with rouge-score's default one.
     en_refs, en_hyps = ["The cat sat on the mat today."], ["the cat is on a mat"]
     default = rouge_scorer.RougeScorer(["rougeL"]).score(en_refs[0], en_hyps[0])["rougeL"].fmeasure
-    assert score("summarization", en_hyps, en_refs)["rougeL"] == pytest.approx(100 * default)
+    assert get_task("summarization").score(en_hyps, en_refs)["rougeL"] == pytest.approx(100 * default)
     # rouge-score's default tokenizer deletes accented letters; ours keeps "été" a word.
     assert UnicodeWordTokenizer().tokenize("Été réunion") == ["été", "réunion"]
 
 
 def test_char_level_rouge_for_chinese():
     refs, hyps = ["我们明天开会"], ["我们今天开会"]
-    ours = score("summarization", hyps, refs, char_level=True)
+    ours = get_task("summarization").score(hyps, refs, char_level=True)
     direct = rouge_scorer.RougeScorer(["rouge1"], tokenizer=CharTokenizer()).score(refs[0], hyps[0])["rouge1"].fmeasure
     assert ours["rouge1"] == pytest.approx(100 * direct) and 0 < ours["rouge1"] < 100
-    assert score("summarization", hyps, refs)["rouge1"] == 0.0  # one "word" each, and they differ
+    assert get_task("summarization").score(hyps, refs)["rouge1"] == 0.0  # one "word" each, and they differ
     assert "char" in ours["signatures"]["rouge"]
 
 
 def test_metric_input_errors():
     with pytest.raises(ValueError, match="2 hypotheses but 1 references"):
-        score("translation", ["a", "b"], ["a"])
+        get_task("translation").score(["a", "b"], ["a"])
     with pytest.raises(ValueError, match="Unknown task"):
         score("qa", ["a"], ["a"])
 
@@ -178,3 +178,26 @@ def test_hold_out_validation_takes_the_last_tenth_at_most_200():
     assert len(hold_out_validation(big)[1]) == 200
     with pytest.raises(ValueError, match="Too few training pairs \\(9\\)"):
         hold_out_validation(table.select(range(9)))
+
+
+def test_a_task_owns_its_metrics_and_the_command_line_offers_every_registered_task():
+    from peft_neft.cli import build_parser
+    from peft_neft.compare.significance import metric_names
+    from peft_neft.tasks import TASKS, get_task
+
+    refs = ["Le chat dort.", "Une réunion a été annulée hier."]
+    for task in TASKS.values():
+        scores = task.score(refs, refs)
+        assert [m.name for m in task.metrics(False)] == list(task.metric_names) == list(metric_names(task.name))
+        assert all(scores[name] == pytest.approx(100) for name in task.metric_names)
+        intervals = task.intervals(refs, refs, samples=20)
+        assert sorted(intervals) == sorted(task.metric_names)
+        assert all(v["score"] == pytest.approx(100) and v["ci"] == pytest.approx(0) for v in intervals.values())
+    compare = build_parser().parse_args(["compare", "--train", "t", "--eval", "e", "--methods", "base", "--out", "o",
+                                         "--task", "summarization"])
+    assert compare.task == "summarization"
+    (task_option,) = [a for a in build_parser()._subparsers._group_actions[0].choices["compare"]._actions
+                      if "--task" in a.option_strings]
+    assert sorted(task_option.choices) == sorted(TASKS)
+    with pytest.raises(ValueError, match="Unknown task 'qa'; use one of summarization, translation"):
+        get_task("qa")

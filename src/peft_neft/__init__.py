@@ -20,15 +20,15 @@ from ._version import __version__
 if TYPE_CHECKING:
     from .atomic import save_pretrained_atomically
     from .export import export_lora, import_lora
-    from .selection import (NeuronCalibrationCallback, NeuronScores, NeuronSelection, budget_from_lora, calibrate,
-                            gradient_scores, overlap, select_neurons)
+    from .selection import (Budget, NeuronCalibrationCallback, NeuronScores, NeuronSelection, budget_from_lora,
+                            calibrate, gradient_scores, overlap, select_neurons)
     from .tuner import NeFTConfig, NeFTModel
 
 _HOME = {
     "NeFTConfig": "tuner", "NeFTModel": "tuner", "save_pretrained_atomically": "atomic",
     "export_lora": "export", "import_lora": "export",
-    **dict.fromkeys(["NeuronCalibrationCallback", "NeuronScores", "NeuronSelection", "budget_from_lora", "calibrate",
-                     "gradient_scores", "overlap", "select_neurons"], "selection"),
+    **dict.fromkeys(["Budget", "NeuronCalibrationCallback", "NeuronScores", "NeuronSelection", "budget_from_lora",
+                     "calibrate", "gradient_scores", "overlap", "select_neurons"], "selection"),
 }
 __all__ = sorted([*_HOME, "__version__"])
 

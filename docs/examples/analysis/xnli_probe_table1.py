@@ -8,7 +8,7 @@ A test example counts as correct when the label word with the highest first-toke
 Methods, all with the same data order, steps and batch size:
   base        no training (zero-shot)
   full        full fine-tuning, AdamW, lr --full-lr
-  neft_probe  NeFT on the up_proj/down_proj rows chosen by select_neurons_by_probe, --percent % of all
+  neft_probe  NeFT on the up_proj/down_proj rows best aligned with ridge probes (probe_scores), --percent % of all
               parameters (the paper's 6 %), AdamW, lr --neft-lr
   neft_random NeFT on random up_proj/down_proj rows of the same parameter budget (a control)
 
@@ -35,7 +35,7 @@ from peft import get_peft_model
 
 import peft_neft
 from peft_neft._targets import DEFAULT_TARGET_MODULES
-from peft_neft.analysis import select_neurons_by_probe
+from peft_neft.analysis import probe_scores
 from peft_neft.atomic import atomic_path
 from peft_neft.models import load_model_and_tokenizer
 
@@ -137,15 +137,16 @@ def main() -> None:
     total = sum(p.numel() for p in base.parameters())
     budget = int(total * args.percent / 100)
     started = time.time()
-    selection = select_neurons_by_probe(base, [prompt(p, h) for p, h, _ in train_rows], [l for *_, l in train_rows],
-                                        num_params=budget, tokenizer=tokenizer)
+    scores = probe_scores(base, [prompt(p, h) for p, h, _ in train_rows], [l for *_, l in train_rows],
+                          tokenizer=tokenizer)
+    selection = peft_neft.select_neurons(scores, num_params=budget)
     probe_seconds = time.time() - started
     results = {"args": vars(args), "total_params": total, "probe": {
-        "seconds": round(probe_seconds, 1), "neurons": selection.num_neurons, "params": selection.metadata["num_params"],
+        "seconds": round(probe_seconds, 1), "neurons": selection.num_neurons, "params": selection.num_params,
         "per_module_type": {t: sum(int(r.numel()) for n, r in selection.rows.items() if n.endswith(t))
                             for t in DEFAULT_TARGET_MODULES},
-        "mean_probe_train_accuracy": sum(selection.metadata["probe_train_accuracy"].values())
-        / len(selection.metadata["probe_train_accuracy"])}, "methods": {}}
+        "mean_probe_train_accuracy": sum(scores.metadata["probe_train_accuracy"].values())
+        / len(scores.metadata["probe_train_accuracy"])}, "methods": {}}
     for method in args.methods:
         print(method, flush=True)
         started = time.time()

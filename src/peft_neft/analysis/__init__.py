@@ -3,13 +3,13 @@
 - :func:`analyze_models`: per-neuron Pearson scores of two models, Rank, ΔRank, Avg(|ΔRank|),
   percentile buckets and the strongly affected / suppressed / indirectly affected categories.
 - :func:`write_report`: JSON, PNG plots and a markdown page for a :class:`UtilizationReport`.
-- :func:`select_neurons_by_probe`: a :class:`~peft_neft.NeuronSelection` from per-layer ridge probes.
+- :func:`probe_scores`: :class:`~peft_neft.NeuronScores` from per-layer ridge probes (select with ``select_neurons``).
 """
 
 from .collect import PearsonScores, check_same_architecture, neuron_pearson_scores
 from .inputs import load_texts
 from .loading import load_analysis_model
-from .probe import fit_ridge_classifier, select_neurons_by_probe
+from .probe import fit_ridge_classifier, probe_scores
 from .report import write_report
 from .streaming import StreamingPearson
 from .utilization import (
@@ -32,7 +32,7 @@ __all__ = [
     "load_analysis_model",
     "load_texts",
     "neuron_pearson_scores",
+    "probe_scores",
     "ranks_descending",
-    "select_neurons_by_probe",
     "write_report",
 ]

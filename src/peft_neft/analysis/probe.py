@@ -5,7 +5,9 @@ after the norm for ``up_proj``, the MLP activation for ``down_proj``) are averag
 tokens. A ridge classifier is fitted on them in closed form; its weight columns are the decision
 directions, which live in the same space as the layer's weight rows. A neuron (row ``W[j]``) scores
 ``max_c |cos(W[j], w_c)|`` over the classes ``c``: how closely it reads the direction the probe uses to
-tell the labels apart. The highest-scoring neurons over all modules are selected, up to a neuron or parameter budget.
+tell the labels apart. :func:`probe_scores` returns :class:`~peft_neft.selection.NeuronScores` like every other
+scorer: the score is ``-max_c |cos(W[j], w_c)|``, so lower means "select first" and
+:func:`~peft_neft.selection.select_neurons` takes the best-aligned neurons over all modules under any budget.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from .._shapes import module_shape, weight_rows
+from .._shapes import count_params, model_fingerprint, module_shape, weight_rows
 from .._targets import DEFAULT_TARGET_MODULES, TargetModules
-from ..neuron_selection import NeuronSelection
+from ..selection.neuron_scores import NeuronScores
 from .collect import analysed_modules
 from .inputs import Inputs, batches, tokenize
 
@@ -89,27 +91,25 @@ def mean_pooled_inputs(
     return {name: torch.cat(parts) for name, parts in pooled.items()}
 
 
-def select_neurons_by_probe(
+def probe_scores(
     model: nn.Module,
     dataset: Inputs,
     labels: Sequence[Hashable],
-    num_neurons: Optional[int] = None,
     *,
-    num_params: Optional[int] = None,
     tokenizer: Optional[PreTrainedTokenizerBase] = None,
     target_modules: TargetModules = DEFAULT_TARGET_MODULES,
     alpha: float = 1.0,
     batch_size: int = 8,
     max_length: int = 128,
     progress: bool = True,
-) -> NeuronSelection:
-    """Select the neurons best aligned with per-layer ridge probes for ``labels``.
+) -> NeuronScores:
+    """Score every neuron of the target modules by its alignment with per-layer ridge probes for ``labels``.
 
-    The budget is either ``num_neurons`` (the paper selects 100,000 on Llama-2-7b) or ``num_params``:
-    neurons are taken in score order while the parameters they cost (``in_features`` each) fit in it.
     ``dataset`` is a list of texts (with ``tokenizer``) or of token-id lists, ``labels`` one label per
-    example (any hashable, at least two distinct). Scores of every neuron are kept in the selection;
-    the metadata records the probes' training accuracy per module.
+    example (any hashable, at least two distinct). A neuron scores ``-max_c |cos(W[j], w_c)|`` (in [-1, 0];
+    lower = better aligned = selected first). The metadata records the model's fingerprint, the classes
+    and the probes' training accuracy per module. Select with :func:`~peft_neft.selection.select_neurons`,
+    e.g. ``num_neurons=100_000`` as the paper does on Llama-2-7b.
     """
     if len(dataset) == 0:
         raise ValueError("The probe dataset is empty: pass labelled examples.")
@@ -120,46 +120,21 @@ def select_neurons_by_probe(
         raise ValueError(f"The probe needs at least two distinct labels, got only {classes}.")
     names = analysed_modules(model, target_modules)
     modules = dict(model.named_modules())
-    shapes = {n: module_shape(modules[n]) for n in names}
-    total = sum(out_f for out_f, _ in shapes.values())
-    if (num_neurons is None) == (num_params is None):
-        raise ValueError("Pass exactly one budget: num_neurons=... or num_params=....")
-    if num_neurons is not None and not 0 < num_neurons <= total:
-        raise ValueError(f"num_neurons must lie in [1, {total}] (the neurons of the target modules), got {num_neurons}.")
-    cost = torch.cat([torch.full((out_f,), in_f) for out_f, in_f in shapes.values()])
-    if num_params is not None and num_params < int(cost.min()):
-        raise ValueError(f"num_params={num_params} is below the cost of one neuron ({int(cost.min())} parameters).")
     label_ids = torch.tensor([classes.index(label) for label in labels])
     features = mean_pooled_inputs(model, dataset, names, tokenizer, batch_size, max_length, progress)
     scores, accuracy = {}, {}
     for name in names:
         weights, bias = fit_ridge_classifier(features[name], label_ids, alpha)
         accuracy[name] = float(((features[name] @ weights + bias).argmax(1) == label_ids).float().mean())
-        rows = weight_rows(modules[name]).detach().float().cpu()
-        cosine = nn.functional.normalize(rows, dim=1) @ nn.functional.normalize(weights, dim=0)
-        scores[name] = cosine.abs().max(dim=1).values
-    flat = torch.cat([scores[n] for n in names])
-    order = torch.argsort(flat, descending=True, stable=True)
-    if num_neurons is not None:
-        order = order[:num_neurons]
-    else:
-        order = order[cost[order].cumsum(0) <= num_params]
-    chosen = torch.zeros_like(flat, dtype=torch.bool)
-    chosen[order] = True
-    rows, start = {}, 0
-    for name in names:
-        picked = chosen[start:start + scores[name].numel()].nonzero().flatten()
-        start += scores[name].numel()
-        if picked.numel():
-            rows[name] = picked
-    metadata = {
-        "method": "probe",
-        "num_neurons": int(chosen.sum()),
-        "num_params": int(cost[chosen].sum()),
-        "alpha": alpha,
-        "classes": [str(c) for c in classes],
-        "num_examples": len(dataset),
-        "probe_train_accuracy": accuracy,
-        "shapes": {n: list(shape) for n, shape in shapes.items()},
-    }
-    return NeuronSelection(rows=rows, scores=scores, metadata=metadata)
+        rows = weight_rows(modules[name]).detach().double().cpu()
+        cosine = nn.functional.normalize(rows, dim=1) @ nn.functional.normalize(weights.double(), dim=0)
+        scores[name] = -cosine.abs().max(dim=1).values
+    return NeuronScores(
+        scores=scores,
+        in_features={name: module_shape(modules[name])[1] for name in names},
+        total_params=count_params(model),
+        method="probe",
+        metadata={"fingerprint": model_fingerprint(model), "source": "probe", "alpha": alpha,
+                  "classes": [str(c) for c in classes], "num_examples": len(dataset),
+                  "probe_train_accuracy": accuracy},
+    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Optional
 
 from .._targets import DEFAULT_TARGET_MODULES
 
@@ -11,7 +11,7 @@ if TYPE_CHECKING:  # torch and the selection code load when a command runs, not 
     from torch import nn
 
     from ..neuron_selection import NeuronSelection
-    from ..selection import NeuronScores
+    from ..selection import Budget
 
 
 def _strategy(text: str) -> str:
@@ -39,22 +39,22 @@ def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", help="also write a PNG of the selection here")
 
 
-def select_and_save(args: argparse.Namespace, scores: NeuronScores, structure: Callable[[], nn.Module]) -> NeuronSelection:
-    """Apply the budget options to ``scores``, save (and plot) the selection, print its summary.
+def budget_of(args: argparse.Namespace, model: Optional[nn.Module] = None) -> Budget:
+    """The one :class:`~peft_neft.selection.Budget` of the options; ``--lora-rank`` counts on ``model`` (meta is fine)."""
+    from ..selection import Budget
 
-    ``structure`` returns the model (possibly on the meta device) that a ``--lora-rank`` budget is counted on.
-    """
-    from ..selection import budget_from_lora, select_neurons
-
-    num_params = budget_from_lora(structure(), args.lora_rank) if args.lora_rank is not None else args.num_params
-    selection = select_neurons(scores, percent=args.percent, num_params=num_params, num_neurons=args.num_neurons,
-                               strategy=args.strategy, seed=args.seed, per_layer_quota=args.per_layer_quota)
     if args.lora_rank is not None:
-        selection.metadata["budget"]["spec"] = {"lora_rank": args.lora_rank, "num_params": num_params}
+        if model is None:
+            raise ValueError("--lora-rank is counted on the model; load it first.")
+        return Budget.from_lora(model, args.lora_rank)
+    return Budget(percent=args.percent, num_params=args.num_params, num_neurons=args.num_neurons)
+
+
+def save_selection(args: argparse.Namespace, selection: NeuronSelection) -> None:
+    """Save (and plot) the selection where the options say, and print its summary."""
     selection.save(args.out)
     print(selection.summary())
     print(f"selection written to {args.out}")
     if args.plot:
         selection.plot(args.plot)
         print(f"plot written to {args.plot}")
-    return selection

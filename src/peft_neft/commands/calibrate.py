@@ -1,17 +1,70 @@
-"""``peft-neft calibrate``: a short full fine-tune (or the gradient score) on your data, then a neuron selection.
+"""``peft-neft calibrate``: score neurons on your task's data and select a budget of them, once.
 
-A thin shell: the fine-tune is a ``Trainer`` run with :class:`~peft_neft.selection.NeuronCalibrationCallback`,
-the same callback you can add to your own training. Every argument is checked before any work.
+A thin shell: the data are read and encoded as ``peft-neft compare`` reads and encodes them for
+training (the task's fields, instruction and chat template, :mod:`peft_neft.tasks.prompts`), so the
+neurons are scored on exactly the prompts they will be trained on. The budget is made once; the
+cosine score selects inside :class:`~peft_neft.selection.NeuronCalibrationCallback` at step K.
+Every argument is checked before any work.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from ..tasks.task import TASKS
 from .compare import add_device_arguments, console_logs
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ..neuron_selection import NeuronSelection
+    from ..selection import Budget
+    from ..training.precision import Precision
 
 NAME = "calibrate"
 HELP = "Score neurons with a short fine-tune of K steps on your data (or gradient norms) and select a budget of them."
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """A way to score neurons on task data: its help line, and ``select(args, model, rows, collator, budget, precision)``."""
+
+    help: str
+    select: Callable[[argparse.Namespace, nn.Module, list[dict], Callable, Budget, Precision], NeuronSelection]
+
+
+def _cosine(args: argparse.Namespace, model: nn.Module, rows: list[dict], collator: Callable,
+            budget: Budget, precision: Precision) -> NeuronSelection:
+    from ..selection import calibrate
+
+    # Float32 whatever --dtype (docs/precision.md): bf16 rounding reorders the tiny row changes it ranks.
+    return calibrate(model, rows, collate_fn=collator, steps=args.steps, target_modules=args.target_modules,
+                     lr=args.lr, batch_size=args.batch_size, seed=args.seed, frugal=args.frugal,
+                     progress=args.progress, budget=budget, strategy=args.strategy,
+                     per_layer_quota=args.per_layer_quota)
+
+
+def _gradient(args: argparse.Namespace, model: nn.Module, rows: list[dict], collator: Callable,
+              budget: Budget, precision: Precision) -> NeuronSelection:
+    from ..selection import gradient_scores, select_neurons
+
+    budget.check_fits(model, args.target_modules)
+    with precision.autocast():
+        scores = gradient_scores(model, rows, collate_fn=collator, batches=args.steps,
+                                 target_modules=args.target_modules, batch_size=args.batch_size, seed=args.seed)
+    return select_neurons(scores, budget=budget, strategy=args.strategy, seed=args.seed,
+                          per_layer_quota=args.per_layer_quota)
+
+
+# The scores `--method` offers; a new score is one entry here.
+SCORERS = {
+    "cosine": Scorer("short fine-tune of K steps, then the cosine of each row before and after (paper, Eq. 1)",
+                     _cosine),
+    "gradient": Scorer("minus the row gradient norms over K batches, no update", _gradient),
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,13 +72,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--model", default="default", help="transformers folder, or 'default' (embedded SmolLM2-135M)")
     parser.add_argument("--data", required=True,
-                        help="JSON lines (.jsonl or .jsonl.gz) with 'prompt'/'completion' or 'source'/'target' text")
+                        help="training pairs as compare reads them: .jsonl(.gz) with the task's fields")
+    parser.add_argument("--task", choices=sorted(TASKS), default="translation",
+                        help="the task whose fields, instruction and prompt template encode the data")
+    parser.add_argument("--source-field", help="JSON field of the input (default: the task's, source / document)")
+    parser.add_argument("--target-field", help="JSON field of the output (default: the task's, target / summary)")
+    parser.add_argument("--source-lang", default="en", help="source language code, used in the prompt")
+    parser.add_argument("--target-lang", default="fr", help="target language code, used in the prompt")
     parser.add_argument("--steps", type=int, default=800, help="fine-tuning steps K (gradient: batches)")
-    parser.add_argument("--method", choices=["cosine", "gradient"], default="cosine",
-                        help="cosine: short fine-tune then Eq. 1 (paper); gradient: gradient norms, no update")
+    parser.add_argument("--method", choices=sorted(SCORERS), default="cosine",
+                        help="; ".join(f"{name}: {scorer.help}" for name, scorer in SCORERS.items()))
     parser.add_argument("--lr", type=float, default=1e-5, help="learning rate of the calibration fine-tune")
     parser.add_argument("--batch-size", type=int, default=8, help="examples per step")
-    parser.add_argument("--max-length", type=int, default=256, help="truncate examples to this many tokens")
+    parser.add_argument("--max-source-tokens", type=int, default=256, help="truncate inputs to this many tokens")
+    parser.add_argument("--max-target-tokens", type=int, default=128, help="truncate targets to this many tokens")
     parser.add_argument("--max-examples", type=int, help="use only the first N examples")
     parser.add_argument("--frugal", action="store_true", help="train only the target modules (less memory)")
     add_selection_arguments(parser)
@@ -33,54 +93,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_arguments(args: argparse.Namespace) -> None:
-    """Refuse impossible values before anything is loaded or trained."""
-    positive = {"--steps": args.steps, "--batch-size": args.batch_size, "--max-length": args.max_length,
-                "--max-examples": args.max_examples, "--num-params": args.num_params,
-                "--num-neurons": args.num_neurons, "--lora-rank": args.lora_rank}
+    """Refuse impossible values before anything is loaded or trained (the budget itself: :func:`budget_of`)."""
+    positive = {"--steps": args.steps, "--batch-size": args.batch_size, "--max-source-tokens": args.max_source_tokens,
+                "--max-target-tokens": args.max_target_tokens, "--max-examples": args.max_examples,
+                "--lora-rank": args.lora_rank}
     for flag, value in positive.items():
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be at least 1, got {value}" + (" (leave it out to use all examples)."
                                                                           if flag == "--max-examples" else "."))
-    if args.percent is not None and not 0 < args.percent <= 100:
-        raise ValueError(f"--percent must be in (0, 100], got {args.percent}.")
     if args.method == "cosine" and not args.lr > 0:
         raise ValueError(f"--lr must be positive, got {args.lr}: without an update no neuron changes.")
 
 
-def _budget(args: argparse.Namespace, model) -> dict:
-    from ..selection import budget_from_lora
-
-    num_params = budget_from_lora(model, args.lora_rank) if args.lora_rank is not None else args.num_params
-    return {"percent": args.percent, "num_params": num_params, "num_neurons": args.num_neurons,
-            "strategy": args.strategy, "seed": args.seed, "per_layer_quota": args.per_layer_quota}
-
-
 def run(args: argparse.Namespace) -> int:
     check_arguments(args)
-    from ..compare import make_collator
+    from ._selection_options import budget_of, save_selection
+
+    budget = budget_of(args) if args.lora_rank is None else None  # a bad budget fails before anything loads
     from ..training.precision import Precision
     from ..models import load_model_and_tokenizer
-    from ..selection import calibrate, gradient_scores, tokenize_pair
-    from ..tasks import load_prompt_completion
-    from ._selection_options import select_and_save
+    from ..tasks import encode_pairs, get_task, load_pairs, make_collator
 
-    precision = Precision.resolve(args.device, args.dtype)
-    pairs = load_prompt_completion(args.data, args.max_examples)
+    precision = Precision.resolve(args.device, args.dtype)  # a flag this machine cannot honour fails here
+    task = get_task(args.task)
+    pairs = load_pairs(args.data, source_field=args.source_field or task.source_field,
+                       target_field=args.target_field or task.target_field, limit=args.max_examples)
     model, tokenizer = load_model_and_tokenizer(None if args.model == "default" else args.model)
-    if getattr(model.config, "pad_token_id", None) is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
-    rows = [tokenize_pair(tokenizer, p, c, args.max_length) for p, c in zip(pairs["prompt"], pairs["completion"])]
+    budget = budget or budget_of(args, model)
+    rows = encode_pairs(tokenizer, task.instruction_for(args.source_lang, args.target_lang), pairs["source"],
+                        pairs["target"], args.max_source_tokens, args.max_target_tokens)
     with console_logs():
-        if args.method == "cosine":  # computed in float32 whatever --dtype: bf16 rounding reorders its tiny changes
-            scores = calibrate(model.to(precision.device), rows, steps=args.steps, target_modules=args.target_modules,
-                               lr=args.lr, batch_size=args.batch_size, seed=args.seed, frugal=args.frugal,
-                               collate_fn=make_collator(tokenizer), budget=_budget(args, model),
-                               progress=args.progress)
-        else:
-            with precision.autocast():
-                scores = gradient_scores(model.to(precision.device), rows, batches=args.steps,
-                                         target_modules=args.target_modules, batch_size=args.batch_size,
-                                         seed=args.seed, collate_fn=make_collator(tokenizer))
-    scores.metadata.update(model=str(args.model), data=str(args.data), examples=len(rows))
-    select_and_save(args, scores, lambda: model)
+        selection = SCORERS[args.method].select(args, model.to(precision.device), rows, make_collator(tokenizer), budget,
+                                                precision)
+    selection.metadata["scores_metadata"].update(model=str(args.model), data=str(args.data), examples=len(rows),
+                                                 task=args.task)
+    save_selection(args, selection)
     return 0

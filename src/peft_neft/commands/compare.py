@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..tasks.task import TASKS
 
 NAME = "compare"
 HELP = "Compare NeFT, LoRA and full/partial fine-tuning on one task: results.json, a table and a plot."
@@ -99,8 +100,8 @@ def config_arguments(args: argparse.Namespace) -> dict:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="default", help="transformers folder, or 'default' (embedded SmolLM2-135M)")
-    parser.add_argument("--task", choices=["translation", "summarization"], default="translation",
-                        help="translation: BLEU and chrF; summarization: ROUGE")
+    parser.add_argument("--task", choices=sorted(TASKS), default="translation",
+                        help="; ".join(f"{t.name}: {', '.join(t.metric_names)}" for t in TASKS.values()))
     parser.add_argument("--train", nargs="+", required=True, metavar="FILE",
                         help="training pairs: SOURCE TARGET line-aligned text files (.gz ok), or one .jsonl(.gz)")
     parser.add_argument("--eval", nargs="+", required=True, metavar="FILE", help="test pairs, as --train")
@@ -146,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     from ..compare import CompareConfig, compare, parse_methods
     from ..training.precision import Precision
     from ..models import load_model_and_tokenizer, resolve_model_path
-    from ..tasks import TASKS, hold_out_validation
+    from ..tasks import hold_out_validation
 
     methods = parse_methods(args.methods)  # fail on a bad name before loading anything
     config = CompareConfig(task=args.task, source_lang=args.source_lang, target_lang=args.target_lang,

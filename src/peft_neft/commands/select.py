@@ -19,13 +19,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .._shapes import meta_model
-    from ..selection import score_checkpoints
-    from ._selection_options import select_and_save
+    from ..selection import score_checkpoints, select_neurons
+    from ._selection_options import budget_of, save_selection
 
     for option, path in (("--out", args.out), ("--plot", args.plot)):
         if path and os.path.isdir(path):
             raise ValueError(f"{option} {path!r} is a folder; give a file path, e.g. "
                              f"{os.path.join(path, 'selection.safetensors' if option == '--out' else 'selection.png')!r}.")
+    budget = budget_of(args, meta_model(args.base) if args.lora_rank is not None else None)
     scores = score_checkpoints(args.base, args.finetuned, target_modules=args.target_modules, progress=args.progress)
-    select_and_save(args, scores, lambda: meta_model(args.base))
+    save_selection(args, select_neurons(scores, budget=budget, strategy=args.strategy, seed=args.seed,
+                                        per_layer_quota=args.per_layer_quota))
     return 0

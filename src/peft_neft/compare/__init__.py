@@ -11,11 +11,11 @@ from .config import CompareConfig
 from .methods import DEFAULT_LR, Method, paired_baseline, parse_method, parse_methods, prepare_model, select_for
 from .report import markdown_table, plot, summarize, write_report
 from .results import RESULTS_FORMAT, read_outputs, run_key
-from .run import compare, make_collator
+from .run import compare
 from .significance import paired_table, paired_tests, run_intervals
 
 __all__ = [
-    "DEFAULT_LR", "RESULTS_FORMAT", "CompareConfig", "Method", "compare", "make_collator",
+    "DEFAULT_LR", "RESULTS_FORMAT", "CompareConfig", "Method", "compare",
     "markdown_table", "paired_baseline", "paired_table", "paired_tests", "parse_method", "parse_methods", "plot",
     "prepare_model", "read_outputs", "run_intervals", "run_key", "select_for", "summarize", "write_report",
 ]

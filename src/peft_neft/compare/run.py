@@ -26,12 +26,11 @@ from typing import Any
 import torch
 from datasets import Dataset
 from tqdm.auto import tqdm
-from transformers import DataCollatorForSeq2Seq, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..atomic import atomic_dir
 from ..selection import calibrate
-from ..tasks import TASKS, encode_for_generation, encode_for_training, hold_out_validation, score
-from ..tasks.prompts import IGNORE_INDEX
+from ..tasks import encode_for_generation, encode_pairs, get_task, hold_out_validation, make_collator
 from ..training import train_model, validation_loss
 from ..training.precision import Precision
 from ..training.trainer import trainable_parameters
@@ -47,13 +46,6 @@ logger = logging.getLogger(__name__)
 
 # Settings that change how a run is shown, not what it computes: left out of a folder's identity.
 _NOT_IDENTITY = ("device", "dtype", "report_to", "workers", "checkpoint_dir", "save_adapters")
-
-
-def make_collator(tokenizer: PreTrainedTokenizerBase) -> DataCollatorForSeq2Seq:
-    """Pads ``input_ids`` (pad token), ``attention_mask`` (0) and ``labels`` (-100) to the longest row."""
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX, return_tensors="pt")
 
 
 def compare(
@@ -104,12 +96,12 @@ def compare(
     del base
     results = load_results(out / "results.json", identity)
     results["model_id"] = model_id
-    instruction = TASKS[config.task].instruction_for(config.source_lang, config.target_lang)
+    instruction = get_task(config.task).instruction_for(config.source_lang, config.target_lang)
     collator = make_collator(tokenizer)
 
     def encode(table: Dataset) -> list[dict]:
-        return [encode_for_training(tokenizer, instruction, s, t, config.max_source_tokens, config.max_target_tokens)
-                for s, t in zip(table["source"], table["target"])]
+        return encode_pairs(tokenizer, instruction, table["source"], table["target"], config.max_source_tokens,
+                            config.max_target_tokens)
 
     train_rows, val_rows = encode(data["train"]), encode(data["validation"])
     prompts = [encode_for_generation(tokenizer, instruction, s, config.max_source_tokens) for s in data["test"]["source"]]
@@ -331,7 +323,7 @@ class _Run:
                               batch_size=config.eval_batch_size, precision=job.precision, desc=f"{method.spec} test",
                               progress=job.progress)
         eval_seconds = time.perf_counter() - start
-        scored = score(config.task, hypotheses, job.references, char_level=config.char_level)
+        scored = get_task(config.task).score(hypotheses, job.references, char_level=config.char_level)
         trainable = 0 if method.kind == "base" else sum(p.numel() for p in trainable_parameters(model))
         mem, mem_kind = memory_mb(model)
         if config.save_adapters != "none" and method.kind in ("lora", "neft"):

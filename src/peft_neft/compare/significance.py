@@ -6,14 +6,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..tasks.significance import DEFAULT_SAMPLES, bootstrap_intervals, paired_bootstrap
+from ..tasks.significance import DEFAULT_SAMPLES
+from ..tasks.task import get_task
 from .methods import paired_baseline
 from .results import outputs_path, read_outputs, run_key
 
 
 def metric_names(task: str) -> tuple[str, ...]:
     """The metrics a task is scored with, in table order."""
-    return ("bleu", "chrf") if task == "translation" else ("rouge1", "rouge2", "rougeL")
+    return get_task(task).metric_names
 
 
 def paired_tests(results: dict[str, Any], out_dir: str | os.PathLike) -> list[dict[str, Any]]:
@@ -25,8 +26,8 @@ def paired_tests(results: dict[str, Any], out_dir: str | os.PathLike) -> list[di
         if other is None or other not in results["runs"]:
             continue
         ours, theirs = (read_outputs(outputs_path(Path(out_dir), k)) for k in (key, other))
-        tests = paired_bootstrap(config["task"], ours["hypothesis"], theirs["hypothesis"], ours["reference"],
-                                 char_level=config["char_level"])
+        tests = get_task(config["task"]).paired_test(ours["hypothesis"], theirs["hypothesis"], ours["reference"],
+                                                     char_level=config["char_level"])
         rows.append({"system": run["method"], "baseline": baseline, "seed": run["seed"], "tests": tests})
     return rows
 
@@ -34,11 +35,10 @@ def paired_tests(results: dict[str, Any], out_dir: str | os.PathLike) -> list[di
 def run_intervals(results: dict[str, Any], out_dir: str | os.PathLike) -> dict[str, dict[str, dict[str, float]]]:
     """Per run key: each metric's score and 95% bootstrap half-width (same resamples for every run)."""
     config = results["identity"]["config"]
-    out = {}
+    task, out = get_task(config["task"]), {}
     for key in results["runs"]:
         outputs = read_outputs(outputs_path(Path(out_dir), key))
-        out[key] = bootstrap_intervals(config["task"], outputs["hypothesis"], outputs["reference"],
-                                       char_level=config["char_level"])
+        out[key] = task.intervals(outputs["hypothesis"], outputs["reference"], char_level=config["char_level"])
     return out
 
 
@@ -54,6 +54,6 @@ def paired_table(results: dict[str, Any], out_dir: str | os.PathLike) -> str:
         cells = [f"{row['tests'][m]['delta']:+.2f} ({row['tests'][m]['p_value']:.3f})" for m in metrics]
         lines.append("| " + " | ".join([row["system"], row["baseline"], str(row["seed"]), *cells]) + " |")
     return ("\n## Paired tests\n\nEach NeFT run against its baseline run of the same seed, on the same test "
-            f"sentences: paired bootstrap resampling ({DEFAULT_SAMPLES} resamples, sacrebleu's test for BLEU/chrF). "
+            f"sentences: paired bootstrap resampling ({DEFAULT_SAMPLES} resamples, two-sided; identical outputs give p = 1). "
             "p is the chance of a difference this large from resampling the test set alone; it says nothing "
             "about the spread between training seeds.\n\n" + "\n".join(lines) + "\n")

@@ -14,9 +14,9 @@ from __future__ import annotations
 import os
 import random
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, overload
 
 import numpy as np
 import torch
@@ -30,41 +30,12 @@ from transformers.pytorch_utils import Conv1D
 from .._shapes import count_params, model_fingerprint, module_shape
 from .._targets import DEFAULT_TARGET_MODULES
 from .._targets import TargetModules, find_target_modules
+from ..neuron_selection import NeuronSelection
+from .budget import Budget
 from .calibration_callback import NeuronCalibrationCallback
 from .neuron_scores import NeuronScores
 
 Batch = dict[str, torch.Tensor]
-
-
-def tokenize_pair(tokenizer: Any, prompt: str, completion: str, max_length: Optional[int] = None) -> dict[str, list[int]]:
-    """Token ids of ``prompt + completion + eos`` with labels -100 on the prompt (loss on the completion only)."""
-    prompt_ids = tokenizer(prompt)["input_ids"]
-    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
-    if tokenizer.eos_token_id is not None:
-        completion_ids = completion_ids + [tokenizer.eos_token_id]
-    ids = (prompt_ids + completion_ids)[:max_length]
-    labels = ([-100] * len(prompt_ids) + completion_ids)[:max_length]
-    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
-
-
-def pad_collate(pad_token_id: int) -> Callable[[Sequence[dict[str, Any]]], Batch]:
-    """A collate function that right-pads ``input_ids`` (with ``pad_token_id``), ``attention_mask`` (0) and ``labels`` (-100)."""
-
-    def collate(examples: Sequence[dict[str, Any]]) -> Batch:
-        for key in ("input_ids", "attention_mask", "labels"):
-            if key not in examples[0]:
-                raise ValueError(
-                    f"Training examples need 'input_ids', 'attention_mask' and 'labels' (missing {key!r}); "
-                    "tokenize them first, e.g. with peft_neft.selection.tokenize_pair."
-                )
-        length = max(len(e["input_ids"]) for e in examples)
-        pads = {"input_ids": pad_token_id, "attention_mask": 0, "labels": -100}
-        return {
-            key: torch.tensor([list(e[key]) + [pad] * (length - len(e[key])) for e in examples], dtype=torch.long)
-            for key, pad in pads.items()
-        }
-
-    return collate
 
 
 def _check_data(dataset: Any, batch_size: int) -> None:
@@ -74,16 +45,10 @@ def _check_data(dataset: Any, batch_size: int) -> None:
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
 
 
-def _default_collate(model: nn.Module, collate_fn: Optional[Callable]) -> Callable:
-    pad = getattr(getattr(model, "config", None), "pad_token_id", None)
-    return collate_fn or pad_collate(0 if pad is None else int(pad))
-
-
-def _loader(model: nn.Module, dataset: Any, batch_size: int, seed: int, collate_fn: Optional[Callable]) -> DataLoader:
+def _loader(dataset: Any, batch_size: int, seed: int, collate_fn: Callable) -> DataLoader:
     _check_data(dataset, batch_size)
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator,
-                      collate_fn=_default_collate(model, collate_fn))
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator, collate_fn=collate_fn)
 
 
 def _batches(loader: DataLoader, count: int) -> Iterator[Batch]:
@@ -159,38 +124,58 @@ def _training_state(model: nn.Module, trainable: set[nn.Parameter], train_mode: 
         model.train(was_training)
 
 
+@overload
+def calibrate(model: nn.Module, train_dataset: Any, *, collate_fn: Callable, steps: int = ...,
+              target_modules: TargetModules = ..., lr: float = ..., batch_size: int = ..., seed: int = ...,
+              frugal: bool = ..., progress: bool = ..., callback: Optional[Callable[[int, float], None]] = ...,
+              budget: None = ..., strategy: str = ..., per_layer_quota: bool = ...) -> NeuronScores: ...
+
+
+@overload
+def calibrate(model: nn.Module, train_dataset: Any, *, collate_fn: Callable, steps: int = ...,
+              target_modules: TargetModules = ..., lr: float = ..., batch_size: int = ..., seed: int = ...,
+              frugal: bool = ..., progress: bool = ..., callback: Optional[Callable[[int, float], None]] = ...,
+              budget: Budget, strategy: str = ..., per_layer_quota: bool = ...) -> NeuronSelection: ...
+
+
 def calibrate(
     model: nn.Module,
     train_dataset: Any,
+    *,
+    collate_fn: Callable,
     steps: int = 800,
     target_modules: TargetModules = DEFAULT_TARGET_MODULES,
     lr: float = 1e-5,
     batch_size: int = 8,
     seed: int = 0,
     frugal: bool = False,
-    collate_fn: Optional[Callable] = None,
     progress: bool = True,
     callback: Optional[Callable[[int, float], None]] = None,
-    budget: Optional[dict[str, Any]] = None,
-) -> NeuronScores:
+    budget: Optional[Budget] = None,
+    strategy: str = "lowest",
+    per_layer_quota: bool = False,
+) -> NeuronScores | NeuronSelection:
     """Cosine scores from a short full fine-tune (``Trainer``, AdamW, ``steps`` steps); the model is restored in place.
 
     Args:
         model: a transformers causal LM (or a peft model around one).
         train_dataset: a sequence (or ``datasets.Dataset``) of dicts with ``input_ids``, ``attention_mask``
-            and ``labels`` (-100 on prompt tokens); see :func:`tokenize_pair`.
+            and ``labels`` (-100 on prompt tokens), as :func:`peft_neft.tasks.encode_pairs` makes them.
+        collate_fn: turns a list of examples into a batch, e.g. :func:`peft_neft.tasks.make_collator`.
         steps: optimizer steps K (the paper's "Early" selection used 800).
         target_modules: modules whose rows are scored (peft's matching rule).
         lr, batch_size: learning rate (constant, no warmup) and batch size; torch's AdamW with its defaults
             (weight decay 0.01 on every trained tensor), no gradient clipping.
-        seed: fixes the data order and anything random in the model, so runs repeat exactly.
+        seed: fixes the data order and anything random in the model, so runs repeat exactly (and seeds the
+            ``"random"`` strategy).
         frugal: train only the target modules (less optimizer memory, no parking of the other weights).
-        collate_fn: turns a list of examples into a batch; default pads with ``model.config.pad_token_id`` (or 0).
         progress: show the Trainer's progress bar.
         callback: called as ``callback(step, loss)`` after each optimizer step (1-based), while the
             model holds the fine-tuned weights (e.g. to log, or to score intermediate steps).
-        budget: keyword arguments of :func:`~peft_neft.selection.select_neurons` the scores will be used with;
-            an impossible budget fails before the fine-tune instead of after it.
+        budget, strategy, per_layer_quota: given a :class:`~peft_neft.selection.budget.Budget`, the scores are
+            turned into a selection at step K (an impossible budget fails before the fine-tune) and that
+            :class:`~peft_neft.selection.NeuronSelection` is returned instead of the scores (its ``scores``
+            and ``metadata["scores_metadata"]`` keep them).
     """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}.")
@@ -205,8 +190,9 @@ def calibrate(
     device = next(model.parameters()).device
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)  # Trainer trains on the current device
-    scoring = NeuronCalibrationCallback(steps, budget=budget, target_modules=target_modules, stop_training=True,
-                                        keep_original=True)
+    scoring = NeuronCalibrationCallback(steps, budget=budget, strategy=strategy, seed=seed,
+                                        per_layer_quota=per_layer_quota, target_modules=target_modules,
+                                        stop_training=True, keep_original=True)
     steps_seen = _StepLosses(callback)
     with tempfile.TemporaryDirectory(prefix="peft-neft-calibrate-") as tmp, _random_state_kept():
         parked = os.path.join(tmp, "parked.safetensors")
@@ -223,9 +209,8 @@ def calibrate(
                 )
                 optimizer = torch.optim.AdamW([p for p in model.parameters() if p in trainable], lr=lr)
                 trainer = _loss_recording(TargetLossTrainer, steps_seen.losses)(
-                    model=model, args=args, train_dataset=train_dataset,
-                    data_collator=_default_collate(model, collate_fn), callbacks=[scoring, steps_seen],
-                    optimizers=(optimizer, None), data_seed=seed,
+                    model=model, args=args, train_dataset=train_dataset, data_collator=collate_fn,
+                    callbacks=[scoring, steps_seen], optimizers=(optimizer, None), data_seed=seed,
                 )
                 quiet(trainer, progress).train()
                 del trainer, optimizer
@@ -238,17 +223,21 @@ def calibrate(
     scores = scoring.scores
     scores.metadata.update(source="calibrate", lr=lr, batch_size=batch_size, seed=seed, frugal=frugal,
                            losses=steps_seen.losses)
-    return scores
+    if scoring.selection is None:
+        return scores
+    scoring.selection.metadata["scores_metadata"] = scores.metadata
+    return scoring.selection
 
 
 def gradient_scores(
     model: nn.Module,
     train_dataset: Any,
+    *,
+    collate_fn: Callable,
     batches: int = 16,
     target_modules: TargetModules = DEFAULT_TARGET_MODULES,
     batch_size: int = 8,
     seed: int = 0,
-    collate_fn: Optional[Callable] = None,
 ) -> NeuronScores:
     """A cheap score without any optimizer step: minus the accumulated per-row gradient norm.
 
@@ -260,7 +249,7 @@ def gradient_scores(
     if batches < 1:
         raise ValueError(f"batches must be at least 1, got {batches}.")
     targets = find_target_modules(model, target_modules)
-    loader = _loader(model, train_dataset, batch_size, seed, collate_fn)
+    loader = _loader(train_dataset, batch_size, seed, collate_fn)
     squared = {name: torch.zeros(module_shape(m)[0], dtype=torch.float64) for name, m in targets.items()}
     losses = []
     with _training_state(model, {m.weight for m in targets.values()}, train_mode=False):

@@ -9,7 +9,7 @@ from torch import nn
 
 from .._targets import layer_index
 from ..neuron_selection import NeuronSelection
-from .budget import Budget, resolve_budget
+from .budget import Budget
 from .neuron_scores import NeuronScores
 
 STRATEGIES = ("lowest", "reversed", "random")
@@ -52,14 +52,17 @@ def select_neurons(
     per_layer_quota: bool = False,
     exclude: Optional[NeuronSelection] = None,
     model: Optional[nn.Module] = None,
+    budget: Optional[Budget] = None,
 ) -> NeuronSelection:
-    """Pick rows under exactly one budget.
+    """Pick rows under exactly one budget: a :class:`~peft_neft.selection.budget.Budget`, or the keywords that make one.
 
     Args:
         scores: per-neuron scores; lower is selected first by ``"lowest"`` (the paper's NeFT_x%).
         percent: a share of ALL base-model parameters, in (0, 100]; a row costs its module's in_features.
         num_params: a parameter budget (e.g. :func:`budget_from_lora`).
         num_neurons: a number of rows, whatever they cost.
+        budget: the budget already made (``Budget(percent=6)``, ``Budget.from_lora(model, 8)``), instead of the
+            three keywords.
         strategy: ``"lowest"`` (paper), ``"reversed"`` (highest first, the paper's Reversed_x%), ``"random"`` (seeded).
         seed: seed of the ``"random"`` strategy.
         per_layer_quota: give each decoder block a share of the budget in proportion to its size and rank within
@@ -72,7 +75,11 @@ def select_neurons(
     """
     if model is not None:
         scores.check_model(model)
-    budget = resolve_budget(scores.total_params, percent, num_params, num_neurons)
+    if budget is None:
+        budget = Budget(percent=percent, num_params=num_params, num_neurons=num_neurons)
+    elif (percent, num_params, num_neurons) != (None, None, None):
+        raise ValueError("Give budget= or one of percent=, num_params=, num_neurons=, not both.")
+    value = budget.value(scores.total_params)
     if strategy not in STRATEGIES:
         raise ValueError(f"Unknown strategy {strategy!r}; choose one of {STRATEGIES}.")
     names = list(scores.scores)
@@ -92,16 +99,16 @@ def select_neurons(
                 keep[(module_id == i) & torch.isin(row, exclude.rows[n])] = False
         flat, module_id, row, cost = flat[keep], module_id[keep], row[keep], cost[keep]
     available = int(cost.sum())
-    if budget.value > available:
+    if value > available:
         raise ValueError(
-            f"The budget ({budget.value:.0f} {budget.unit}) exceeds everything the target modules offer "
+            f"The budget ({value:.0f} {budget.unit}) exceeds everything the target modules offer "
             f"({available} {budget.unit}). Add target modules or lower the budget."
         )
     order = _ranking(flat, strategy, seed)
-    chosen = _choose(order, cost, module_id, names, budget, per_layer_quota)
+    chosen = _choose(order, cost, module_id, names, value, per_layer_quota)
     if chosen.numel() == 0:
         raise ValueError(
-            f"The budget ({budget.value:.0f} {budget.unit}) is smaller than one row "
+            f"The budget ({value:.0f} {budget.unit}) is smaller than one row "
             f"({int(cost[order[0]])} {budget.unit} for the first-ranked row). Raise the budget."
         )
     rows: dict[str, torch.Tensor] = {}
@@ -113,7 +120,7 @@ def select_neurons(
     metadata = {
         "method": scores.method,
         "strategy": strategy,
-        "budget": {"unit": budget.unit, "value": budget.value, "spec": budget.spec},
+        "budget": {"unit": budget.unit, "value": value, "spec": budget.spec},
         "achieved_params": achieved,
         "achieved_neurons": int(chosen.numel()),
         "total_params": scores.total_params,
@@ -129,22 +136,22 @@ def select_neurons(
 
 
 def _choose(
-    order: torch.Tensor, cost: torch.Tensor, module_id: torch.Tensor, names: list[str], budget: Budget, per_layer: bool
+    order: torch.Tensor, cost: torch.Tensor, module_id: torch.Tensor, names: list[str], budget: float, per_layer: bool
 ) -> torch.Tensor:
-    """Indices (into the flat arrays) of the chosen rows."""
+    """Indices (into the flat arrays) of the chosen rows, costing about ``budget``."""
     if not per_layer:
-        return order[: _closest_prefix(cost[order], budget.value)]
+        return order[: _closest_prefix(cost[order], budget)]
     layer_of_module = torch.tensor([layer_index(n) if layer_index(n) is not None else -1 for n in names])
     layer = layer_of_module[module_id]
     total = float(cost.sum())
     taken = []
     for group in torch.unique(layer):
         ranked = order[layer[order] == group]
-        quota = budget.value * float(cost[ranked].sum()) / total
+        quota = budget * float(cost[ranked].sum()) / total
         taken.append(ranked[: _floor_prefix(cost[ranked], quota)])
     chosen = torch.cat(taken)
     rest = order[~torch.isin(order, chosen)]
-    return torch.cat([chosen, rest[: _closest_prefix(cost[rest], budget.value - float(cost[chosen].sum()))]])
+    return torch.cat([chosen, rest[: _closest_prefix(cost[rest], budget - float(cost[chosen].sum()))]])
 
 
 def select_hybrid(

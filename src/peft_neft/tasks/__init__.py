@@ -1,19 +1,35 @@
-"""Task data (translation, summarization), prompts with loss on target tokens only, and metrics."""
+"""Tasks (their data fields, instruction, metrics and paired test), task data, and prompts with loss on target tokens.
 
-from .data import (TASKS, Task, django_translation_pairs, hold_out_validation, load_pairs, load_prompt_completion,
-                   read_data_file)
-from .metrics import score
-from .prompts import encode_for_generation, encode_for_training
+The names load on first use, so ``peft_neft.tasks.task`` (the registry the command line reads) stays
+cheap to import.
+"""
 
-__all__ = [
-    "TASKS",
-    "Task",
-    "django_translation_pairs",
-    "hold_out_validation",
-    "encode_for_generation",
-    "encode_for_training",
-    "load_pairs",
-    "load_prompt_completion",
-    "read_data_file",
-    "score",
-]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .data import django_translation_pairs, hold_out_validation, load_pairs, read_data_file
+    from .prompts import IGNORE_INDEX, encode_for_generation, encode_pairs, encode_for_training, make_collator
+    from .task import TASKS, Task, get_task
+
+_HOME = {
+    **dict.fromkeys(["TASKS", "Task", "get_task"], "task"),
+    **dict.fromkeys(["django_translation_pairs", "hold_out_validation", "load_pairs", "read_data_file"], "data"),
+    **dict.fromkeys(["IGNORE_INDEX", "encode_for_generation", "encode_pairs", "encode_for_training", "make_collator"],
+                    "prompts"),
+}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -14,7 +14,6 @@ import hashlib
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import datasets.exceptions
@@ -50,35 +49,7 @@ def _datasets_progress_bars_hidden() -> Iterator[None]:
         if was_enabled:
             datasets.utils.enable_progress_bars()
 
-_LANGUAGES = {"en": "English", "fr": "French", "de": "German", "cs": "Czech", "zh": "Chinese", "uk": "Ukrainian"}
 _JSON_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz")
-
-
-@dataclass(frozen=True)
-class Task:
-    """A task kind: its default JSON fields, its instruction and the metrics it is scored with."""
-
-    name: str
-    source_field: str
-    target_field: str
-    instruction: str  # a template with ``{source_lang}`` and ``{target_lang}``
-
-    def instruction_for(self, source_lang: str, target_lang: str) -> str:
-        """The instruction with the language names filled in."""
-        return self.instruction.format(source_lang=language_name(source_lang), target_lang=language_name(target_lang))
-
-
-TASKS = {
-    "translation": Task("translation", "source", "target", "Translate this {source_lang} text into {target_lang}."),
-    "summarization": Task(
-        "summarization", "document", "summary", "Summarize this {source_lang} dialogue in {target_lang}, in one or two sentences."
-    ),
-}
-
-
-def language_name(code: str) -> str:
-    """``"fr"`` -> ``"French"``; anything unknown is used as given."""
-    return _LANGUAGES.get(code.lower(), code)
 
 
 def _require_file(path: str | os.PathLike) -> Path:
@@ -126,6 +97,10 @@ def load_pairs(
                 "Name the fields with --source-field/--target-field."
             )
         sources, targets = list(table[source_field]), list(table[target_field])
+        for row, (s, t) in enumerate(zip(sources, targets), 1):
+            if not isinstance(s, str) or not isinstance(t, str):
+                raise ValueError(f"{src_path} row {row}: '{source_field}' and '{target_field}' must be text, "
+                                 f"got {s!r} and {t!r}.")
     pairs = [(s.strip(), t.strip()) for s, t in zip(sources, targets) if s and t and s.strip() and t.strip()]
     if limit is not None:
         pairs = pairs[:limit]
@@ -178,33 +153,3 @@ def hold_out_validation(train: Dataset, fraction: float = 0.1, limit: int = 200)
                          "data (--validation).")
     cut = len(train) - held_out
     return train.select(range(cut)), train.select(range(cut, len(train)))
-
-
-_PROMPT_FIELDS = (("prompt", "completion"), ("source", "target"))
-
-
-def load_prompt_completion(path: str | os.PathLike, max_examples: int | None = None) -> Dataset:
-    """(prompt, completion) pairs from JSON lines with ``prompt``/``completion`` or ``source``/``target`` text.
-
-    ``max_examples`` keeps the first N (None: all). Missing fields, empty files and null or non-text
-    values are refused with the file and row that hold them.
-    """
-    file = _require_file(path)
-    if max_examples is not None and max_examples < 1:
-        raise ValueError(f"max_examples must be at least 1 (or left out for all), got {max_examples}.")
-    if not file.name.endswith(_JSON_SUFFIXES):
-        raise ValueError(f"{file} is not JSON lines; pass a .jsonl(.gz) file with prompt/completion fields.")
-    table = read_data_file(file)
-    fields = next((f for f in _PROMPT_FIELDS if all(k in table.column_names for k in f)), None)
-    if fields is None:
-        raise ValueError(f"{file} needs 'prompt' and 'completion' (or 'source' and 'target') fields; "
-                         f"it has {table.column_names}.")
-    if max_examples is not None:
-        table = table.select(range(min(max_examples, len(table))))
-    prompts, completions = table[fields[0]], table[fields[1]]
-    for row, (p, c) in enumerate(zip(prompts, completions), 1):
-        if not isinstance(p, str) or not isinstance(c, str):
-            raise ValueError(f"{file} row {row}: '{fields[0]}' and '{fields[1]}' must be text, got {p!r} and {c!r}.")
-    if not prompts:
-        raise ValueError(f"{file} holds no examples.")
-    return Dataset.from_dict({"prompt": prompts, "completion": completions})

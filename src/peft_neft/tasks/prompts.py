@@ -1,4 +1,7 @@
-"""Prompts for an instruction-tuned causal LM, tokenized with the loss on the target tokens only.
+"""Prompts for an instruction-tuned causal LM, tokenized with the loss on the target tokens only, and their collator.
+
+The one place that encodes prompts: calibration (``peft-neft calibrate``), training and evaluation
+(``peft-neft compare``) all encode here, so neurons are scored on exactly the inputs they are trained on.
 
 With a chat template (SmolLM2-Instruct has one) the instruction is the system message and the input
 the user message (which also replaces SmolLM2's long default system prompt: shorter sequences, faster
@@ -8,11 +11,12 @@ EOS token; prompt positions get label ``-100`` so only the target (and its EOS) 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from transformers import PreTrainedTokenizerBase
+from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100  # the label of positions without a target (PyTorch's cross-entropy default)
 
 
 def _truncate(tokenizer: PreTrainedTokenizerBase, text: str, max_tokens: int | None) -> list[int]:
@@ -55,3 +59,23 @@ def encode_for_training(
         "attention_mask": [1] * (len(prompt) + len(answer)),
         "labels": [IGNORE_INDEX] * len(prompt) + answer,
     }
+
+
+def encode_pairs(
+    tokenizer: PreTrainedTokenizerBase,
+    instruction: str,
+    sources: Sequence[str],
+    targets: Sequence[str],
+    max_source_tokens: int | None = None,
+    max_target_tokens: int | None = None,
+) -> list[dict[str, Any]]:
+    """:func:`encode_for_training` of every (source, target) pair."""
+    return [encode_for_training(tokenizer, instruction, s, t, max_source_tokens, max_target_tokens)
+            for s, t in zip(sources, targets)]
+
+
+def make_collator(tokenizer: PreTrainedTokenizerBase) -> DataCollatorForSeq2Seq:
+    """Pads ``input_ids`` (pad token; EOS where there is none), ``attention_mask`` (0) and ``labels`` (-100)."""
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX, return_tensors="pt")

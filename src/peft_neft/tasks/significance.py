@@ -1,11 +1,19 @@
-"""Paired significance tests: do two systems' scores on the same test set differ beyond chance?
+"""Paired bootstrap tests and bootstrap intervals over any :class:`~peft_neft.tasks.metrics.Metric`.
 
-Both use paired bootstrap resampling (Koehn 2004, as in Moses' ``bootstrap-hypothesis-difference-
-significance.pl``): resample the test set with replacement, score both systems on each resample, and
-count how often the centred absolute difference exceeds the observed one. Translation metrics go
-through sacrebleu's own ``PairedTest`` (BLEU, chrF); ROUGE, the mean of per-document F1 scores, is
-resampled the same way here, since rouge-score has no such test. The RNG seed is fixed (sacrebleu's
-default 12345, ``SACREBLEU_SEED`` changes it), so a report is reproducible.
+The test (Koehn 2004; Efron and Tibshirani 1993, section 16.4) resamples the test set with
+replacement, the SAME sentences for both systems, and scores both on each resample: ``d_s`` is the
+resampled difference and ``d`` the observed one. Under the null hypothesis the differences are
+centred at zero, so the two-sided p-value is the share of resamples at least as far from their mean
+as the observed difference is from zero: ``p = (#{|d_s - mean(d_s)| >= |d|} + 1) / (samples + 1)``.
+
+This differs from sacrebleu's ``PairedTest`` (``test_type="bs"``, after Moses'
+``bootstrap-hypothesis-difference-significance.pl``) in two ways. sacrebleu counts ``|d_s| - mean(|d_s|)
+> |d|``: strictly greater, so two identical systems (every ``d_s`` is 0) get ``p = 1/(samples+1)``,
+"significant"; and centring the absolute differences makes the test roughly one-sided, so p-values
+under the null hypothesis crowd below 0.5 instead of being uniform. Here a zero difference gives
+``p = 1`` and a random relabelling of two systems gives uniform p-values. The resampled scores use
+sacrebleu's own sufficient statistics. The RNG seed is sacrebleu's (``SACREBLEU_SEED``, default 12345),
+so a report is reproducible and every system of one test set is resampled identically.
 """
 
 from __future__ import annotations
@@ -14,77 +22,52 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
-import sacrebleu
-from sacrebleu.significance import PairedTest
+from sacrebleu.significance import estimate_ci
 
-from .metrics import check_pairs, rouge_per_document
+from .metrics import Metric, check_pairs
 
 DEFAULT_SAMPLES = 1000
 
 
-def paired_bootstrap(task: str, system: Sequence[str], baseline: Sequence[str], references: Sequence[str], *,
-                     char_level: bool = False, samples: int = DEFAULT_SAMPLES) -> dict[str, dict[str, float]]:
-    """Per metric: ``delta`` (system minus baseline score) and the two-sided bootstrap ``p_value``."""
-    check_pairs(system, references)
-    check_pairs(baseline, references)
-    if task == "translation":
-        return _translation(list(system), list(baseline), list(references), samples)
-    if task == "summarization":
-        return _rouge(system, baseline, references, char_level, samples)
-    raise ValueError(f"Unknown task {task!r}; use 'translation' or 'summarization'.")
-
-
-def _translation(system: list[str], baseline: list[str], references: list[str], samples: int) -> dict[str, dict[str, float]]:
-    metrics = {"bleu": sacrebleu.metrics.BLEU(), "chrf": sacrebleu.metrics.CHRF()}
-    test = PairedTest([("baseline", baseline), ("system", system)], metrics, [references], test_type="bs",
-                      n_samples=samples)
-    _, results = test()  # keyed by sacrebleu's display names ("BLEU", "chrF2"), in the order of ``metrics``
-    columns = [results[key] for key in results if key != "System"]
-    return {name: {"delta": column[1].score - column[0].score, "p_value": column[1].p_value}
-            for name, column in zip(metrics, columns)}
-
-
-def _rouge(system: Sequence[str], baseline: Sequence[str], references: Sequence[str], char_level: bool,
-           samples: int) -> dict[str, dict[str, float]]:
-    ours = rouge_per_document(system, references, char_level)
-    theirs = rouge_per_document(baseline, references, char_level)
+def resamples(size: int, samples: int) -> np.ndarray:
+    """(samples, size) sentence indices drawn with replacement from sacrebleu's seed (``SACREBLEU_SEED``)."""
     seed = os.environ.get("SACREBLEU_SEED", "12345")
     rng = np.random.default_rng(None if seed.lower() == "none" else int(seed))
-    resamples = rng.choice(len(references), size=(samples, len(references)), replace=True)
+    return rng.choice(size, size=(samples, size), replace=True)
+
+
+def _resampled_scores(metric: Metric, statistics: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    return np.array([metric.score(statistics[rows].sum(0)) for rows in indices])
+
+
+def paired_bootstrap(metrics: Sequence[Metric], system: Sequence[str], baseline: Sequence[str],
+                     references: Sequence[str], *, samples: int = DEFAULT_SAMPLES) -> dict[str, dict[str, float]]:
+    """Per metric: ``delta`` (system minus baseline score) and the two-sided paired bootstrap ``p_value``."""
+    check_pairs(system, references)
+    check_pairs(baseline, references)
+    indices = resamples(len(references), samples)
     out = {}
-    for name in ours:
-        a, b = np.asarray(ours[name]), np.asarray(theirs[name])
-        observed = abs(a.mean() - b.mean())
-        sampled = np.abs(a[resamples].mean(axis=1) - b[resamples].mean(axis=1))
-        centred = sampled - sampled.mean()
-        out[name] = {"delta": float(a.mean() - b.mean()),
-                     "p_value": (int(np.sum(centred > observed)) + 1) / (samples + 1)}
+    for metric in metrics:
+        ours, theirs = metric.statistics(system, references), metric.statistics(baseline, references)
+        delta = metric.score(ours.sum(0)) - metric.score(theirs.sum(0))
+        sampled = _resampled_scores(metric, ours, indices) - _resampled_scores(metric, theirs, indices)
+        extreme = int(np.sum(np.abs(sampled - sampled.mean()) >= abs(delta)))
+        out[metric.name] = {"delta": float(delta), "p_value": (extreme + 1) / (samples + 1)}
     return out
 
 
-def bootstrap_intervals(task: str, hypotheses: Sequence[str], references: Sequence[str], *, char_level: bool = False,
+def bootstrap_intervals(metrics: Sequence[Metric], hypotheses: Sequence[str], references: Sequence[str], *,
                         samples: int = DEFAULT_SAMPLES) -> dict[str, dict[str, float]]:
-    """Per metric: the ``score`` and the half-width ``ci`` of its 95% bootstrap confidence interval.
+    """Per metric: the ``score`` and the half-width ``ci`` of its 95% bootstrap interval (sacrebleu's estimate).
 
-    The resamples come from the same fixed seed as :func:`paired_bootstrap` (``SACREBLEU_SEED``), so
-    systems scored on one test set are resampled identically: their intervals are paired.
+    The resamples are those of :func:`paired_bootstrap`, so systems scored on one test set are
+    resampled identically: their intervals are paired.
     """
     check_pairs(hypotheses, references)
-    if task == "translation":
-        out = {}
-        for name, metric in (("bleu", sacrebleu.metrics.BLEU()), ("chrf", sacrebleu.metrics.CHRF())):
-            result = metric.corpus_score(list(hypotheses), [list(references)], n_bootstrap=samples)
-            out[name] = {"score": result.score, "ci": result._ci}  # sacrebleu's own interval (no public accessor)
-        return out
-    if task == "summarization":
-        per_document = rouge_per_document(hypotheses, references, char_level)
-        seed = os.environ.get("SACREBLEU_SEED", "12345")
-        rng = np.random.default_rng(None if seed.lower() == "none" else int(seed))
-        resamples = rng.choice(len(references), size=(samples, len(references)), replace=True)
-        out = {}
-        for name, values in per_document.items():
-            means = np.sort(np.asarray(values)[resamples].mean(axis=1))
-            low, high = means[samples // 40], means[samples - samples // 40 - 1]
-            out[name] = {"score": float(np.mean(values)), "ci": float(0.5 * (high - low))}
-        return out
-    raise ValueError(f"Unknown task {task!r}; use 'translation' or 'summarization'.")
+    indices = resamples(len(references), samples)
+    out = {}
+    for metric in metrics:
+        statistics = metric.statistics(hypotheses, references)
+        _, half_width = estimate_ci(_resampled_scores(metric, statistics, indices))
+        out[metric.name] = {"score": metric.score(statistics.sum(0)), "ci": float(half_width)}
+    return out

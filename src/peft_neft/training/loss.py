@@ -16,7 +16,7 @@ from peft import PeftModel
 from torch import nn
 from torch.nn import functional as F
 
-IGNORE_INDEX = -100
+from ..tasks.prompts import IGNORE_INDEX
 
 
 def _causal_lm(model: nn.Module) -> nn.Module:
