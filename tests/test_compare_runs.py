@@ -146,3 +146,60 @@ def test_workers_need_a_picklable_loader(tokenizer, data, tmp_path):
     with pytest.raises(ValueError, match="picklable"):
         compare(lambda: make_tiny_llama(vocab=len(tokenizer)), tokenizer, data, ["lora:2"], [0], tmp_path / "x",
                 _config(workers=2), progress=False)
+
+
+def test_training_curves_survive_in_the_results_folder(tokenizer, data, tmp_path):
+    out = tmp_path / "cmp"
+    results = compare(_loader(tokenizer), tokenizer, data, ["lora:2"], [0], out, _config(report_to="tensorboard"),
+                      progress=False)
+    events = list((out / "runs" / "lora_2@seed0@lr0.001").rglob("events.out.tfevents.*"))
+    assert events and all(e.stat().st_size > 0 for e in events)
+    curve = results["runs"]["lora:2@seed0"]["curve"]
+    assert [c["step"] for c in curve] == [2, 3] and all(c["val_loss"] > 0 and c["train_loss"] > 0 for c in curve)
+    assert not list(tmp_path.glob("runs")) and not (out / "checkpoints").exists()  # no stray folder, nothing left
+
+
+def test_each_run_s_figures_are_computed_once_and_stored(tokenizer, data, tmp_path, monkeypatch):
+    from peft_neft.tasks.task import Task
+
+    calls = {"intervals": 0, "paired_test": 0}
+    for name in calls:
+        real = getattr(Task, name)
+
+        def counted(self, *args, _real=real, _name=name, **kwargs):
+            calls[_name] += 1
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(Task, name, counted)
+    out = tmp_path / "cmp"
+    compare(_loader(tokenizer), tokenizer, data, ["base", "lora:2", "neft:match-lora:2"], [0, 1], out, _config(),
+            progress=False)
+    assert calls == {"intervals": 5, "paired_test": 2}  # 5 runs (base once), NeFT vs LoRA per seed: not per report
+    stored = json.loads((out / "results.json").read_text())
+    assert all("intervals" in run for run in stored["runs"].values())
+    assert set(stored["paired"]) == {"neft:match-lora:2@seed0", "neft:match-lora:2@seed1"}
+
+
+def test_report_rerenders_a_folder_and_merges_folders_with_paired_tests_across_them(tokenizer, data, tmp_path, capsys):
+    from peft_neft.cli import main
+
+    lora, neft = tmp_path / "lora", tmp_path / "neft"
+    compare(_loader(tokenizer), tokenizer, data, ["lora:2"], [0], lora, _config(), progress=False)
+    compare(_loader(tokenizer), tokenizer, data, ["neft:match-lora:2"], [0], neft, _config(lr_grid=(1.0, 3.0)),
+            progress=False)
+    (lora / "results.md").unlink()
+    assert main(["report", str(lora)]) == 0
+    assert "| lora:2 |" in capsys.readouterr().out and (lora / "results.md").is_file()
+    assert main(["report", str(lora), str(neft), "--out", str(tmp_path / "both")]) == 0
+    merged = json.loads((tmp_path / "both" / "results.json").read_text())
+    assert set(merged["runs"]) == {"lora:2@seed0", "neft:match-lora:2@seed0"}
+    assert list(merged["paired"]) == ["neft:match-lora:2@seed0"]
+    assert "| neft:match-lora:2 | lora:2 | 0 |" in (tmp_path / "both" / "results.md").read_text()
+    other = dict(data, test=data["test"].select(range(3)))
+    compare(_loader(tokenizer), tokenizer, other, ["base"], [0], tmp_path / "other", _config(), progress=False)
+    capsys.readouterr()
+    assert main(["report", str(lora), str(tmp_path / "other"), "--out", str(tmp_path / "x")]) != 0
+    assert "has other test data" in capsys.readouterr().err
+    assert main(["report", str(lora), str(neft)]) != 0 and "give --out" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "nothing")]) != 0
+    assert "results.json does not exist" in capsys.readouterr().err

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from peft_neft.compare import paired_tests, summarize
+from peft_neft.compare.significance import store_figures
 
 COLUMNS = ["base", "full", "lora:8", "neft:match-lora:8", "lora:64", "neft:match-lora:64",
            "neft-random:match-lora:8", "neft-reversed:match-lora:8"]
@@ -50,7 +51,8 @@ def main(folders: list[str]) -> None:
     print("\n| task | system | baseline | seed | " + " | ".join(f"Δ {m} (p)" for m in ("bleu", "chrf", "rougeL")) + " |")
     print("|---|---|---|---|---|---|---|")
     for name, results, folder in loaded:
-        for row in sorted(paired_tests(results, folder), key=lambda r: (r["system"], r["seed"])):
+        store_figures(results, folder)  # older folders stored no tests; today's paired test, computed here
+        for row in sorted(paired_tests(results), key=lambda r: (r["system"], r["seed"])):
             cells = [f"{row['tests'][m]['delta']:+.2f} ({row['tests'][m]['p_value']:.3f})" if m in row["tests"] else "-"
                      for m in ("bleu", "chrf", "rougeL")]
             print(f"| {name} | {row['system']} | {row['baseline']} | {row['seed']} | " + " | ".join(cells) + " |")

@@ -82,7 +82,7 @@ def plot(results: dict[str, Any], out_dir: str | os.PathLike, path: str | os.Pat
     import matplotlib.pyplot as plt
 
     metrics = metric_names(results["identity"]["config"]["task"])
-    intervals = run_intervals(results, out_dir)
+    intervals = run_intervals(results)
     groups = summarize(results, order)
     fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(metrics) + 0.5 * len(groups)), 4.2))
     width = 0.8 / max(len(groups), 1)
@@ -115,7 +115,7 @@ def write_report(results: dict[str, Any], out_dir: str | os.PathLike, order: Seq
     out = Path(out_dir)
     if not results["runs"]:
         return ""
-    table = markdown_table(results, order) + paired_table(results, out)
+    table = markdown_table(results, order) + paired_table(results)
     with atomic_path(out / "results.md") as tmp:
         tmp.write_text(table)
     plot(results, out, out / "results.png", order)

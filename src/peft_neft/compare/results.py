@@ -95,6 +95,22 @@ def load_results(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
     return stored
 
 
+def read_results(path: Path) -> dict[str, Any]:
+    """A stored ``results.json``, checked; every problem is one message naming the file and what to do."""
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist: give a folder that peft-neft compare wrote.")
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not valid UTF-8 JSON ({err}); restore it from a copy or rerun the comparison.") from None
+    if not isinstance(stored, dict) or stored.get("format") != RESULTS_FORMAT:
+        raise ValueError(f"{path} is not a peft-neft comparison results file (no format {RESULTS_FORMAT!r}).")
+    missing = [k for k in ("identity", "runs") if not isinstance(stored.get(k), dict)]
+    if missing:
+        raise ValueError(f"{path} lacks {', '.join(missing)}: it was cut short or edited; restore it from a copy.")
+    return stored
+
+
 def save_results(path: Path, results: dict[str, Any]) -> None:
     """Write ``results.json`` atomically."""
     with atomic_path(path) as tmp:

@@ -40,7 +40,7 @@ from .methods import Method, parse_method, prepare_model, select_for, shape_scor
 from .report import write_report
 from .results import (data_fingerprint, load_results, load_scores, outputs_path, run_key, save_results, save_scores,
                       training_key, weights_fingerprint, write_outputs)
-from .significance import metric_names
+from .significance import metric_names, store_figures
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,8 @@ def compare(
                     for seed in sorted({s for s, m in pending if _calibrated(m)})}
     jobs = [_Job(load_model, tokenizer, method, seed, lr, config, precision, collator, train_rows, val_rows, prompts,
                  list(data["test"]["target"]), calibrations.get(seed) if _calibrated(method) else None,
-                 checkpoints / _safe(training_key(method.spec, seed, lr)), total_params, progress and config.workers == 1)
+                 checkpoints / _safe(training_key(method.spec, seed, lr)), total_params, progress and config.workers == 1,
+                 out / "runs" / _safe(training_key(method.spec, seed, lr)))
             for seed, method in pending for lr in _rates(config, method)
             if training_key(method.spec, seed, lr) not in results["trainings"]]
     jobs.sort(key=lambda job: (job.seed, _rates(config, job.method).index(job.lr)))  # every method's first rate first
@@ -194,8 +195,11 @@ def _pending(results: dict[str, Any], methods: Sequence[Method], seeds: Sequence
 
 
 def _report(results: dict[str, Any], out: Path, methods: Sequence[Method]) -> None:
-    """Write the table and plot; a failure is logged, never allowed to stop the runs still to train."""
+    """Store the figures of finished runs, write the table and plot; a failure is logged, never allowed to stop
+    the runs still to train."""
     try:
+        if store_figures(results, out):
+            save_results(out / "results.json", results)
         write_report(results, out, [m.spec for m in methods])
     except Exception as err:  # the results themselves are saved; the report can be rebuilt from them
         logger.warning("the report of %s could not be written (%s: %s); results.json is complete", out,
@@ -246,6 +250,7 @@ class _Job:
     folder: Path  # its checkpoints while it trains, then its result and adapter until the run is complete
     total_params: int
     progress: bool
+    logs: Path  # where Trainer's loggers (report_to) write, kept after the run
 
 
 def _executed(jobs: list[_Job], workers: int) -> Iterator[tuple[_Job, dict[str, Any]]]:
@@ -312,7 +317,7 @@ class _Run:
             logger.info("%s seed %d: training at lr %g", self.method.spec, self.seed, job.lr)
             stats = train_model(model, job.train_rows, job.val_rows, job.collator, config.training(),
                                 learning_rate=job.lr, seed=self.seed, precision=job.precision,
-                                checkpoint_dir=job.folder / "training", progress=job.progress)
+                                checkpoint_dir=job.folder / "training", logging_dir=job.logs, progress=job.progress)
         return model, {**stats, "lr": job.lr}
 
     def train_and_evaluate(self) -> dict[str, Any]:

@@ -17,34 +17,47 @@ def metric_names(task: str) -> tuple[str, ...]:
     return get_task(task).metric_names
 
 
-def paired_tests(results: dict[str, Any], out_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """Paired bootstrap tests of each NeFT run against its baseline run of the same seed (stored outputs)."""
-    config, rows = results["identity"]["config"], []
+def store_figures(results: dict[str, Any], out_dir: str | os.PathLike) -> bool:
+    """Add to ``results`` what the report shows and is not stored yet; return whether anything was added.
+
+    Each run's bootstrap intervals (``run["intervals"]``) and each NeFT run's paired test against its
+    baseline run of the same seed (``results["paired"][run key]``), from the stored outputs. Called as each
+    run finishes, so the figures of a finished run are computed once and the report only reads them.
+    """
+    config, out = results["identity"]["config"], Path(out_dir)
+    task, added = get_task(config["task"]), False
+    for run in results["runs"].values():
+        if "intervals" not in run:
+            outputs = read_outputs(outputs_path(out, run_key(run["method"], run["seed"])))
+            run["intervals"] = task.intervals(outputs["hypothesis"], outputs["reference"], char_level=config["char_level"])
+            added = True
+    paired = results.setdefault("paired", {})
     for key, run in results["runs"].items():
         baseline = paired_baseline(run["method"])
         other = run_key(baseline, run["seed"]) if baseline else None
-        if other is None or other not in results["runs"]:
+        if key in paired or other not in results["runs"]:
             continue
-        ours, theirs = (read_outputs(outputs_path(Path(out_dir), k)) for k in (key, other))
-        tests = get_task(config["task"]).paired_test(ours["hypothesis"], theirs["hypothesis"], ours["reference"],
-                                                     char_level=config["char_level"])
-        rows.append({"system": run["method"], "baseline": baseline, "seed": run["seed"], "tests": tests})
-    return rows
+        ours, theirs = (read_outputs(outputs_path(out, k)) for k in (key, other))
+        tests = task.paired_test(ours["hypothesis"], theirs["hypothesis"], ours["reference"],
+                                 char_level=config["char_level"])
+        paired[key] = {"system": run["method"], "baseline": baseline, "seed": run["seed"], "tests": tests}
+        added = True
+    return added
 
 
-def run_intervals(results: dict[str, Any], out_dir: str | os.PathLike) -> dict[str, dict[str, dict[str, float]]]:
-    """Per run key: each metric's score and 95% bootstrap half-width (same resamples for every run)."""
-    config = results["identity"]["config"]
-    task, out = get_task(config["task"]), {}
-    for key in results["runs"]:
-        outputs = read_outputs(outputs_path(Path(out_dir), key))
-        out[key] = task.intervals(outputs["hypothesis"], outputs["reference"], char_level=config["char_level"])
-    return out
+def paired_tests(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The stored paired tests (:func:`store_figures`): each NeFT run against its baseline run of the same seed."""
+    return list(results.get("paired", {}).values())
 
 
-def paired_table(results: dict[str, Any], out_dir: str | os.PathLike) -> str:
+def run_intervals(results: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per run key: each metric's score and 95% bootstrap half-width, as stored by :func:`store_figures`."""
+    return {key: run["intervals"] for key, run in results["runs"].items()}
+
+
+def paired_table(results: dict[str, Any]) -> str:
     """Markdown for :func:`paired_tests`, empty when no run has its baseline yet."""
-    rows = paired_tests(results, out_dir)
+    rows = paired_tests(results)
     if not rows:
         return ""
     metrics = metric_names(results["identity"]["config"]["task"])

@@ -37,6 +37,7 @@ from torch.utils.data import RandomSampler, Sampler
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.integrations import TensorBoardCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .checkpoints import FINISHED, KEEP_BEST, load_state, remove_checkpoints, resumable_checkpoint, save_state
@@ -267,6 +268,7 @@ def train_model(
     seed: int,
     precision: Precision,
     checkpoint_dir: str | os.PathLike | None = None,
+    logging_dir: str | os.PathLike | None = None,
     progress: bool = True,
     callbacks: Sequence[TrainerCallback] = (),
 ) -> dict[str, Any]:
@@ -279,7 +281,8 @@ def train_model(
 
     With ``checkpoint_dir``, Trainer checkpoints there at every evaluation and the same call resumes from the
     newest complete checkpoint; once finished, the folder holds only the result, which a later call loads
-    instead of training again (the folder stands for this one run: give each run its own).
+    instead of training again (the folder stands for this one run: give each run its own). ``logging_dir``
+    is where ``report_to="tensorboard"`` writes its event files (default: Trainer's, under its output folder).
     """
     params = trainable_parameters(model)
     if not params:
@@ -297,6 +300,9 @@ def train_model(
         args = _arguments(settings, str(checkpoint_dir or tmp), steps=steps, learning_rate=learning_rate, seed=seed,
                           precision=precision, progress=progress, checkpoints=checkpoint_dir is not None)
         trainer = _trainer(model, args, train_rows, val_rows, collator, [keep_best, *callbacks], seed, progress)
+        for callback in trainer.callback_handler.callbacks:
+            if isinstance(callback, TensorBoardCallback) and logging_dir is not None:
+                callback.logging_dir = str(logging_dir)
         resume = resumable_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
         if resume is not None:
             keep_best.load(resume / KEEP_BEST)

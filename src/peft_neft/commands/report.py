@@ -1,0 +1,66 @@
+"""``peft-neft report``: re-render the table and plot of results folders, and merge several into one report."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+NAME = "report"
+HELP = ("Re-render results.md and results.png of comparison folders; with --out, merge several (same task and "
+        "test data) into one table with paired tests across them.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("folders", nargs="+", metavar="OUT", help="folders peft-neft compare wrote")
+    parser.add_argument("--out", help="merge the folders' runs into this new folder (needed for several folders)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..compare.report import write_report
+    from ..compare.results import outputs_path, read_results, save_results
+    from ..compare.significance import store_figures
+
+    folders = [Path(f) for f in args.folders]
+    if len(folders) > 1 and not args.out:
+        raise ValueError("Several folders are merged into a new one: give --out FOLDER.")
+    if args.out and any(Path(args.out).resolve() == f.resolve() for f in folders):
+        raise ValueError(f"--out {args.out} is one of the folders read; give a new folder.")
+    loaded = [(folder, read_results(folder / "results.json")) for folder in folders]
+    for folder, results in loaded:  # figures a folder does not store yet (older folders), with today's tests
+        if store_figures(results, folder):
+            save_results(folder / "results.json", results)
+        write_report(results, folder)
+    if not args.out:
+        print((folders[0] / "results.md").read_text(encoding="utf-8"), end="")
+        return 0
+    out = Path(args.out)
+    merged = _merge(loaded)
+    for folder, results in loaded:
+        for key in results["runs"]:
+            if merged["runs"][key] is results["runs"][key]:
+                outputs_path(out, key).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(outputs_path(folder, key), outputs_path(out, key))
+    merged["paired"] = {}  # pairs across folders too
+    store_figures(merged, out)
+    save_results(out / "results.json", merged)
+    print(write_report(merged, out), end="")
+    print(f"merged report written to {out}/")
+    return 0
+
+
+def _merge(loaded: list[tuple[Path, dict]]) -> dict:
+    """One results record with every folder's runs; the folders must share the task and the test data."""
+    first_folder, first = loaded[0]
+    identity = {**first["identity"], "merged_from": [str(f) for f, _ in loaded]}
+    runs: dict = {}
+    for folder, results in loaded:
+        for field, value in (("task", results["identity"]["config"]["task"]),
+                             ("test data", results["identity"]["data"].get("test"))):
+            expected = first["identity"]["config"]["task"] if field == "task" else first["identity"]["data"].get("test")
+            if value != expected:
+                raise ValueError(f"{folder} has other {field} than {first_folder} ({value} vs {expected}); "
+                                 "merge only folders scored on the same test set.")
+        for key, run in results["runs"].items():
+            runs.setdefault(key, run)  # the first folder that has a run keeps it
+    return {**first, "identity": identity, "runs": runs, "trainings": {}}
