@@ -129,6 +129,10 @@ def compare(
         _report(results, out, methods)
         bar.update()
     bar.close()
+    for seed in calibrations:  # every run that needed it has finished
+        (checkpoints / f"calibration@seed{seed}.safetensors").unlink(missing_ok=True)
+    if checkpoints.is_dir() and not any(checkpoints.iterdir()):
+        checkpoints.rmdir()
     _report(results, out, methods)
     return results
 
