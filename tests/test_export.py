@@ -40,6 +40,7 @@ def tiny_gpt2():
 
 
 def randomize(model, seed=7):
+    """Random trainable weights for a LoRA model (NeFT models get theirs from ``init_weights``)."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for param in model.parameters():
@@ -55,9 +56,8 @@ def neft_adapter(tmp_path, make_base, rows, name="m"):
     """A base saved to disk and a trained-looking NeFT adapter on it; returns (base_dir, adapter_dir, model)."""
     base_dir, adapter_dir = tmp_path / f"{name}_base", tmp_path / f"{name}_neft"
     make_base().save_pretrained(base_dir)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), NeFTConfig(neurons=rows)).eval()
-    randomize(model)
-    model.save_pretrained(adapter_dir)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), NeFTConfig(neurons=rows, init_weights=7))
+    model.eval().save_pretrained(adapter_dir)
     return base_dir, adapter_dir, model
 
 
@@ -149,8 +149,7 @@ def test_round_trip_neft_lora_neft_is_bit_exact(exported, tmp_path):
 
 
 def test_bfloat16_deltas_round_trip_bit_exact(tmp_path):
-    model = get_peft_model(make_tiny_llama(), NeFTConfig(neurons=LLAMA_ROWS, delta_dtype="bfloat16"))
-    randomize(model)
+    model = get_peft_model(make_tiny_llama(), NeFTConfig(neurons=LLAMA_ROWS, delta_dtype="bfloat16", init_weights=7))
     model.save_pretrained(tmp_path / "neft")
     export_lora(tmp_path / "neft", tmp_path / "lora", base=make_tiny_llama())
     lora = safetensors.torch.load_file(tmp_path / "lora" / "adapter_model.safetensors")
@@ -194,9 +193,8 @@ def test_dense_lora_is_refused_as_not_row_sparse(tmp_path):
 
 def test_several_adapters_one_or_all(tmp_path):
     base = make_tiny_llama()
-    model = get_peft_model(base, NeFTConfig(neurons={"model.layers.0.mlp.up_proj": [1, 2]}))
-    model.add_adapter("second", NeFTConfig(neurons={"model.layers.1.mlp.down_proj": [4]}))
-    randomize(model)
+    model = get_peft_model(base, NeFTConfig(neurons={"model.layers.0.mlp.up_proj": [1, 2]}, init_weights=1))
+    model.add_adapter("second", NeFTConfig(neurons={"model.layers.1.mlp.down_proj": [4]}, init_weights=2))
     model.save_pretrained(tmp_path / "neft")
     everything = export_lora(tmp_path / "neft", tmp_path / "all", adapter_name="all", base=make_tiny_llama())
     assert (everything / "adapter_config.json").is_file() and (everything / "second" / "adapter_config.json").is_file()
@@ -209,13 +207,80 @@ def test_several_adapters_one_or_all(tmp_path):
         export_lora(tmp_path / "only_sub", tmp_path / "x", base=make_tiny_llama())
 
 
-def test_max_rank_refuses_listing_modules(exported, tmp_path):
-    with pytest.raises(ValueError, match=r"3 module\(s\).*more than --max-rank 2 rows: model.layers.0.mlp.up_proj "
-                                         r"\(k=4\), model.layers.0.mlp.down_proj \(k=3\), model.layers.1.self_attn."
-                                         r"q_proj \(k=3\)\. One peft LoRA adapter has one A/B pair per module"):
-        export_lora(exported["llama"]["neft"], tmp_path / "out", max_rank=2)
-    assert not (tmp_path / "out").exists()
-    export_lora(exported["llama"]["neft"], tmp_path / "out", max_rank=4)
+def _dense(tensors, name, out_features, neft=False):
+    """One module's update as a dense (out, in) matrix, from NeFT (rows, delta) or LoRA (A, B) tensors."""
+    key = f"base_model.model.{name}"
+    if neft:
+        delta = tensors[f"{key}.neft_delta"]
+        dense = torch.zeros(out_features, delta.shape[1], dtype=torch.float64)
+        dense[tensors[f"{key}.neft_rows"]] = delta.double()
+        return dense
+    return tensors[f"{key}.lora_B.weight"].double() @ tensors[f"{key}.lora_A.weight"].double()
+
+
+OUT_FEATURES = {"model.layers.0.mlp.up_proj": 64, "model.layers.0.mlp.down_proj": 32,
+                "model.layers.1.mlp.gate_proj": 64, "model.layers.1.self_attn.q_proj": 32}
+
+
+def test_max_rank_gives_the_best_rank_r_approximation_and_reports_each_modules_error(exported, tmp_path, caplog):
+    case = exported["llama"]
+    with caplog.at_level("WARNING", logger="peft_neft.export"):
+        out = export_lora(case["neft"], tmp_path / "out", max_rank=2)
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["rank_pattern"] == {name: min(len(rows), 2) for name, rows in LLAMA_ROWS.items()}
+    lora = safetensors.torch.load_file(out / "adapter_model.safetensors")
+    neft = safetensors.torch.load_file(case["neft"] / "adapter_model.safetensors")
+    card = (out / "README.md").read_text()
+    for name, rows in LLAMA_ROWS.items():
+        exact, approx = _dense(neft, name, OUT_FEATURES[name], neft=True), _dense(lora, name, OUT_FEATURES[name])
+        if len(rows) <= 2:
+            assert torch.equal(exact, approx)  # within the limit: still the exact one-hot form
+            assert name not in caplog.text
+            continue
+        singular = torch.linalg.svdvals(exact)
+        optimum = (singular[2:].square().sum() / singular.square().sum()).sqrt().item()  # Eckart-Young
+        error = ((exact - approx).norm() / exact.norm()).item()
+        assert 0 < optimum and error == pytest.approx(optimum, rel=1e-4)
+        assert torch.linalg.matrix_rank(approx) == 2
+        assert f"module {name} selects {len(rows)} rows; exported as its best rank-2 approximation, relative " \
+               f"error {optimum:.3g}" in caplog.text
+        assert f"| {name} | {len(rows)} | 2 | {optimum:.3g} |" in card
+    assert json.loads((export_lora(case["neft"], tmp_path / "exact") / "adapter_config.json").read_text())[
+        "rank_pattern"] == {name: len(rows) for name, rows in LLAMA_ROWS.items()}  # the default stays exact
+    with pytest.raises(ValueError, match="max_rank must be a positive int"):
+        export_lora(case["neft"], tmp_path / "bad", max_rank=0)
+
+
+def test_peft_convert_to_lora_and_save_as_lora_agree_with_export_lora(exported, tmp_path):
+    from peft import convert_to_lora, save_as_lora
+
+    case = exported["llama"]
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(case["base"]), case["neft"]).eval()
+    assert model.supports_lora_conversion()
+    for rank, out in ((4, export_lora(case["neft"], tmp_path / "exact")),
+                      (2, export_lora(case["neft"], tmp_path / "rank2", max_rank=2))):
+        ours = safetensors.torch.load_file(out / "adapter_model.safetensors")
+        _, theirs = convert_to_lora(model, rank=rank)
+        for name in LLAMA_ROWS:
+            torch.testing.assert_close(_dense(theirs, name, 0), _dense(ours, name, 0), rtol=0, atol=1e-5)
+    save_as_lora(tmp_path / "saved", model, rank=4)
+    plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(case["base"]), tmp_path / "saved").eval()
+    with torch.no_grad():
+        assert (plain(input_ids=ids()).logits - case["expected"]).abs().max() <= 1e-4
+
+
+def test_exported_lora_has_a_task_type_and_loads_through_auto_peft_model(exported):
+    from peft import AutoPeftModelForCausalLM
+
+    case = exported["llama"]
+    assert json.loads((case["lora"] / "adapter_config.json").read_text())["task_type"] == "CAUSAL_LM"
+    model = AutoPeftModelForCausalLM.from_pretrained(case["lora"]).eval()
+    assert model.active_peft_config.peft_type == "LORA"
+    with torch.no_grad():
+        assert (model(input_ids=ids()).logits - case["expected"]).abs().max() <= 1e-5
+    card = (case["lora"] / "README.md").read_text()
+    assert 'model = PeftModel.from_pretrained(base, "ADAPTER_DIR")' in card and "import peft_neft" not in card
+    assert str(case["base"]) not in card and "[More Information Needed]" not in card
 
 
 def test_cli_export_and_import(exported, tmp_path, capsys):
@@ -293,8 +358,7 @@ class Nested(torch.nn.Module):
 def test_names_that_are_suffixes_of_other_names(tmp_path):
     """``proj`` is also the ``.``-suffix of ``sub.proj``: the export must adapt and rank each exactly."""
     both = {"proj": [2], "sub.proj": [0, 3, 7]}
-    neft = get_peft_model(Nested(), NeFTConfig(neurons=both)).eval()
-    randomize(neft)
+    neft = get_peft_model(Nested(), NeFTConfig(neurons=both, init_weights=7)).eval()
     neft.save_pretrained(tmp_path / "both")
     x = torch.randn(5, 8, generator=torch.Generator().manual_seed(0))
     # The same adapter with "proj" only, written by hand (the list rule would catch "sub.proj" too).

@@ -86,7 +86,7 @@ def test_parameter_budget_and_use_with_neft():
     assert by_params.metadata["num_params"] == 3 * 64
     both = select_neurons_by_probe(model, data, labels, num_neurons=10, progress=False)
     assert both.num_neurons == 10 and set(both.scores) == {UP0, "model.layers.0.mlp.down_proj"}
-    config = NeFTConfig(neurons=both)
+    config = NeFTConfig.from_selection(both)
     assert config.num_rows == 10
 
 

@@ -237,12 +237,12 @@ def test_bnb_forward_training_and_merge(bnb_llama):
 
 def test_torchao_base_accepts_a_selection_made_on_its_float_model(torchao_llama):
     from peft_neft.selection import NeuronSelection
-    from peft_neft._shapes import model_fingerprint
+    from peft_neft.tuner.fingerprint import model_fingerprint
 
     float_model = make_tiny_llama(hidden=64, intermediate=128)
     selection = NeuronSelection(rows={k: torch.tensor(v) for k, v in NEURONS.items()},
                                 metadata={"fingerprint": model_fingerprint(float_model)})
-    model = get_peft_model(torchao_llama, peft_neft.NeFTConfig(neurons=selection))
+    model = get_peft_model(torchao_llama, peft_neft.NeFTConfig.from_selection(selection))
     assert set(_neft_layers(model)) == {"base_model.model." + name for name in NEURONS}
     with pytest.raises(ValueError, match="other weight shapes"):
-        get_peft_model(make_tiny_llama(hidden=64, intermediate=96), peft_neft.NeFTConfig(neurons=selection))
+        get_peft_model(make_tiny_llama(hidden=64, intermediate=96), peft_neft.NeFTConfig.from_selection(selection))

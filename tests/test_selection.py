@@ -86,7 +86,7 @@ def test_conv1d_is_scored_per_output_column():
     assert scores.in_features["transformer.h.1.mlp.c_fc"] == 16
     selection = select_neurons(scores, num_neurons=2)
     assert {k: v.tolist() for k, v in selection.rows.items()} == {"transformer.h.1.mlp.c_fc": [7, 50]}
-    get_peft_model(gpt2, NeFTConfig(neurons=selection))
+    get_peft_model(gpt2, NeFTConfig.from_selection(selection))
 
 
 def test_no_nan_for_zero_or_unchanged_rows():
@@ -230,7 +230,7 @@ def test_save_load_round_trip_and_peft_accepts_it(tiny_llama, tmp_path):
     assert all(torch.equal(loaded.scores[k], selection.scores[k]) for k in selection.scores)
     assert loaded.metadata == selection.metadata
     loaded.check_model(tiny_llama)
-    model = get_peft_model(tiny_llama, NeFTConfig(neurons=tmp_path / "sel.safetensors"))
+    model = get_peft_model(tiny_llama, NeFTConfig.from_selection(NeuronSelection.load(tmp_path / "sel.safetensors")))
     assert model.get_nb_trainable_parameters()[0] == selection.num_params
 
 
@@ -299,16 +299,15 @@ def test_selection_file_for_another_model_is_refused_unless_overridden(tiny_llam
     selection.save(tmp_path / "sel.safetensors")
     wider = make_tiny_llama(hidden=48)  # every selected row exists, but the model is not the one scored
     with pytest.raises(ValueError, match=r"other weight shapes.*ignore_fingerprint=True"):
-        get_peft_model(wider, NeFTConfig(neurons=tmp_path / "sel.safetensors"))
+        get_peft_model(wider, NeFTConfig.from_selection(NeuronSelection.load(tmp_path / "sel.safetensors")))
     with pytest.raises(ValueError, match=r"other weight shapes"):
-        get_peft_model(make_tiny_llama(hidden=48), NeFTConfig(neurons=selection))
-    model = get_peft_model(make_tiny_llama(hidden=48), NeFTConfig(neurons=tmp_path / "sel.safetensors",
-                                                                  ignore_fingerprint=True))
+        get_peft_model(make_tiny_llama(hidden=48), NeFTConfig.from_selection(selection))
+    loaded = NeuronSelection.load(tmp_path / "sel.safetensors")
+    model = get_peft_model(make_tiny_llama(hidden=48), NeFTConfig.from_selection(loaded, ignore_fingerprint=True))
     assert model.get_nb_trainable_parameters()[0] == 6 * 48 - 3 * 48 + 3 * 64  # 3 up_proj rows of 48, 3 down of 64
-    same = get_peft_model(make_tiny_llama(seed=5), NeFTConfig(neurons=tmp_path / "sel.safetensors",
-                                                              modules_to_save=["lm_head"]))
+    same = get_peft_model(make_tiny_llama(seed=5), NeFTConfig.from_selection(loaded, modules_to_save=["lm_head"]))
     assert same.peft_config["default"].selection_fingerprint == selection.fingerprint
-    same.add_adapter("second", NeFTConfig(neurons=selection))  # peft's wrappers do not change the fingerprint
+    same.add_adapter("second", NeFTConfig.from_selection(selection))  # peft's wrappers do not change the fingerprint
 
 
 def _write_selection(path, tensors, metadata):

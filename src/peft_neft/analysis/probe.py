@@ -20,7 +20,7 @@ from transformers import PreTrainedTokenizerBase
 
 from .._shapes import module_shape, weight_rows
 from .._targets import DEFAULT_TARGET_MODULES, TargetModules
-from ..neuron_selection import NeuronSelection
+from ..selection.neuron_selection import NeuronSelection
 from .collect import analysed_modules
 from .inputs import Inputs, batches, tokenize
 

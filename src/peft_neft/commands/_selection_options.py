@@ -10,7 +10,7 @@ from .._targets import DEFAULT_TARGET_MODULES
 if TYPE_CHECKING:  # torch and the selection code load when a command runs, not when the parser is built
     from torch import nn
 
-    from ..neuron_selection import NeuronSelection
+    from ..selection.neuron_selection import NeuronSelection
     from ..selection import NeuronScores
 
 

@@ -16,9 +16,10 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from .._shapes import count_params, model_fingerprint, module_shape, weight_rows
+from .._shapes import count_params, module_shape, weight_rows
 from .._targets import DEFAULT_TARGET_MODULES, TargetModules, find_target_modules
-from ..neuron_selection import NeuronSelection
+from ..tuner.fingerprint import model_fingerprint
+from .neuron_selection import NeuronSelection
 from .cosine import cosine_rows
 from .neuron_scores import NeuronScores
 from .select import select_neurons

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .._targets import layer_index
-from ..neuron_selection import NeuronSelection
+from .neuron_selection import NeuronSelection
 from .budget import Budget, resolve_budget
 from .neuron_scores import NeuronScores
 

@@ -17,10 +17,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ._shapes import check_fingerprint, module_shapes
-from ._targets import layer_index
-from .atomic import atomic_path
-from .selection_plot import plot_selection
+from .._shapes import module_shapes
+from .._targets import layer_index
+from ..atomic import atomic_path
+from ..tuner.fingerprint import check_fingerprint
+from .plot import plot_selection
 
 _ROWS = "rows/"
 _SCORES = "scores/"
@@ -154,7 +155,7 @@ class NeuronSelection:
         return line
 
     def plot(self, path: str | os.PathLike) -> None:
-        """Write a PNG of the selected neurons per layer and module (see :mod:`peft_neft.selection_plot`)."""
+        """Write a PNG of the selected neurons per layer and module (see :mod:`peft_neft.selection.plot`)."""
         title = self.metadata.get("method", "selection")
         if self.metadata.get("strategy"):
             title += f" / {self.metadata['strategy']}"
