@@ -380,3 +380,99 @@ def test_names_that_are_suffixes_of_other_names(tmp_path):
         assert adapted == {f"base_model.model.{n}" for n in rows}
         with torch.no_grad():
             assert (lora(x) - expected[name]).abs().max() <= 1e-6
+
+
+# ----------------------------------------------------------------------------- what export and import refuse
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("where", ["the base", "around the base and adapter", "inside the base", "inside the adapter"])
+def test_export_refuses_an_output_folder_that_is_contains_or_lies_inside_an_input(tmp_path, capsys, where):
+    root = tmp_path / "work"
+    root.mkdir()
+    base_dir, adapter_dir, _ = neft_adapter(root, make_tiny_llama, LLAMA_ROWS)
+    out = {"the base": base_dir, "around the base and adapter": root, "inside the base": base_dir / "lora",
+           "inside the adapter": adapter_dir / "lora"}[where]
+    before = _snapshot(root)
+    for base in (["--base", str(base_dir)], []):  # given, or read from the adapter's config
+        assert main(["export-lora", str(adapter_dir), str(out), *base, "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert f"The output folder {out} " in err and ("holds the" in err or "lies inside the" in err)
+        assert ".tmp" not in err
+    assert _snapshot(root) == before  # nothing deleted, nothing written
+    AutoModelForCausalLM.from_pretrained(base_dir)  # the base still loads
+
+
+@pytest.mark.parametrize("inside", [False, True])
+def test_import_refuses_an_output_folder_that_is_around_or_inside_its_input(exported, tmp_path, inside):
+    lora = tmp_path / "box" / "lora"
+    export_lora(exported["llama"]["neft"], lora)
+    before = _snapshot(tmp_path / "box")
+    out = lora / "neft" if inside else tmp_path / "box"
+    with pytest.raises(ValueError, match="lies inside the source adapter" if inside else "holds the source adapter"):
+        import_lora(lora, out, overwrite=True)
+    assert _snapshot(tmp_path / "box") == before
+
+
+def test_export_refuses_integer_deltas_as_loading_does(exported, tmp_path):
+    folder = tmp_path / "int"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_bytes((exported["llama"]["neft"] / "adapter_config.json").read_bytes())
+    tensors = safetensors.torch.load_file(exported["llama"]["neft"] / "adapter_model.safetensors")
+    key = "base_model.model.model.layers.0.mlp.up_proj.neft_delta"
+    tensors[key] = tensors[key].view(torch.int32)
+    safetensors.torch.save_file(tensors, folder / "adapter_model.safetensors")
+    message = r"delta of module 'model\.layers\.0\.mlp\.up_proj'.* must be floating point, got int32"
+    with pytest.raises(ValueError, match=message):
+        PeftModel.from_pretrained(make_tiny_llama(), folder)
+    with pytest.raises(ValueError, match=message):
+        export_lora(folder, tmp_path / "out", base=exported["llama"]["base"])
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_refuses_an_lm_head_adapter_for_a_base_that_ties_it_as_loading_does(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "tied")
+    untied = AutoModelForCausalLM.from_pretrained(tmp_path / "tied")  # untied in memory, then trained
+    untied.lm_head.weight = torch.nn.Parameter(untied.lm_head.weight.detach().clone())
+    untied.config.tie_word_embeddings = False
+    model = get_peft_model(untied, NeFTConfig(neurons={"lm_head": [3, 7]}, init_weights=1))
+    model.save_pretrained(tmp_path / "neft")
+    with pytest.raises(ValueError, match="'lm_head'.*tied to 'model.embed_tokens.weight'"):
+        PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tmp_path / "tied"), tmp_path / "neft")
+    for base in (None, tmp_path / "tied"):  # recorded in the adapter, or given
+        with pytest.raises(ValueError, match="'lm_head'.*tied to 'model.embed_tokens.weight'"):
+            export_lora(tmp_path / "neft", tmp_path / "lora", base=base)
+    assert not (tmp_path / "lora").exists()
+    export_lora(tmp_path / "neft", tmp_path / "lora", base=model)  # onto the untied model it was trained on
+
+
+def test_import_of_several_adapters_takes_one_or_all_or_lists_them(tmp_path, capsys):
+    lora = get_peft_model(make_tiny_llama(), LoraConfig(r=2, target_modules=["model.layers.0.mlp.up_proj"]))
+    lora.add_adapter("second", LoraConfig(r=2, target_modules=["model.layers.1.mlp.down_proj"]))
+    for name, row in (("default", 3), ("second", 5)):
+        module = lora.base_model.model.get_submodule(
+            "model.layers.0.mlp.up_proj" if name == "default" else "model.layers.1.mlp.down_proj")
+        with torch.no_grad():
+            module.lora_A[name].weight.normal_()
+            module.lora_B[name].weight.zero_()
+            module.lora_B[name].weight[row, 0] = 1.0
+    lora.save_pretrained(tmp_path / "lora")
+    with pytest.raises(ValueError, match=r"holds adapters several adapters \(default, second\); pass adapter_name"):
+        import_lora(tmp_path / "lora", tmp_path / "none")
+    assert main(["import-lora", str(tmp_path / "lora"), str(tmp_path / "none")]) == 2
+    assert "(default, second)" in capsys.readouterr().err
+    one = import_lora(tmp_path / "lora", tmp_path / "one", adapter_name="second")
+    assert json.loads((one / "adapter_config.json").read_text())["neuron_counts"] == {"model.layers.1.mlp.down_proj": 1}
+    assert main(["import-lora", str(tmp_path / "lora"), str(tmp_path / "all"), "--adapter", "all"]) == 0
+    model = PeftModel.from_pretrained(make_tiny_llama(), tmp_path / "all")
+    model.load_adapter(tmp_path / "all" / "second", adapter_name="second")
+    assert model.base_model.model.model.layers[0].mlp.up_proj.neft_rows["default"].tolist() == [3]
+    assert model.base_model.model.model.layers[1].mlp.down_proj.neft_rows["second"].tolist() == [5]

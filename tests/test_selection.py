@@ -310,6 +310,15 @@ def test_selection_file_for_another_model_is_refused_unless_overridden(tiny_llam
     same.add_adapter("second", NeFTConfig.from_selection(selection))  # peft's wrappers do not change the fingerprint
 
 
+def test_check_model_refuses_another_fingerprint_even_with_every_row_in_range(tiny_llama):
+    selection = select_neurons(score_models(tiny_llama, perturbed_copy(tiny_llama)), num_neurons=6)
+    selection.check_model(tiny_llama)
+    other = make_tiny_llama(vocab=256)  # the same Linear layers (every selected row exists), another embedding
+    assert all(other.get_submodule(n).out_features == tiny_llama.get_submodule(n).out_features for n in selection.rows)
+    with pytest.raises(ValueError, match=r"The selection comes from another base model.*Select neurons on the model"):
+        selection.check_model(other)
+
+
 def _write_selection(path, tensors, metadata):
     import safetensors.torch
 
@@ -331,6 +340,8 @@ def _write_selection(path, tensors, metadata):
          r"scores of module 'm'.*1-D"),
         ({"rows/m": torch.tensor([1, 2])}, {"format": "peft-neft-selection/1", "metadata": '{"fingerprint": 5}'},
          r"fingerprint.*string"),
+        ({"rows/m": torch.tensor([1]), "rows/base_model.model.m": torch.tensor([2])},
+         {"format": "peft-neft-selection/1"}, r"names module 'm' twice .*Keep one entry"),
     ],
 )
 def test_corrupt_selection_files_get_clear_errors(tmp_path, tensors, metadata, message):

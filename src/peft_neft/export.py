@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 _DELTA, _ROWS = ".neft_delta", ".neft_rows"
+_BASE = ".base_layer.weight"  # a full weight peft saves beside an adapted lm_head/embedding (save_embedding_layers)
 _LORA_A, _LORA_B = ".lora_A.weight", ".lora_B.weight"
 _DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float64: "float64"}
 # LoRA options that change what the adapter computes beyond ``scaling * B @ A``; import refuses them.
@@ -133,13 +134,13 @@ def _neft_config(folder: Path, config: dict) -> NeFTConfig:
     try:
         return NeFTConfig(**values)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{folder / CONFIG_NAME} is not a valid NeFT adapter config: {err}") from err
+        raise ValueError(f"{folder / CONFIG_NAME} is not a valid NeFT adapter config: {err} Save the adapter again.") from err
 
 
-def read_neft_adapter(folder: PathLike) -> tuple[NeFTConfig, dict[str, RowUpdate]]:
-    """The config and per-module row updates of a saved NeFT adapter, read from its files (no model) and
-    checked as loading checks them: every tensor belongs to a declared module, rows are sorted unique
-    integers, deltas are floating point of the declared size."""
+def read_neft_adapter(folder: PathLike) -> tuple[NeFTConfig, dict[str, RowUpdate], dict[str, torch.Tensor]]:
+    """The config, per-module row updates and full base weights (peft saves those for an adapted lm_head) of a
+    saved NeFT adapter, read from its files (no model) and checked as loading checks them: every tensor belongs
+    to a declared module, rows are sorted unique integers, deltas are floating point of the declared size."""
     folder = Path(folder)
     raw = _read_config(folder)
     if raw["peft_type"] != "NEFT":
@@ -151,7 +152,7 @@ def read_neft_adapter(folder: PathLike) -> tuple[NeFTConfig, dict[str, RowUpdate
     config = _neft_config(folder, raw)
     tensors = _read_tensors(folder)
     weights = folder / SAFETENSORS_WEIGHTS_NAME
-    declared = {f"{PEFT_MODEL_PREFIX}{n}{s}" for n in (raw.get("neuron_counts") or {}) for s in (_DELTA, _ROWS)}
+    declared = {f"{PEFT_MODEL_PREFIX}{n}{s}" for n in (raw.get("neuron_counts") or {}) for s in (_DELTA, _ROWS, _BASE)}
     stray = sorted(set(tensors) - declared)
     if stray:
         module = stray[0].removeprefix(PEFT_MODEL_PREFIX).rsplit(".", 1)[0]
@@ -175,7 +176,7 @@ def read_neft_adapter(folder: PathLike) -> tuple[NeFTConfig, dict[str, RowUpdate
             raise ValueError(f"{folder}: the rows of module {name!r} are not sorted, unique and non-negative; "
                              "the adapter is corrupt.")
         updates[name] = RowUpdate(rows, delta)
-    return config, updates
+    return config, updates, {k: v for k, v in tensors.items() if k.endswith(_BASE)}
 
 
 # ----------------------------------------------------------------------------- the base model's shapes
@@ -281,7 +282,7 @@ def _task_type(config: NeFTConfig, model: nn.Module) -> Optional[str]:
 
 
 def _export_one(folder: Path, out: Path, base, max_rank: Optional[int], shown_as: Path) -> None:
-    config, updates = read_neft_adapter(folder)
+    config, updates, base_weights = read_neft_adapter(folder)
     model = _base_model(base, config)
     shapes = _check_base(updates, model, config)
     factors: dict[str, LoraFactors] = {
@@ -301,7 +302,7 @@ def _export_one(folder: Path, out: Path, base, max_rank: Optional[int], shown_as
         base_model_name_or_path=config.base_model_name_or_path, task_type=_task_type(config, model),
         revision=config.revision, inference_mode=True,
     )
-    tensors = {}
+    tensors = dict(base_weights)  # plain peft loads them into the LoRA layer's base layer as it does for NeFT
     for name, f in factors.items():
         tensors[f"{PEFT_MODEL_PREFIX}{name}{_LORA_A}"] = f.lora_A
         tensors[f"{PEFT_MODEL_PREFIX}{name}{_LORA_B}"] = f.lora_B

@@ -20,6 +20,7 @@ from torch import nn
 from .._shapes import module_shapes
 from .._targets import layer_index
 from ..atomic import atomic_path
+from ..tuner.config import normalize_module_names
 from ..tuner.fingerprint import check_fingerprint
 from .plot import plot_selection
 
@@ -219,6 +220,7 @@ def _digest(metadata: str, tensors: dict[str, torch.Tensor]) -> str:
 
 
 def _check_loaded(rows: dict[str, torch.Tensor], scores: dict[str, torch.Tensor]) -> None:
+    normalize_module_names(list(rows), "it")
     for name, r in rows.items():
         if r.ndim != 1 or r.dtype.is_floating_point or r.dtype.is_complex or r.dtype == torch.bool:
             raise ValueError(f"the rows of module {name!r} must be a 1-D tensor of integers, got {r.dtype} {tuple(r.shape)}.")

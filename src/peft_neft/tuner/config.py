@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import numbers
 import os
 from collections.abc import Mapping, Sequence
@@ -255,13 +256,18 @@ class NeFTConfig(PeftConfig):
         checked here, before any model is touched.
         """
         folder = os.path.join(os.fspath(pretrained_model_name_or_path), subfolder or "")
+        config_file = os.path.join(folder, CONFIG_NAME)
+        if not os.path.isfile(config_file):  # a Hub id: peft downloads and reads it
+            return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
         try:
+            with open(config_file, encoding="utf-8") as handle:
+                raw = json.load(handle)
+            if not isinstance(raw, dict) or raw.get("peft_type") != PEFT_TYPE_NAME:
+                found = raw.get("peft_type") if isinstance(raw, dict) else f"a JSON {type(raw).__name__}"
+                raise ValueError(f"it must be a JSON object with peft_type {PEFT_TYPE_NAME!r}, found {found!r}")
             config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
-        except (ValueError, TypeError, AttributeError, KeyError) as err:
-            if not os.path.isfile(os.path.join(folder, CONFIG_NAME)):
-                raise
-            raise ValueError(f"{os.path.join(folder, CONFIG_NAME)!r} is not a valid NeFT adapter config "
-                             f"({type(err).__name__}: {err}). Save the adapter again.") from err
+        except (ValueError, TypeError, AttributeError, KeyError) as err:  # UnicodeDecodeError, JSONDecodeError too
+            raise ValueError(f"{config_file!r} is not a valid NeFT adapter config ({err}). Save the adapter again.") from err
         if os.path.isdir(folder):
             _check_weights_file(folder)
         return config
