@@ -476,3 +476,11 @@ def test_import_of_several_adapters_takes_one_or_all_or_lists_them(tmp_path, cap
     model.load_adapter(tmp_path / "all" / "second", adapter_name="second")
     assert model.base_model.model.model.layers[0].mlp.up_proj.neft_rows["default"].tolist() == [3]
     assert model.base_model.model.model.layers[1].mlp.down_proj.neft_rows["second"].tolist() == [5]
+
+
+def test_logs_name_the_folders_the_user_gave_never_a_temporary_one(exported, tmp_path, caplog):
+    with caplog.at_level("INFO", logger="peft_neft.export"):
+        export_lora(exported["llama"]["neft"], tmp_path / "lora", max_rank=2)
+        import_lora(exported["gpt2"]["lora"], tmp_path / "neft")
+    assert f"to {tmp_path / 'lora'}" in caplog.text and f"to {tmp_path / 'neft'}" in caplog.text
+    assert ".tmp" not in caplog.text

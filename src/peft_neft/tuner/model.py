@@ -49,8 +49,6 @@ class NeFTModel(BaseTuner):
         model ([`torch.nn.Module`]): The model to be adapted.
         config ([`NeFTConfig`]): The configuration of the NeFT model.
         adapter_name (`str`): The name of the adapter, defaults to `"default"`.
-        low_cpu_mem_usage (`bool`, `optional`, defaults to `False`):
-            Create empty adapter weights on meta device. Useful to speed up the loading process.
 
     Returns:
         `torch.nn.Module`: The NeFT model.
