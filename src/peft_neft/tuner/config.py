@@ -257,7 +257,7 @@ class NeFTConfig(PeftConfig):
         """
         folder = os.path.join(os.fspath(pretrained_model_name_or_path), subfolder or "")
         config_file = os.path.join(folder, CONFIG_NAME)
-        if not os.path.isfile(config_file):  # a Hub id: peft downloads and reads it
+        if not os.path.isfile(config_file):  # not a local adapter folder (a Hub id): peft finds and reads it
             return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
         try:
             with open(config_file, encoding="utf-8") as handle:
@@ -268,8 +268,7 @@ class NeFTConfig(PeftConfig):
             config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
         except (ValueError, TypeError, AttributeError, KeyError) as err:  # UnicodeDecodeError, JSONDecodeError too
             raise ValueError(f"{config_file!r} is not a valid NeFT adapter config ({err}). Save the adapter again.") from err
-        if os.path.isdir(folder):
-            _check_weights_file(folder)
+        _check_weights_file(folder)
         return config
 
     @staticmethod
