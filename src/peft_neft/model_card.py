@@ -81,7 +81,7 @@ def neft_card_section(configs: Mapping[str, Any]) -> str:
              "rows (output neurons) of the base model's Linear weights and leaves every other weight frozen. peft "
              "loads it with the `peft-neft` plugin installed and imported; without the import, "
              "`PeftModel.from_pretrained` fails with `KeyError: 'NEFT'`.", "",
-             f"- base model: {base or 'not recorded here (a local folder); the one this adapter was trained on'}"]
+             f"- base model: {base or 'a local folder, not named here: load the one this adapter was trained on'}"]
     for name, config in configs.items():
         parts += ["", f"## Selection{'' if len(configs) == 1 else f' of adapter `{name}`'}", ""]
         parts += _rows_summary(config.neuron_counts, config.module_shapes or {})
