@@ -283,14 +283,19 @@ def test_exported_lora_has_a_task_type_and_loads_through_auto_peft_model(exporte
     assert str(case["base"]) not in card and "[More Information Needed]" not in card
 
 
-def test_cli_export_and_import(exported, tmp_path, capsys):
+def test_cli_export_and_import(exported, tmp_path, capsys, caplog):
     case = exported["llama"]
     assert main(["export-lora", str(case["neft"]), str(tmp_path / "lora"), "--base", str(case["base"])]) == 0
     assert main(["import-lora", str(tmp_path / "lora"), str(tmp_path / "neft")]) == 0
     assert "Wrote NeFT adapter" in capsys.readouterr().out
     assert main(["export-lora", str(case["neft"]), str(tmp_path / "lora")]) == 2
     assert "already holds another adapter; pass --overwrite" in capsys.readouterr().err
-    assert main(["export-lora", str(case["neft"]), str(tmp_path / "lora"), "--overwrite", "--max-rank", "8"]) == 0
+    with caplog.at_level("WARNING", logger="peft_neft"):
+        assert main(["export-lora", str(case["neft"]), str(tmp_path / "lora"), "--overwrite", "--max-rank", "8"]) == 0
+        assert "approximation" not in caplog.text  # every module within the limit: exact
+        assert main(["export-lora", str(case["neft"]), str(tmp_path / "lora"), "--overwrite", "--max-rank", "3"]) == 0
+    assert "module model.layers.0.mlp.up_proj selects 4 rows; exported as its best rank-3 approximation, " \
+           "relative error" in caplog.text and caplog.text.count("approximation") == 1
 
 
 # ----------------------------------------------------------------------------- bad input
