@@ -251,19 +251,21 @@ def test_max_rank_gives_the_best_rank_r_approximation_and_reports_each_modules_e
         export_lora(case["neft"], tmp_path / "bad", max_rank=0)
 
 
-def test_peft_convert_to_lora_and_save_as_lora_agree_with_export_lora(exported, tmp_path):
+@pytest.mark.parametrize(("name", "rows"), [("llama", LLAMA_ROWS), ("gpt2", GPT2_ROWS)])
+def test_peft_convert_to_lora_and_save_as_lora_agree_with_export_lora(exported, tmp_path, name, rows):
     from peft import convert_to_lora, save_as_lora
 
-    case = exported["llama"]
+    case = exported[name]
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(case["base"]), case["neft"]).eval()
     assert model.supports_lora_conversion()
-    for rank, out in ((4, export_lora(case["neft"], tmp_path / "exact")),
+    top = max(len(r) for r in rows.values())
+    for rank, out in ((top, export_lora(case["neft"], tmp_path / "exact")),
                       (2, export_lora(case["neft"], tmp_path / "rank2", max_rank=2))):
         ours = safetensors.torch.load_file(out / "adapter_model.safetensors")
         _, theirs = convert_to_lora(model, rank=rank)
-        for name in LLAMA_ROWS:
-            torch.testing.assert_close(_dense(theirs, name, 0), _dense(ours, name, 0), rtol=0, atol=1e-5)
-    save_as_lora(tmp_path / "saved", model, rank=4)
+        for module in rows:
+            torch.testing.assert_close(_dense(theirs, module, 0), _dense(ours, module, 0), rtol=0, atol=1e-5)
+    save_as_lora(tmp_path / "saved", model, rank=top)
     plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(case["base"]), tmp_path / "saved").eval()
     with torch.no_grad():
         assert (plain(input_ids=ids()).logits - case["expected"]).abs().max() <= 1e-4
