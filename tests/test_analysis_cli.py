@@ -49,7 +49,7 @@ def test_analyze_cli_on_smollm2_adapter(smollm2_dir, shared_data, tmp_path, caps
     base, _ = load_model_and_tokenizer(smollm2_dir)
     selection = NeuronSelection(rows={UP.format(1): torch.arange(0, 1536, 8)})
     selection.save(tmp_path / "sel.safetensors")
-    model = get_peft_model(base, NeFTConfig(neurons=selection))
+    model = get_peft_model(base, NeFTConfig.from_selection(selection))
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "neft_delta" in name:

@@ -15,8 +15,9 @@ from peft import PeftModel, get_peft_model
 
 import peft_neft
 from peft_neft import NeFTConfig
-from peft_neft import atomic
-from peft_neft.atomic import atomic_dir, atomic_path, save_pretrained_atomically
+from peft_neft import atomic, saving
+from peft_neft.atomic import atomic_dir, atomic_path
+from peft_neft.saving import save_pretrained_atomically
 
 from conftest import make_tiny_llama
 
@@ -25,18 +26,9 @@ B = {"model.layers.1.mlp.down_proj": [4, 7]}
 
 
 def _two_adapter_model(seed=0):
-    model = get_peft_model(make_tiny_llama(), NeFTConfig(neurons=A))
-    model.add_adapter("other", NeFTConfig(neurons=B))
-    _set_deltas(model, seed)
+    model = get_peft_model(make_tiny_llama(), NeFTConfig(neurons=A, init_weights=2 * seed + 1))
+    model.add_adapter("other", NeFTConfig(neurons=B, init_weights=2 * seed + 2))
     return model
-
-
-def _set_deltas(model, seed):
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "neft_delta" in name:
-                param.copy_(torch.randn(param.shape, generator=generator))
 
 
 def _deltas(model, adapter):
@@ -92,15 +84,33 @@ def test_two_atomic_saves_of_different_adapters_keep_both_like_plain_peft(tmp_pa
     assert _same(_load(tmp_path / "atomic", "other"), _deltas(model, "other"))
 
 
-def test_atomic_save_updates_an_existing_model_card_as_plain_peft_does(tmp_path):
+def test_atomic_save_keeps_what_the_user_wrote_in_an_existing_model_card(tmp_path):
     model = _two_adapter_model()
-    for folder in (tmp_path / "plain", tmp_path / "atomic"):
-        folder.mkdir()
-        (folder / "README.md").write_text("# My adapter\n\nNotes the user wrote.\n")
-    model.save_pretrained(tmp_path / "plain")
+    (tmp_path / "atomic").mkdir()
+    (tmp_path / "atomic" / "README.md").write_text("# My adapter\n\nNotes the user wrote.\n")
     save_pretrained_atomically(model, tmp_path / "atomic")
-    assert "Notes the user wrote." in (tmp_path / "atomic" / "README.md").read_text()
-    assert (tmp_path / "atomic" / "README.md").read_text() == (tmp_path / "plain" / "README.md").read_text()
+    text = (tmp_path / "atomic" / "README.md").read_text()
+    assert "Notes the user wrote." in text and "# My adapter" in text
+    assert "# NeFT adapter" in text and "## Selection of adapter `other`" in text  # one card for both adapters
+
+
+def test_each_adapter_config_is_renamed_into_place_after_its_weights(tmp_path, monkeypatch):
+    target = tmp_path / "adapter"
+    files = _files_written_by_a_save(tmp_path)
+    real_replace = os.replace
+    renamed = []
+
+    def record(src, dst):
+        if ".neft-save." not in str(dst):  # a move into the target, not a write inside the save's temporary
+            renamed.append(Path(dst).relative_to(target).as_posix())
+        real_replace(src, dst)
+
+    monkeypatch.setattr(saving.os, "replace", record)
+    save_pretrained_atomically(_two_adapter_model(), target)
+    for folder in ("", "other/"):
+        assert renamed.index(f"{folder}adapter_model.safetensors") < renamed.index(f"{folder}adapter_config.json")
+    assert renamed[-2:] == ["adapter_config.json", "other/adapter_config.json"]  # configs after every other file
+    assert len(renamed) == files
 
 
 def _files_written_by_a_save(tmp_path):
@@ -110,12 +120,12 @@ def _files_written_by_a_save(tmp_path):
     return sum(1 for p in probe.rglob("*") if p.is_file())
 
 
-@pytest.mark.parametrize("step", range(6))
+@pytest.mark.parametrize("step", range(5))
 def test_a_crash_at_any_step_of_the_swap_leaves_each_adapter_old_or_new_and_the_next_save_cleans_up(
     tmp_path, monkeypatch, step
 ):
-    # 2 x (weights, model card, config), the second adapter in its subfolder: one step per rename
-    assert _files_written_by_a_save(tmp_path) == 6
+    # 2 x (weights, config), the second adapter in its subfolder, and one model card: one step per rename
+    assert _files_written_by_a_save(tmp_path) == 5
     target = tmp_path / "adapter"
     old = _two_adapter_model(seed=1)
     save_pretrained_atomically(old, target)
@@ -131,7 +141,7 @@ def test_a_crash_at_any_step_of_the_swap_leaves_each_adapter_old_or_new_and_the_
             raise OSError("crash injected")
         real_replace(src, dst)
 
-    monkeypatch.setattr(atomic.os, "replace", replace_then_crash)
+    monkeypatch.setattr(saving.os, "replace", replace_then_crash)
     with pytest.raises(OSError, match="crash injected"):
         save_pretrained_atomically(new, target)
     monkeypatch.undo()
@@ -188,7 +198,7 @@ _CHILD = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     import torch
     from peft import PeftModel, get_peft_model
-    from peft_neft import NeFTConfig, atomic
+    from peft_neft import NeFTConfig, saving
     from conftest import make_tiny_llama
 
     target, phase = Path(sys.argv[1]), sys.argv[2]
@@ -214,8 +224,8 @@ _CHILD = textwrap.dedent(
             real_replace(src, dst)
             if Path(dst) == target / "adapter_model.safetensors":
                 stall()
-        atomic.os.replace = replace_and_stall
-    atomic.save_pretrained_atomically(model, target)
+        saving.os.replace = replace_and_stall
+    saving.save_pretrained_atomically(model, target)
     """
 )
 

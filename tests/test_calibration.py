@@ -146,7 +146,7 @@ def test_smollm2_calibration_gives_a_selection_peft_accepts(smollm2_dir, shared_
     selection = select_neurons(scores, percent=1.0, model=model)
     assert abs(selection.num_params - 0.01 * scores.total_params) <= 1536
     assert len(torch.unique(torch.cat([s for s in scores.scores.values()]))) > 1000  # float64 resolves tiny changes
-    peft_model = get_peft_model(model, NeFTConfig(neurons=selection))
+    peft_model = get_peft_model(model, NeFTConfig.from_selection(selection))
     assert peft_model.get_nb_trainable_parameters()[0] == selection.num_params
     batch = collate(data[:2])
     assert torch.isfinite(peft_model(**batch).loss)

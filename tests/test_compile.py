@@ -27,12 +27,7 @@ NEURONS = {
 
 
 def _model(seed: int = 0):
-    model = get_peft_model(make_tiny_llama(seed), NeFTConfig(neurons=NEURONS))
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "neft_delta" in name:
-                param.normal_(0, 0.1)
-    return model
+    return get_peft_model(make_tiny_llama(seed), NeFTConfig(neurons=NEURONS, init_weights=seed))
 
 
 def _forward_backward(model, ids, run=None):

@@ -40,6 +40,7 @@ def tiny_gpt2():
 
 
 def randomize(model, seed=7):
+    """Random trainable weights for a LoRA model (NeFT models get theirs from ``init_weights``)."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for param in model.parameters():
@@ -55,9 +56,8 @@ def neft_adapter(tmp_path, make_base, rows, name="m"):
     """A base saved to disk and a trained-looking NeFT adapter on it; returns (base_dir, adapter_dir, model)."""
     base_dir, adapter_dir = tmp_path / f"{name}_base", tmp_path / f"{name}_neft"
     make_base().save_pretrained(base_dir)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), NeFTConfig(neurons=rows)).eval()
-    randomize(model)
-    model.save_pretrained(adapter_dir)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), NeFTConfig(neurons=rows, init_weights=7))
+    model.eval().save_pretrained(adapter_dir)
     return base_dir, adapter_dir, model
 
 
@@ -149,8 +149,7 @@ def test_round_trip_neft_lora_neft_is_bit_exact(exported, tmp_path):
 
 
 def test_bfloat16_deltas_round_trip_bit_exact(tmp_path):
-    model = get_peft_model(make_tiny_llama(), NeFTConfig(neurons=LLAMA_ROWS, delta_dtype="bfloat16"))
-    randomize(model)
+    model = get_peft_model(make_tiny_llama(), NeFTConfig(neurons=LLAMA_ROWS, delta_dtype="bfloat16", init_weights=7))
     model.save_pretrained(tmp_path / "neft")
     export_lora(tmp_path / "neft", tmp_path / "lora", base=make_tiny_llama())
     lora = safetensors.torch.load_file(tmp_path / "lora" / "adapter_model.safetensors")
@@ -194,9 +193,8 @@ def test_dense_lora_is_refused_as_not_row_sparse(tmp_path):
 
 def test_several_adapters_one_or_all(tmp_path):
     base = make_tiny_llama()
-    model = get_peft_model(base, NeFTConfig(neurons={"model.layers.0.mlp.up_proj": [1, 2]}))
-    model.add_adapter("second", NeFTConfig(neurons={"model.layers.1.mlp.down_proj": [4]}))
-    randomize(model)
+    model = get_peft_model(base, NeFTConfig(neurons={"model.layers.0.mlp.up_proj": [1, 2]}, init_weights=1))
+    model.add_adapter("second", NeFTConfig(neurons={"model.layers.1.mlp.down_proj": [4]}, init_weights=2))
     model.save_pretrained(tmp_path / "neft")
     everything = export_lora(tmp_path / "neft", tmp_path / "all", adapter_name="all", base=make_tiny_llama())
     assert (everything / "adapter_config.json").is_file() and (everything / "second" / "adapter_config.json").is_file()
@@ -209,23 +207,97 @@ def test_several_adapters_one_or_all(tmp_path):
         export_lora(tmp_path / "only_sub", tmp_path / "x", base=make_tiny_llama())
 
 
-def test_max_rank_refuses_listing_modules(exported, tmp_path):
-    with pytest.raises(ValueError, match=r"3 module\(s\).*more than --max-rank 2 rows: model.layers.0.mlp.up_proj "
-                                         r"\(k=4\), model.layers.0.mlp.down_proj \(k=3\), model.layers.1.self_attn."
-                                         r"q_proj \(k=3\)\. One peft LoRA adapter has one A/B pair per module"):
-        export_lora(exported["llama"]["neft"], tmp_path / "out", max_rank=2)
-    assert not (tmp_path / "out").exists()
-    export_lora(exported["llama"]["neft"], tmp_path / "out", max_rank=4)
+def _dense(tensors, name, out_features, neft=False):
+    """One module's update as a dense (out, in) matrix, from NeFT (rows, delta) or LoRA (A, B) tensors."""
+    key = f"base_model.model.{name}"
+    if neft:
+        delta = tensors[f"{key}.neft_delta"]
+        dense = torch.zeros(out_features, delta.shape[1], dtype=torch.float64)
+        dense[tensors[f"{key}.neft_rows"]] = delta.double()
+        return dense
+    return tensors[f"{key}.lora_B.weight"].double() @ tensors[f"{key}.lora_A.weight"].double()
 
 
-def test_cli_export_and_import(exported, tmp_path, capsys):
+OUT_FEATURES = {"model.layers.0.mlp.up_proj": 64, "model.layers.0.mlp.down_proj": 32,
+                "model.layers.1.mlp.gate_proj": 64, "model.layers.1.self_attn.q_proj": 32}
+
+
+def test_max_rank_gives_the_best_rank_r_approximation_and_reports_each_modules_error(exported, tmp_path, caplog):
+    case = exported["llama"]
+    with caplog.at_level("WARNING", logger="peft_neft.export"):
+        out = export_lora(case["neft"], tmp_path / "out", max_rank=2)
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["rank_pattern"] == {name: min(len(rows), 2) for name, rows in LLAMA_ROWS.items()}
+    lora = safetensors.torch.load_file(out / "adapter_model.safetensors")
+    neft = safetensors.torch.load_file(case["neft"] / "adapter_model.safetensors")
+    card = (out / "README.md").read_text()
+    for name, rows in LLAMA_ROWS.items():
+        exact, approx = _dense(neft, name, OUT_FEATURES[name], neft=True), _dense(lora, name, OUT_FEATURES[name])
+        if len(rows) <= 2:
+            assert torch.equal(exact, approx)  # within the limit: still the exact one-hot form
+            assert name not in caplog.text
+            continue
+        singular = torch.linalg.svdvals(exact)
+        optimum = (singular[2:].square().sum() / singular.square().sum()).sqrt().item()  # Eckart-Young
+        error = ((exact - approx).norm() / exact.norm()).item()
+        assert 0 < optimum and error == pytest.approx(optimum, rel=1e-4)
+        assert torch.linalg.matrix_rank(approx) == 2
+        assert f"module {name} selects {len(rows)} rows; exported as its best rank-2 approximation, relative " \
+               f"error {optimum:.3g}" in caplog.text
+        assert f"| {name} | {len(rows)} | 2 | {optimum:.3g} |" in card
+    assert json.loads((export_lora(case["neft"], tmp_path / "exact") / "adapter_config.json").read_text())[
+        "rank_pattern"] == {name: len(rows) for name, rows in LLAMA_ROWS.items()}  # the default stays exact
+    with pytest.raises(ValueError, match="max_rank must be a positive int"):
+        export_lora(case["neft"], tmp_path / "bad", max_rank=0)
+
+
+@pytest.mark.parametrize(("name", "rows"), [("llama", LLAMA_ROWS), ("gpt2", GPT2_ROWS)])
+def test_peft_convert_to_lora_and_save_as_lora_agree_with_export_lora(exported, tmp_path, name, rows):
+    from peft import convert_to_lora, save_as_lora
+
+    case = exported[name]
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(case["base"]), case["neft"]).eval()
+    assert model.supports_lora_conversion()
+    top = max(len(r) for r in rows.values())
+    for rank, out in ((top, export_lora(case["neft"], tmp_path / "exact")),
+                      (2, export_lora(case["neft"], tmp_path / "rank2", max_rank=2))):
+        ours = safetensors.torch.load_file(out / "adapter_model.safetensors")
+        _, theirs = convert_to_lora(model, rank=rank)
+        for module in rows:
+            torch.testing.assert_close(_dense(theirs, module, 0), _dense(ours, module, 0), rtol=0, atol=1e-5)
+    save_as_lora(tmp_path / "saved", model, rank=top)
+    plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(case["base"]), tmp_path / "saved").eval()
+    with torch.no_grad():
+        assert (plain(input_ids=ids()).logits - case["expected"]).abs().max() <= 1e-4
+
+
+def test_exported_lora_has_a_task_type_and_loads_through_auto_peft_model(exported):
+    from peft import AutoPeftModelForCausalLM
+
+    case = exported["llama"]
+    assert json.loads((case["lora"] / "adapter_config.json").read_text())["task_type"] == "CAUSAL_LM"
+    model = AutoPeftModelForCausalLM.from_pretrained(case["lora"]).eval()
+    assert model.active_peft_config.peft_type == "LORA"
+    with torch.no_grad():
+        assert (model(input_ids=ids()).logits - case["expected"]).abs().max() <= 1e-5
+    card = (case["lora"] / "README.md").read_text()
+    assert 'model = PeftModel.from_pretrained(base, "ADAPTER_DIR")' in card and "import peft_neft" not in card
+    assert str(case["base"]) not in card and "[More Information Needed]" not in card
+
+
+def test_cli_export_and_import(exported, tmp_path, capsys, caplog):
     case = exported["llama"]
     assert main(["export-lora", str(case["neft"]), str(tmp_path / "lora"), "--base", str(case["base"])]) == 0
     assert main(["import-lora", str(tmp_path / "lora"), str(tmp_path / "neft")]) == 0
     assert "Wrote NeFT adapter" in capsys.readouterr().out
     assert main(["export-lora", str(case["neft"]), str(tmp_path / "lora")]) == 2
     assert "already holds another adapter; pass --overwrite" in capsys.readouterr().err
-    assert main(["export-lora", str(case["neft"]), str(tmp_path / "lora"), "--overwrite", "--max-rank", "8"]) == 0
+    with caplog.at_level("WARNING", logger="peft_neft"):
+        assert main(["export-lora", str(case["neft"]), str(tmp_path / "lora"), "--overwrite", "--max-rank", "8"]) == 0
+        assert "approximation" not in caplog.text  # every module within the limit: exact
+        assert main(["export-lora", str(case["neft"]), str(tmp_path / "lora"), "--overwrite", "--max-rank", "3"]) == 0
+    assert "module model.layers.0.mlp.up_proj selects 4 rows; exported as its best rank-3 approximation, " \
+           "relative error" in caplog.text and caplog.text.count("approximation") == 1
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -293,8 +365,7 @@ class Nested(torch.nn.Module):
 def test_names_that_are_suffixes_of_other_names(tmp_path):
     """``proj`` is also the ``.``-suffix of ``sub.proj``: the export must adapt and rank each exactly."""
     both = {"proj": [2], "sub.proj": [0, 3, 7]}
-    neft = get_peft_model(Nested(), NeFTConfig(neurons=both)).eval()
-    randomize(neft)
+    neft = get_peft_model(Nested(), NeFTConfig(neurons=both, init_weights=7)).eval()
     neft.save_pretrained(tmp_path / "both")
     x = torch.randn(5, 8, generator=torch.Generator().manual_seed(0))
     # The same adapter with "proj" only, written by hand (the list rule would catch "sub.proj" too).
@@ -316,3 +387,107 @@ def test_names_that_are_suffixes_of_other_names(tmp_path):
         assert adapted == {f"base_model.model.{n}" for n in rows}
         with torch.no_grad():
             assert (lora(x) - expected[name]).abs().max() <= 1e-6
+
+
+# ----------------------------------------------------------------------------- what export and import refuse
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("where", ["the base", "around the base and adapter", "inside the base", "inside the adapter"])
+def test_export_refuses_an_output_folder_that_is_contains_or_lies_inside_an_input(tmp_path, capsys, where):
+    root = tmp_path / "work"
+    root.mkdir()
+    base_dir, adapter_dir, _ = neft_adapter(root, make_tiny_llama, LLAMA_ROWS)
+    out = {"the base": base_dir, "around the base and adapter": root, "inside the base": base_dir / "lora",
+           "inside the adapter": adapter_dir / "lora"}[where]
+    before = _snapshot(root)
+    for base in (["--base", str(base_dir)], []):  # given, or read from the adapter's config
+        assert main(["export-lora", str(adapter_dir), str(out), *base, "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert f"The output folder {out} " in err and ("holds the" in err or "lies inside the" in err)
+        assert ".tmp" not in err
+    assert _snapshot(root) == before  # nothing deleted, nothing written
+    AutoModelForCausalLM.from_pretrained(base_dir)  # the base still loads
+
+
+@pytest.mark.parametrize("inside", [False, True])
+def test_import_refuses_an_output_folder_that_is_around_or_inside_its_input(exported, tmp_path, inside):
+    lora = tmp_path / "box" / "lora"
+    export_lora(exported["llama"]["neft"], lora)
+    before = _snapshot(tmp_path / "box")
+    out = lora / "neft" if inside else tmp_path / "box"
+    with pytest.raises(ValueError, match="lies inside the source adapter" if inside else "holds the source adapter"):
+        import_lora(lora, out, overwrite=True)
+    assert _snapshot(tmp_path / "box") == before
+
+
+def test_export_refuses_integer_deltas_as_loading_does(exported, tmp_path):
+    folder = tmp_path / "int"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_bytes((exported["llama"]["neft"] / "adapter_config.json").read_bytes())
+    tensors = safetensors.torch.load_file(exported["llama"]["neft"] / "adapter_model.safetensors")
+    key = "base_model.model.model.layers.0.mlp.up_proj.neft_delta"
+    tensors[key] = tensors[key].view(torch.int32)
+    safetensors.torch.save_file(tensors, folder / "adapter_model.safetensors")
+    message = r"delta of module 'model\.layers\.0\.mlp\.up_proj'.* must be floating point, got int32"
+    with pytest.raises(ValueError, match=message):
+        PeftModel.from_pretrained(make_tiny_llama(), folder)
+    with pytest.raises(ValueError, match=message):
+        export_lora(folder, tmp_path / "out", base=exported["llama"]["base"])
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_refuses_an_lm_head_adapter_for_a_base_that_ties_it_as_loading_does(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "tied")
+    untied = AutoModelForCausalLM.from_pretrained(tmp_path / "tied")  # untied in memory, then trained
+    untied.lm_head.weight = torch.nn.Parameter(untied.lm_head.weight.detach().clone())
+    untied.config.tie_word_embeddings = False
+    model = get_peft_model(untied, NeFTConfig(neurons={"lm_head": [3, 7]}, init_weights=1))
+    model.save_pretrained(tmp_path / "neft")
+    with pytest.raises(ValueError, match="'lm_head'.*tied to 'model.embed_tokens.weight'"):
+        PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tmp_path / "tied"), tmp_path / "neft")
+    for base in (None, tmp_path / "tied"):  # recorded in the adapter, or given
+        with pytest.raises(ValueError, match="'lm_head'.*tied to 'model.embed_tokens.weight'"):
+            export_lora(tmp_path / "neft", tmp_path / "lora", base=base)
+    assert not (tmp_path / "lora").exists()
+    export_lora(tmp_path / "neft", tmp_path / "lora", base=model)  # onto the untied model it was trained on
+
+
+def test_import_of_several_adapters_takes_one_or_all_or_lists_them(tmp_path, capsys):
+    lora = get_peft_model(make_tiny_llama(), LoraConfig(r=2, target_modules=["model.layers.0.mlp.up_proj"]))
+    lora.add_adapter("second", LoraConfig(r=2, target_modules=["model.layers.1.mlp.down_proj"]))
+    for name, row in (("default", 3), ("second", 5)):
+        module = lora.base_model.model.get_submodule(
+            "model.layers.0.mlp.up_proj" if name == "default" else "model.layers.1.mlp.down_proj")
+        with torch.no_grad():
+            module.lora_A[name].weight.normal_()
+            module.lora_B[name].weight.zero_()
+            module.lora_B[name].weight[row, 0] = 1.0
+    lora.save_pretrained(tmp_path / "lora")
+    with pytest.raises(ValueError, match=r"holds adapters several adapters \(default, second\); pass adapter_name"):
+        import_lora(tmp_path / "lora", tmp_path / "none")
+    assert main(["import-lora", str(tmp_path / "lora"), str(tmp_path / "none")]) == 2
+    assert "(default, second)" in capsys.readouterr().err
+    one = import_lora(tmp_path / "lora", tmp_path / "one", adapter_name="second")
+    assert json.loads((one / "adapter_config.json").read_text())["neuron_counts"] == {"model.layers.1.mlp.down_proj": 1}
+    assert main(["import-lora", str(tmp_path / "lora"), str(tmp_path / "all"), "--adapter", "all"]) == 0
+    model = PeftModel.from_pretrained(make_tiny_llama(), tmp_path / "all")
+    model.load_adapter(tmp_path / "all" / "second", adapter_name="second")
+    assert model.base_model.model.model.layers[0].mlp.up_proj.neft_rows["default"].tolist() == [3]
+    assert model.base_model.model.model.layers[1].mlp.down_proj.neft_rows["second"].tolist() == [5]
+
+
+def test_logs_name_the_folders_the_user_gave_never_a_temporary_one(exported, tmp_path, caplog):
+    with caplog.at_level("INFO", logger="peft_neft.export"):
+        export_lora(exported["llama"]["neft"], tmp_path / "lora", max_rank=2)
+        import_lora(exported["gpt2"]["lora"], tmp_path / "neft")
+    assert f"to {tmp_path / 'lora'}" in caplog.text and f"to {tmp_path / 'neft'}" in caplog.text
+    assert ".tmp" not in caplog.text

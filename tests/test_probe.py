@@ -92,7 +92,7 @@ def test_parameter_budget_and_use_with_neft():
     assert by_params.num_params == 3 * 64 and by_params.metadata["method"] == "probe"
     both = select_neurons(probe_scores(model, data, labels, progress=False), num_neurons=10)
     assert both.num_neurons == 10 and set(both.scores) == {UP0, "model.layers.0.mlp.down_proj"}
-    config = NeFTConfig(neurons=both)
+    config = NeFTConfig.from_selection(both)
     assert config.num_rows == 10
 
 

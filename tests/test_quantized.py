@@ -37,15 +37,7 @@ def _neft_layers(model) -> dict[str, NeFTLayer]:
     return {name: module for name, module in model.named_modules() if isinstance(module, NeFTLayer)}
 
 
-def _randomize_deltas(model, seed: int = 0) -> None:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in _neft_layers(model).values():
-            delta = layer.neft_delta["default"]
-            delta.copy_(torch.randn(delta.shape, generator=generator).to(delta) * 0.1)
-
-
-def _check_forward_adds_rows_to_base_output(model, device: str) -> None:
+def _check_forward_adds_rows_to_base_output(model, device: str, adapter: str = "default") -> None:
     """Every NeFT layer's output is exactly its quantized base layer's output plus the row update."""
     for layer in _neft_layers(model).values():
         x = torch.randn(3, 5, layer.in_features, device=device).to(layer.get_base_layer().weight.device)
@@ -53,12 +45,12 @@ def _check_forward_adds_rows_to_base_output(model, device: str) -> None:
         with torch.no_grad():
             base_out = layer.get_base_layer()(x)
             out = layer(x)
-            delta = layer.neft_delta["default"]
+            delta = layer.neft_delta[adapter]
             update = torch.nn.functional.linear(x.to(delta.dtype), delta).to(base_out.dtype)
-        expected = base_out.index_add(-1, layer.neft_rows["default"], update)
+        expected = base_out.index_add(-1, layer.neft_rows[adapter], update)
         torch.testing.assert_close(out, expected, rtol=0, atol=0)
         untouched = torch.ones(layer.out_features, dtype=torch.bool, device=out.device)
-        untouched[layer.neft_rows["default"]] = False
+        untouched[layer.neft_rows[adapter]] = False
         assert torch.equal(out[..., untouched], base_out[..., untouched])
 
 
@@ -108,8 +100,9 @@ def test_torchao_forward_uses_only_the_quantized_base_output(torchao_llama):
     assert set(_neft_layers(model)) == {"base_model.model." + name for name in NEURONS}
     with torch.no_grad():
         assert torch.equal(model(input_ids).logits, base_logits)  # zero deltas: the quantized model itself
-    _randomize_deltas(model)
-    _check_forward_adds_rows_to_base_output(model, "cpu")
+    model.add_adapter("random", peft_neft.NeFTConfig(neurons=NEURONS, init_weights=0))
+    model.set_adapter("random")
+    _check_forward_adds_rows_to_base_output(model, "cpu", "random")
     with torch.no_grad():
         assert not torch.allclose(model(input_ids).logits, base_logits)
 
@@ -158,8 +151,7 @@ def _check_gradients_against_the_dequantized_weight(model) -> None:
 
 
 def test_torchao_merge_is_refused_with_a_clear_message(torchao_llama):
-    model = get_peft_model(torchao_llama, peft_neft.NeFTConfig(neurons=NEURONS))
-    _randomize_deltas(model)
+    model = get_peft_model(torchao_llama, peft_neft.NeFTConfig(neurons=NEURONS, init_weights=0))
     input_ids = torch.randint(0, 128, (2, 8), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         before = model(input_ids).logits
@@ -237,12 +229,12 @@ def test_bnb_forward_training_and_merge(bnb_llama):
 
 def test_torchao_base_accepts_a_selection_made_on_its_float_model(torchao_llama):
     from peft_neft.selection import NeuronSelection
-    from peft_neft._shapes import model_fingerprint
+    from peft_neft.tuner.fingerprint import model_fingerprint
 
     float_model = make_tiny_llama(hidden=64, intermediate=128)
     selection = NeuronSelection(rows={k: torch.tensor(v) for k, v in NEURONS.items()},
                                 metadata={"fingerprint": model_fingerprint(float_model)})
-    model = get_peft_model(torchao_llama, peft_neft.NeFTConfig(neurons=selection))
+    model = get_peft_model(torchao_llama, peft_neft.NeFTConfig.from_selection(selection))
     assert set(_neft_layers(model)) == {"base_model.model." + name for name in NEURONS}
     with pytest.raises(ValueError, match="other weight shapes"):
-        get_peft_model(make_tiny_llama(hidden=64, intermediate=96), peft_neft.NeFTConfig(neurons=selection))
+        get_peft_model(make_tiny_llama(hidden=64, intermediate=96), peft_neft.NeFTConfig.from_selection(selection))

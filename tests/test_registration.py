@@ -32,8 +32,9 @@ def test_import_peft_neft_loads_neither_torch_nor_peft():
     "import peft_neft; import peft",                              # the README's order
     "import peft; import peft_neft",                              # peft already loaded
     "import peft_neft, importlib.util; importlib.util.find_spec('peft'); from peft import PeftModel",  # a probe
-    "import peft_neft._targets; import peft",                     # modules the tuner itself imports
-    "import peft_neft.neuron_selection; import peft",
+    "import peft_neft._targets; import peft",                     # a module below the tuner
+    "import peft_neft.selection.neuron_selection",                # a selection module that imports the tuner
+    "from peft_neft.tuner.fingerprint import model_fingerprint",  # a tuner module with no peft import of its own
     "from peft_neft.tuner.model import NeFTModel",                # the tuner's own first import of peft
     "import peft_neft.selection",                                 # peft first imported deep inside the package
     "import peft_neft.compare",

@@ -25,12 +25,7 @@ def trained(tmp_path):
     base = make_tiny_llama()
     base_dir = tmp_path / "base"
     base.save_pretrained(base_dir)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), NeFTConfig(neurons=ROWS))
-    generator = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.requires_grad:
-                param.copy_(torch.randn(param.shape, generator=generator))
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), NeFTConfig(neurons=ROWS, init_weights=7))
     return model, base_dir
 
 

@@ -87,7 +87,7 @@ def test_conv1d_is_scored_per_output_column():
     assert scores.in_features["transformer.h.1.mlp.c_fc"] == 16
     selection = select_neurons(scores, num_neurons=2)
     assert {k: v.tolist() for k, v in selection.rows.items()} == {"transformer.h.1.mlp.c_fc": [7, 50]}
-    get_peft_model(gpt2, NeFTConfig(neurons=selection))
+    get_peft_model(gpt2, NeFTConfig.from_selection(selection))
 
 
 def test_no_nan_for_zero_or_unchanged_rows():
@@ -231,7 +231,7 @@ def test_save_load_round_trip_and_peft_accepts_it(tiny_llama, tmp_path):
     assert all(torch.equal(loaded.scores[k], selection.scores[k]) for k in selection.scores)
     assert loaded.metadata == selection.metadata
     loaded.check_model(tiny_llama)
-    model = get_peft_model(tiny_llama, NeFTConfig(neurons=tmp_path / "sel.safetensors"))
+    model = get_peft_model(tiny_llama, NeFTConfig.from_selection(NeuronSelection.load(tmp_path / "sel.safetensors")))
     assert model.get_nb_trainable_parameters()[0] == selection.num_params
 
 
@@ -304,16 +304,24 @@ def test_selection_file_for_another_model_is_refused_unless_overridden(tiny_llam
     selection.save(tmp_path / "sel.safetensors")
     wider = make_tiny_llama(hidden=48)  # every selected row exists, but the model is not the one scored
     with pytest.raises(ValueError, match=r"other weight shapes.*ignore_fingerprint=True"):
-        get_peft_model(wider, NeFTConfig(neurons=tmp_path / "sel.safetensors"))
+        get_peft_model(wider, NeFTConfig.from_selection(NeuronSelection.load(tmp_path / "sel.safetensors")))
     with pytest.raises(ValueError, match=r"other weight shapes"):
-        get_peft_model(make_tiny_llama(hidden=48), NeFTConfig(neurons=selection))
-    model = get_peft_model(make_tiny_llama(hidden=48), NeFTConfig(neurons=tmp_path / "sel.safetensors",
-                                                                  ignore_fingerprint=True))
+        get_peft_model(make_tiny_llama(hidden=48), NeFTConfig.from_selection(selection))
+    loaded = NeuronSelection.load(tmp_path / "sel.safetensors")
+    model = get_peft_model(make_tiny_llama(hidden=48), NeFTConfig.from_selection(loaded, ignore_fingerprint=True))
     assert model.get_nb_trainable_parameters()[0] == 6 * 48 - 3 * 48 + 3 * 64  # 3 up_proj rows of 48, 3 down of 64
-    same = get_peft_model(make_tiny_llama(seed=5), NeFTConfig(neurons=tmp_path / "sel.safetensors",
-                                                              modules_to_save=["lm_head"]))
+    same = get_peft_model(make_tiny_llama(seed=5), NeFTConfig.from_selection(loaded, modules_to_save=["lm_head"]))
     assert same.peft_config["default"].selection_fingerprint == selection.fingerprint
-    same.add_adapter("second", NeFTConfig(neurons=selection))  # peft's wrappers do not change the fingerprint
+    same.add_adapter("second", NeFTConfig.from_selection(selection))  # peft's wrappers do not change the fingerprint
+
+
+def test_check_model_refuses_another_fingerprint_even_with_every_row_in_range(tiny_llama):
+    selection = select_neurons(score_models(tiny_llama, perturbed_copy(tiny_llama)), num_neurons=6)
+    selection.check_model(tiny_llama)
+    other = make_tiny_llama(vocab=256)  # the same Linear layers (every selected row exists), another embedding
+    assert all(other.get_submodule(n).out_features == tiny_llama.get_submodule(n).out_features for n in selection.rows)
+    with pytest.raises(ValueError, match=r"The selection comes from another base model.*Select neurons on the model"):
+        selection.check_model(other)
 
 
 def _write_selection(path, tensors, metadata):
@@ -337,6 +345,8 @@ def _write_selection(path, tensors, metadata):
          r"scores of module 'm'.*1-D"),
         ({"rows/m": torch.tensor([1, 2])}, {"format": "peft-neft-selection/1", "metadata": '{"fingerprint": 5}'},
          r"fingerprint.*string"),
+        ({"rows/m": torch.tensor([1]), "rows/base_model.model.m": torch.tensor([2])},
+         {"format": "peft-neft-selection/1"}, r"names module 'm' twice .*Keep one entry"),
     ],
 )
 def test_corrupt_selection_files_get_clear_errors(tmp_path, tensors, metadata, message):

@@ -7,7 +7,7 @@ from packaging.version import Version
 from peft import __version__ as peft_version
 from transformers.integrations import peft as transformers_peft
 
-from peft_neft import NeFTConfig
+from peft_neft import NeFTConfig, save_pretrained_atomically
 
 from conftest import make_tiny_llama
 
@@ -20,21 +20,12 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _randomize_deltas(model):
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "neft_delta" in name:
-                param.copy_(torch.randn(param.shape, generator=generator))
-
-
 def test_add_set_and_disable_adapters():
     model = make_tiny_llama()
     ids = torch.randint(0, 128, (1, 8), generator=torch.Generator().manual_seed(0))
     base = model(ids).logits
-    model.add_adapter(NeFTConfig(neurons={"model.layers.0.mlp.up_proj": [1, 2]}), adapter_name="a")
-    model.add_adapter(NeFTConfig(neurons={"model.layers.1.mlp.down_proj": [3]}), adapter_name="b")
-    _randomize_deltas(model)
+    model.add_adapter(NeFTConfig(neurons={"model.layers.0.mlp.up_proj": [1, 2]}, init_weights=1), adapter_name="a")
+    model.add_adapter(NeFTConfig(neurons={"model.layers.1.mlp.down_proj": [3]}, init_weights=2), adapter_name="b")
     model.set_adapter("a")
     assert model.active_adapters() == ["a"]
     with_a = model(ids).logits
@@ -49,11 +40,13 @@ def test_add_set_and_disable_adapters():
 def test_save_and_load_adapter_round_trip_with_model_card(tmp_path):
     model = make_tiny_llama()
     ids = torch.randint(0, 128, (1, 8), generator=torch.Generator().manual_seed(0))
-    model.add_adapter(NeFTConfig(neurons={"model.layers.0.mlp.up_proj": [1, 2]}))
-    _randomize_deltas(model)
+    model.add_adapter(NeFTConfig(neurons={"model.layers.0.mlp.up_proj": [1, 2]}, init_weights=1))
     expected = model(ids).logits
     model.save_pretrained(tmp_path / "adapter")
-    assert "neft" in ModelCard.load(tmp_path / "adapter" / "README.md").data.tags
+    save_pretrained_atomically(model, tmp_path / "atomic")  # peft-neft's save adds the card to transformers' files
+    assert "neft" in ModelCard.load(tmp_path / "atomic" / "README.md").data.tags
+    assert sorted(p.name for p in (tmp_path / "atomic").iterdir()) == sorted(
+        ["README.md", *(p.name for p in (tmp_path / "adapter").iterdir())])
     fresh = make_tiny_llama()
     fresh.load_adapter(str(tmp_path / "adapter"))
     assert torch.equal(fresh(ids).logits, expected)

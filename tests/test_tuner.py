@@ -32,12 +32,9 @@ def test_trainable_parameters_are_exactly_rows_times_in_features(tiny_llama):
 def test_forward_adds_x_times_delta_into_the_selected_rows_only(tiny_llama):
     base_up = tiny_llama.model.layers[0].mlp.up_proj
     weight = base_up.weight.detach().clone()
-    model = get_peft_model(tiny_llama, NeFTConfig(neurons=ROWS))
+    model = get_peft_model(tiny_llama, NeFTConfig(neurons=ROWS, init_weights=1))
     layer = model.base_model.model.model.layers[0].mlp.up_proj
     assert isinstance(layer, NeFTLinear)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        layer.neft_delta["default"].normal_()
     x = torch.randn(2, 5, 32)
     expected_weight = weight.clone()
     expected_weight[[3, 17, 40]] += layer.neft_delta["default"].detach()
@@ -86,11 +83,9 @@ def test_conv1d_neurons_are_columns_of_the_stored_weight():
     conv = gpt2.transformer.h[0].mlp.c_fc  # Conv1D: weight stored (in=32, out=128)
     weight = conv.weight.detach().clone()
     bias = conv.bias.detach().clone()
-    model = get_peft_model(gpt2, NeFTConfig(neurons={"transformer.h.0.mlp.c_fc": [2, 100]}))
+    model = get_peft_model(gpt2, NeFTConfig(neurons={"transformer.h.0.mlp.c_fc": [2, 100]}, init_weights=1))
     assert model.get_nb_trainable_parameters()[0] == 2 * 32
     layer = model.base_model.model.transformer.h[0].mlp.c_fc
-    with torch.no_grad():
-        layer.neft_delta["default"].normal_()
     x = torch.randn(3, 32)
     expected_weight = weight.clone()
     expected_weight[:, [2, 100]] += layer.neft_delta["default"].detach().T
@@ -99,12 +94,49 @@ def test_conv1d_neurons_are_columns_of_the_stored_weight():
     torch.testing.assert_close(merged.transformer.h[0].mlp.c_fc.weight, expected_weight)
 
 
-def test_neurons_accepts_a_selection_object_and_its_file(tiny_llama, tmp_path):
-    selection = NeuronSelection(rows={k: torch.tensor(v) for k, v in ROWS.items()})
+def test_from_selection_takes_rows_fingerprint_and_provenance_and_neurons_takes_only_a_dict(tmp_path):
+    selection = NeuronSelection(rows={k: torch.tensor(v) for k, v in ROWS.items()},
+                                metadata={"fingerprint": "abc", "method": "cosine", "budget": {"unit": "params",
+                                                                                               "value": 96}})
     selection.save(tmp_path / "sel.safetensors")
-    for spec in (selection, tmp_path / "sel.safetensors", str(tmp_path / "sel.safetensors")):
-        config = NeFTConfig(neurons=spec)
+    for source in (selection, NeuronSelection.load(tmp_path / "sel.safetensors")):
+        config = NeFTConfig.from_selection(source, delta_dtype="bfloat16")
         assert config.neuron_counts == {k: len(v) for k, v in ROWS.items()}
+        assert config.selection_fingerprint == "abc" and config.delta_dtype == "bfloat16"
+        assert config.selection_provenance == {"method": "cosine", "budget": {"unit": "params", "value": 96}}
+    for spec in (selection, tmp_path / "sel.safetensors", str(tmp_path / "sel.safetensors")):
+        with pytest.raises(TypeError, match=r"must be a dict module name -> rows.*NeFTConfig.from_selection"):
+            NeFTConfig(neurons=spec)
+    with pytest.raises(TypeError, match=r"pass NeuronSelection.load\(path\)"):
+        NeFTConfig.from_selection(str(tmp_path / "sel.safetensors"))
+
+
+@pytest.mark.parametrize("spelled", [
+    {"model.layers.0.mlp.up_proj": [1], "base_model.model.model.layers.0.mlp.up_proj": [2]},
+    {"base_model.model.model.layers.0.mlp.up_proj": [2], "model.layers.0.mlp.up_proj": [1]},
+])
+def test_one_module_spelled_twice_is_refused_whatever_the_order(spelled):
+    with pytest.raises(ValueError, match=r"names module 'model.layers.0.mlp.up_proj' twice .*Keep one entry"):
+        NeFTConfig(neurons=spelled)
+    with pytest.raises(ValueError, match=r"names module 'model.layers.0.mlp.up_proj' twice"):
+        NeFTConfig(neuron_counts={name: len(rows) for name, rows in spelled.items()})
+
+
+def test_init_weights_zeros_by_default_and_seeded_random_on_request():
+    def delta(init_weights, seed=0, rows=ROWS):
+        model = get_peft_model(make_tiny_llama(seed), NeFTConfig(neurons=rows, init_weights=init_weights))
+        return model.base_model.model.model.layers[0].mlp.up_proj.neft_delta["default"].detach().clone()
+
+    assert torch.count_nonzero(delta(True)) == 0
+    random = delta(7)
+    assert random.std().item() == pytest.approx(0.1, rel=0.5)
+    assert torch.equal(random, delta(7, seed=1))  # the same seed: the same start, whatever the base weights
+    one_module = {"model.layers.0.mlp.up_proj": ROWS["model.layers.0.mlp.up_proj"]}
+    assert torch.equal(random, delta(7, rows=one_module))  # and whatever else is selected
+    assert not torch.equal(random, delta(8)) and torch.equal(delta(False), delta(0))
+    for bad in (-1, 0.5, "zeros"):
+        with pytest.raises(ValueError, match="init_weights must be True"):
+            NeFTConfig(neurons=ROWS, init_weights=bad)
 
 
 def test_target_modules_filters_and_rejects_outside_modules():

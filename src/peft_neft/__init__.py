@@ -18,14 +18,14 @@ from ._import_hook import call_after_import
 from ._version import __version__
 
 if TYPE_CHECKING:
-    from .atomic import save_pretrained_atomically
     from .export import export_lora, import_lora
+    from .saving import save_pretrained_atomically
     from .selection import (Budget, NeuronCalibrationCallback, NeuronScores, NeuronSelection, budget_from_lora,
                             calibrate, gradient_scores, overlap, select_neurons)
     from .tuner import NeFTConfig, NeFTModel
 
 _HOME = {
-    "NeFTConfig": "tuner", "NeFTModel": "tuner", "save_pretrained_atomically": "atomic",
+    "NeFTConfig": "tuner", "NeFTModel": "tuner", "save_pretrained_atomically": "saving",
     "export_lora": "export", "import_lora": "export",
     **dict.fromkeys(["Budget", "NeuronCalibrationCallback", "NeuronScores", "NeuronSelection", "budget_from_lora",
                      "calibrate", "gradient_scores", "overlap", "select_neurons"], "selection"),

@@ -1,13 +1,12 @@
-"""Shapes of a model's row modules and the fingerprint that ties scores and selections to one base model.
+"""Shapes of a model's row modules (the fingerprint of a base model lives in :mod:`peft_neft.tuner.fingerprint`).
 
 Also builds a model's module tree on the meta device (no weights) from its ``config.json``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -30,30 +29,6 @@ def weight_rows(module: nn.Module) -> torch.Tensor:
     return module.weight.T if isinstance(module, Conv1D) else module.weight
 
 
-def fingerprint_of(shapes: Iterable[tuple[str, Sequence[int]]]) -> str:
-    """A short hash of the names and shapes of a model's 2-D weights."""
-    digest = hashlib.sha256()
-    for name, shape in sorted((n, tuple(int(d) for d in s)) for n, s in shapes if len(s) == 2):
-        digest.update(f"{name}:{shape};".encode())
-    return digest.hexdigest()[:16]
-
-
-def model_fingerprint(model: nn.Module) -> str:
-    """Fingerprint of a model in memory (tied weights counted once, as in its safetensors checkpoint).
-
-    Under peft's wrappers it is the base model's: NeFT parameters and peft's copies of ``modules_to_save``
-    are skipped, ``base_layer`` / ``original_module`` levels are dropped from names, and a bitsandbytes
-    4-bit weight counts with its unpacked shape.
-    """
-    shapes = []
-    for name, param in model.named_parameters():
-        if "neft_" in name or ".modules_to_save." in name:
-            continue
-        name = name.replace(".base_layer.", ".").replace(".original_module.", ".")
-        shapes.append((name, getattr(getattr(param, "quant_state", None), "shape", None) or param.shape))
-    return fingerprint_of(shapes)
-
-
 def count_params(model: nn.Module) -> int:
     """All parameters of the model, tied weights counted once."""
     return sum(p.numel() for p in model.parameters())
@@ -73,15 +48,6 @@ def module_shapes(model: nn.Module, names: Iterable[str], owner: str) -> dict[st
             )
         shapes[name] = module_shape(modules[name])
     return shapes
-
-
-def check_fingerprint(model: nn.Module, fingerprint: str | None, owner: str, fix: str) -> None:
-    """Raise unless ``model`` has the weight shapes ``fingerprint`` records (None: nothing recorded)."""
-    if fingerprint is not None and fingerprint != model_fingerprint(model):
-        raise ValueError(
-            f"{owner.capitalize()} comes from another base model: its weight shapes differ (fingerprint "
-            f"{fingerprint} vs {model_fingerprint(model)}). {fix}"
-        )
 
 
 def meta_model(model_dir: str | os.PathLike) -> nn.Module:

@@ -1,7 +1,7 @@
 """Atomic writes: a file appears complete under its final name, or not at all; nothing else is touched.
 
 Every writer here first writes to a hidden temporary on the target's file system (``.<target name>.<random>.tmp``
-beside a file or folder; ``.neft-save.<random>.tmp`` inside an adapter folder) and moves the result into place
+beside a file or folder; :mod:`peft_neft.saving` uses ``.neft-save.<random>.tmp`` inside an adapter folder) and moves the result into place
 with ``os.replace`` (one atomic rename on POSIX and Windows). A process killed mid-write leaves only such hidden
 temporaries; the next write to the same target removes them. One writer per target at a time is assumed: a
 second concurrent writer's temporaries would be removed as leftovers.
@@ -16,17 +16,16 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-_CONFIG_NAME = "adapter_config.json"
-_SAVE_PREFIX = ".neft-save."  # save_pretrained_atomically's temporary folder, inside the target
 
 
-def _umask() -> int:
+def umask() -> int:
+    """The process's file-creation mask (read without changing it)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
-def _leftovers(folder: Path, prefix: str, suffix: str) -> list[Path]:
+def leftovers(folder: Path, prefix: str, suffix: str) -> list[Path]:
     """Temporaries ``<prefix><random><suffix>`` in ``folder``, left by an interrupted write."""
     if not folder.is_dir():
         return []
@@ -37,7 +36,8 @@ def _leftovers(folder: Path, prefix: str, suffix: str) -> list[Path]:
     ]
 
 
-def _remove(path: Path) -> None:
+def remove(path: Path) -> None:
+    """Remove a file, link or folder tree."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
@@ -52,27 +52,27 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    for leftover in _leftovers(target.parent, f".{target.name}.", ".tmp"):
-        _remove(leftover)
+    for leftover in leftovers(target.parent, f".{target.name}.", ".tmp"):
+        remove(leftover)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it a normal file's mode
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes it private; give it a normal file's mode
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
-def _recover_folder(target: Path) -> None:
+def recover_folder(target: Path) -> None:
     """Undo what a kill during a folder swap left beside ``target``: move a hidden old folder back, drop temporaries."""
-    for old in _leftovers(target.parent, f".{target.name}.", ".old"):
+    for old in leftovers(target.parent, f".{target.name}.", ".old"):
         if not target.exists() and (old / "contents").exists():
             os.replace(old / "contents", target)  # a kill between the two renames hid it there
-        _remove(old)
-    for leftover in _leftovers(target.parent, f".{target.name}.", ".tmp"):
-        _remove(leftover)
+        remove(old)
+    for leftover in leftovers(target.parent, f".{target.name}.", ".tmp"):
+        remove(leftover)
 
 
 @contextlib.contextmanager
@@ -85,9 +85,9 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    _recover_folder(target)
+    recover_folder(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; give it a normal folder's mode
+    os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes it private; give it a normal folder's mode
     try:
         yield tmp
         if target.exists():
@@ -106,41 +106,3 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def save_pretrained_atomically(model, save_directory: str | os.PathLike, **kwargs) -> None:
-    """``model.save_pretrained(save_directory, **kwargs)``, but no file is ever half-written.
-
-    The save goes to a hidden temporary folder inside ``save_directory`` (so it is on the same file system
-    even when the folder is a mount point or a symlink); then each file it wrote replaces its counterpart
-    with one atomic rename, weights before ``adapter_config.json``. Every other file in the folder (a
-    tokenizer, training arguments, other adapters' subfolders) is kept, as with plain ``save_pretrained``,
-    and an existing ``README.md`` is updated the way peft updates it.
-
-    At every instant each file is either its complete old or complete new version. A crash between an
-    adapter's two renames leaves its new weights beside its old config: exactly the new adapter when the
-    selection's modules and row counts are unchanged (the config stores only those); see docs/layer.md for
-    the other case. Saving again repairs it. Temporaries left by a killed save are removed by the next save.
-    """
-    target = Path(save_directory)
-    if not kwargs.get("is_main_process", True):  # peft writes nothing on other ranks; neither do we
-        return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _recover_folder(target)  # whole-folder swaps of earlier saves may have left a folder hidden beside it
-    target.mkdir(exist_ok=True)
-    for leftover in _leftovers(target, _SAVE_PREFIX, ".tmp"):
-        _remove(leftover)
-    tmp = Path(tempfile.mkdtemp(prefix=_SAVE_PREFIX, suffix=".tmp", dir=target))
-    try:
-        if (target / "README.md").is_file():
-            shutil.copy2(target / "README.md", tmp / "README.md")  # peft updates an existing model card
-        model.save_pretrained(tmp, **kwargs)
-        written = sorted(p.relative_to(tmp) for p in tmp.rglob("*") if p.is_file())  # weights first, configs last
-        mode = 0o666 & ~_umask()
-        for relative in sorted(written, key=lambda p: (p.name == _CONFIG_NAME, p.name == "README.md")):
-            destination = target / relative
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            os.chmod(tmp / relative, mode)
-            os.replace(tmp / relative, destination)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

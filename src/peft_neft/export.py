@@ -1,13 +1,8 @@
-"""NeFT <-> LoRA: a NeFT adapter written as an exact, standard peft LoRA adapter, and back.
+"""NeFT <-> LoRA adapter folders: a saved NeFT adapter written as a standard peft LoRA adapter, and back.
 
-A NeFT module with selected rows ``R`` (k of them) and delta ``D`` (k x in) adds ``delta_W = S @ D``
-to its weight, where ``S`` is the (out x k) one-hot matrix with ``S[R[j], j] = 1``. That is a LoRA of
-rank k with ``lora_A = D``, ``lora_B = S`` and ``lora_alpha = k`` (scaling ``alpha / r = 1``). Every
-output of ``B @ (A @ x)`` is one product by 1.0 plus zeros, so the LoRA model computes the NeFT update
-up to the rounding of the base GEMM; see ``docs/layer.md`` ("Export to LoRA").
-
-The reverse exists when every column of a LoRA's ``B`` has at most one non-zero entry: column j with
-value ``b`` in row ``i`` adds ``scaling * b * A[j]`` to row ``i`` only, a row-sparse update.
+The math is :mod:`peft_neft.tuner.conversion` (exact by default, or the best rank-R approximation under
+``max_rank``); this module reads and checks the files, as strictly as loading them would, and writes the
+result atomically with a model card.
 """
 
 from __future__ import annotations
@@ -17,27 +12,32 @@ import logging
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import safetensors.torch
 import torch
-from peft import PeftModel
+from peft import LoraConfig, PeftModel
 from peft.utils.constants import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME
+from safetensors import SafetensorError
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from ._shapes import meta_model
 from .atomic import atomic_dir
+from .model_card import lora_card_section, neft_card_section, write_model_card
 from .tuner import NeFTConfig
+from .tuner.config import PEFT_MODEL_PREFIX
+from .tuner.conversion import LoraFactors, lora_to_rows, rows_to_lora
 from .tuner.layer import NeFTLayer
+from .tuner.model import names_of_parameters, refuse_tied_weight
 
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
-_PREFIX = "base_model.model."
 _DELTA, _ROWS = ".neft_delta", ".neft_rows"
+_BASE = ".base_layer.weight"  # a full weight peft saves beside an adapted lm_head/embedding (save_embedding_layers)
 _LORA_A, _LORA_B = ".lora_A.weight", ".lora_B.weight"
 _DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float64: "float64"}
 # LoRA options that change what the adapter computes beyond ``scaling * B @ A``; import refuses them.
@@ -61,13 +61,21 @@ class RowUpdate:
 
 
 def _read_config(folder: Path) -> dict:
+    """``adapter_config.json`` as a dict with a ``peft_type``; a one-line error naming the file otherwise."""
     path = folder / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{folder} is not a peft adapter folder: it has no {CONFIG_NAME}.")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); the adapter folder is corrupt.") from err
+        config = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); the adapter folder is corrupt. Save the adapter again.") from err
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} must hold a JSON object, got a {type(config).__name__}; the adapter folder is "
+                         "corrupt. Save the adapter again.")
+    if not isinstance(config.get("peft_type"), str):
+        raise ValueError(f"{path} has no peft_type (found {config.get('peft_type')!r}); it is not a complete peft "
+                         "adapter config. Save the adapter again.")
+    return config
 
 
 def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
@@ -77,11 +85,18 @@ def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
             f"{folder} has no {SAFETENSORS_WEIGHTS_NAME}; save the adapter with save_pretrained(..., "
             "safe_serialization=True) (the default)."
         )
-    return safetensors.torch.load_file(path)
+    try:
+        return safetensors.torch.load_file(path)
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{path} is not a readable safetensors file ({err}): it is truncated or corrupt. "
+                         "Save the adapter again.") from err
 
 
 def _adapter_folders(root: Path, adapter_name: Optional[str], peft_type: str) -> dict[str, Path]:
-    """peft's layout: adapter ``default`` at the root, every other adapter in a subfolder of its name."""
+    """peft's layout: adapter ``default`` at the root, every other adapter in a subfolder of its name.
+
+    ``adapter_name`` None takes the only adapter; with several, the choice is the caller's (refused, listing them).
+    """
     def is_adapter(folder: Path) -> bool:
         try:
             return _read_config(folder).get("peft_type") == peft_type
@@ -97,29 +112,56 @@ def _adapter_folders(root: Path, adapter_name: Optional[str], peft_type: str) ->
     if adapter_name == "all":
         return found
     if adapter_name is None:
-        if "default" in found:
-            return {"default": root}
-        raise ValueError(f"{root} holds adapters only in subfolders ({', '.join(found)}); pass adapter_name "
-                         "(--adapter NAME) or 'all'.")
+        if list(found) == ["default"]:
+            return found
+        where = "only in subfolders" if "default" not in found else "several adapters"
+        raise ValueError(f"{root} holds adapters {where} ({', '.join(found)}); pass adapter_name (--adapter NAME) "
+                         "for one, or 'all' for every one.")
     if adapter_name not in found:
         raise ValueError(f"{root} has no adapter {adapter_name!r}; it holds: {', '.join(found)}.")
     return {adapter_name: found[adapter_name]}
 
 
-def read_neft_adapter(folder: PathLike) -> tuple[dict, dict[str, RowUpdate]]:
-    """The config and per-module row updates of a saved NeFT adapter, read from its files (no model)."""
+def _neft_config(folder: Path, config: dict) -> NeFTConfig:
+    """The adapter's config validated as loading validates it (zero-row modules, which select nothing, left out)."""
+    known = {f.name for f in fields(NeFTConfig)}
+    values = {k: v for k, v in config.items() if k in known and k != "peft_type"}
+    counts = values.get("neuron_counts")
+    if isinstance(counts, dict):
+        values["neuron_counts"] = {n: c for n, c in counts.items() if c != 0}
+        if not values["neuron_counts"]:
+            raise ValueError(f"{folder}: the NeFT adapter selects no rows, so there is nothing to export.")
+    try:
+        return NeFTConfig(**values)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{folder / CONFIG_NAME} is not a valid NeFT adapter config: {err} Save the adapter again.") from err
+
+
+def read_neft_adapter(folder: PathLike) -> tuple[NeFTConfig, dict[str, RowUpdate], dict[str, torch.Tensor]]:
+    """The config, per-module row updates and full base weights (peft saves those for an adapted lm_head) of a
+    saved NeFT adapter, read from its files (no model) and checked as loading checks them: every tensor belongs
+    to a declared module, rows are sorted unique integers, deltas are floating point of the declared size."""
     folder = Path(folder)
-    config = _read_config(folder)
-    if config.get("peft_type") != "NEFT":
-        raise ValueError(f"{folder} is not a NeFT adapter: its {CONFIG_NAME} has peft_type "
-                         f"{config.get('peft_type')!r}, not 'NEFT'.")
-    if config.get("modules_to_save"):
-        raise ValueError(f"{folder} also trains modules_to_save={config['modules_to_save']}; exporting those is not "
+    raw = _read_config(folder)
+    if raw["peft_type"] != "NEFT":
+        raise ValueError(f"{folder} is not a NeFT adapter: its {CONFIG_NAME} has peft_type {raw['peft_type']!r}, "
+                         "not 'NEFT'.")
+    if raw.get("modules_to_save"):
+        raise ValueError(f"{folder} also trains modules_to_save={raw['modules_to_save']}; exporting those is not "
                          "supported. Export an adapter without modules_to_save.")
+    config = _neft_config(folder, raw)
     tensors = _read_tensors(folder)
+    weights = folder / SAFETENSORS_WEIGHTS_NAME
+    declared = {f"{PEFT_MODEL_PREFIX}{n}{s}" for n in (raw.get("neuron_counts") or {}) for s in (_DELTA, _ROWS, _BASE)}
+    stray = sorted(set(tensors) - declared)
+    if stray:
+        module = stray[0].removeprefix(PEFT_MODEL_PREFIX).rsplit(".", 1)[0]
+        raise ValueError(f"{weights} holds {stray[0]!r}, but {CONFIG_NAME}'s neuron_counts has no entry for module "
+                         f"{module!r}: its update would be dropped. The adapter folder mixes files from different "
+                         "saves, or its config was edited; save the adapter again.")
     updates: dict[str, RowUpdate] = {}
-    for name, count in sorted((config.get("neuron_counts") or {}).items()):
-        delta, rows = tensors.get(f"{_PREFIX}{name}{_DELTA}"), tensors.get(f"{_PREFIX}{name}{_ROWS}")
+    for name, count in sorted(config.neuron_counts.items()):
+        delta, rows = tensors.get(f"{PEFT_MODEL_PREFIX}{name}{_DELTA}"), tensors.get(f"{PEFT_MODEL_PREFIX}{name}{_ROWS}")
         if delta is None or rows is None:
             raise ValueError(f"{folder}: module {name!r} is in {CONFIG_NAME} but its neft_delta/neft_rows are missing "
                              f"from {SAFETENSORS_WEIGHTS_NAME}; the adapter folder mixes files from different saves.")
@@ -127,22 +169,27 @@ def read_neft_adapter(folder: PathLike) -> tuple[dict, dict[str, RowUpdate]]:
                 or rows.numel() != count:
             raise ValueError(f"{folder}: module {name!r} has rows {tuple(rows.shape)} and delta {tuple(delta.shape)}, "
                              f"inconsistent with its neuron count {count}; the adapter is corrupt.")
-        if rows.numel() == 0:
-            continue
+        if not delta.dtype.is_floating_point:
+            raise ValueError(f"{weights}: the NeFT delta of module {name!r} must be floating point, got "
+                             f"{str(delta.dtype).removeprefix('torch.')}: the adapter file is corrupt. Save it again.")
         if int(rows.min()) < 0 or (rows.numel() > 1 and not bool((rows[1:] > rows[:-1]).all())):
             raise ValueError(f"{folder}: the rows of module {name!r} are not sorted, unique and non-negative; "
                              "the adapter is corrupt.")
         updates[name] = RowUpdate(rows, delta)
-    if not updates:
-        raise ValueError(f"{folder}: the NeFT adapter selects no rows, so there is nothing to export.")
-    return config, updates
+    return config, updates, {k: v for k, v in tensors.items() if k.endswith(_BASE)}
 
 
 # ----------------------------------------------------------------------------- the base model's shapes
 
 
-def _meta_model(base: PathLike) -> nn.Module:
-    """The base model's architecture on the meta device: shapes and layer types, no weights."""
+def _base_model(base: Union[PathLike, nn.Module, None], config: NeFTConfig) -> nn.Module:
+    if base is None:
+        base = config.base_model_name_or_path
+        if not base:
+            raise ValueError("The adapter does not record its base model (base_model_name_or_path is empty); "
+                             "pass the base model with --base / base=.")
+    if isinstance(base, nn.Module):
+        return base.get_base_model() if isinstance(base, PeftModel) else base
     try:
         return meta_model(base)
     except (OSError, ValueError) as err:
@@ -150,21 +197,12 @@ def _meta_model(base: PathLike) -> nn.Module:
                          "folder or hub id with --base / base=.") from err
 
 
-def _base_modules(base: Union[PathLike, nn.Module, None], config: dict) -> dict[str, nn.Module]:
-    if base is None:
-        base = config.get("base_model_name_or_path")
-        if not base:
-            raise ValueError("The adapter does not record its base model (base_model_name_or_path is empty); "
-                             "pass the base model with --base / base=.")
-    model = base if isinstance(base, nn.Module) else _meta_model(base)
-    if isinstance(model, PeftModel):
-        model = model.get_base_model()
-
-    return {name: m.get_base_layer() if isinstance(m, NeFTLayer) else m for name, m in model.named_modules()}
-
-
-def _check_shapes(updates: dict[str, RowUpdate], modules: dict[str, nn.Module]) -> dict[str, tuple[int, bool]]:
-    """``module -> (out_features, is_conv1d)``, after checking every update fits the base."""
+def _check_base(updates: dict[str, RowUpdate], model: nn.Module, config: NeFTConfig) -> dict[str, tuple[int, bool]]:
+    """``module -> (out_features, is_conv1d)``, after the checks loading the adapter onto ``model`` would make:
+    each module exists as a Linear/Conv1D of the recorded shape, with the rows in range and an untied weight."""
+    modules = {name: m.get_base_layer() if isinstance(m, NeFTLayer) else m for name, m in model.named_modules()}
+    names_of = names_of_parameters(model)
+    recorded = config.module_shapes or {}
     shapes = {}
     for name, update in updates.items():
         module = modules.get(name)
@@ -174,10 +212,12 @@ def _check_shapes(updates: dict[str, RowUpdate], modules: dict[str, nn.Module]) 
                              "the adapter was trained on another base model. Pass the right one with --base.")
         in_features, out_features = (module.weight.shape if isinstance(module, Conv1D)
                                      else (module.in_features, module.out_features))
-        if update.delta.shape[1] != in_features or int(update.rows.max()) >= out_features:
+        if update.delta.shape[1] != in_features or int(update.rows.max()) >= out_features or \
+                (name in recorded and list(recorded[name]) != [out_features, in_features]):
             raise ValueError(f"Module {name!r} of the base model is {in_features} -> {out_features}, but the adapter "
                              f"updates rows up to {int(update.rows.max())} with {update.delta.shape[1]} inputs: the "
                              "adapter was trained on another base model. Pass the right one with --base.")
+        refuse_tied_weight(name, module, names_of)
         shapes[name] = (int(out_features), isinstance(module, Conv1D))
     return shapes
 
@@ -185,11 +225,16 @@ def _check_shapes(updates: dict[str, RowUpdate], modules: dict[str, nn.Module]) 
 # ----------------------------------------------------------------------------- writing
 
 
-def _prepare_target(out_dir: Path, sources: list[Path], overwrite: bool) -> None:
-    resolved = out_dir.resolve()
-    for source in sources:
-        if resolved == source.resolve() or resolved in source.resolve().parents:
-            raise ValueError(f"The output folder {out_dir} holds the source adapter {source}; choose another folder.")
+def _prepare_target(out_dir: Path, inputs: dict[Path, str], overwrite: bool) -> None:
+    """Refuse an output folder that is, contains or lies inside an input (``path -> what it is``): replacing
+    it would destroy what is being read. Then refuse a file, or a non-empty folder without ``overwrite``."""
+    out = out_dir.resolve()
+    for path, role in inputs.items():
+        source = path.resolve()
+        if out == source or out in source.parents:
+            raise ValueError(f"The output folder {out_dir} holds the {role} {path}; choose a folder outside it.")
+        if source in out.parents:
+            raise ValueError(f"The output folder {out_dir} lies inside the {role} {path}; choose a folder outside it.")
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"The output path {out_dir} is a file; choose a folder.")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
@@ -198,16 +243,24 @@ def _prepare_target(out_dir: Path, sources: list[Path], overwrite: bool) -> None
                          "to replace its contents, or choose an empty folder.")
 
 
+def _local_inputs(folders: dict[str, Path], base: Any, configs: list[Optional[str]]) -> dict[Path, str]:
+    inputs = {folder: "source adapter" for folder in folders.values()}
+    for candidate in [base, *configs]:
+        if isinstance(candidate, (str, os.PathLike)) and os.path.exists(candidate):
+            inputs.setdefault(Path(candidate), "base model")
+    return inputs
+
+
 def _save_tensors(tensors: dict[str, torch.Tensor], folder: Path) -> None:
     safetensors.torch.save_file({k: v.contiguous() for k, v in tensors.items()}, folder / SAFETENSORS_WEIGHTS_NAME,
                                 metadata={"format": "pt"})
 
 
-def _suffix_of_another(name: str, modules: dict[str, nn.Module]) -> bool:
+def _suffix_of_another(name: str, modules: list[str]) -> bool:
     return any(other.endswith("." + name) for other in modules)
 
 
-def _target_modules(names: list[str], modules: dict[str, nn.Module]) -> Union[list[str], str]:
+def _target_modules(names: list[str], modules: list[str]) -> Union[list[str], str]:
     """The adapted names as a list; as an exact regex if peft's list rule (a name or a ``.``-suffix of it)
     would also catch other modules of the base."""
     if not any(_suffix_of_another(n, modules) for n in names):
@@ -215,72 +268,53 @@ def _target_modules(names: list[str], modules: dict[str, nn.Module]) -> Union[li
     return "|".join(re.escape(n) for n in sorted(names))
 
 
-def _pattern(values: dict[str, int], modules: dict[str, nn.Module]) -> dict[str, int]:
+def _pattern(values: dict[str, int], modules: list[str]) -> dict[str, int]:
     """rank_pattern/alpha_pattern keys. peft matches a key as ``(.*\\.)?KEY$``, so a name that is also the
     ``.``-suffix of another module's name gets ``^`` to match itself only."""
     return {("^" + re.escape(n)) if _suffix_of_another(n, modules) else n: v for n, v in sorted(values.items())}
 
 
-def _model_card(source: Path, config: dict, updates: dict[str, RowUpdate], out_sizes: dict[str, int]) -> str:
-    ks = sorted(u.k for u in updates.values())
-    params = sum(u.delta.numel() for u in updates.values())
-    lora_params = sum(u.delta.numel() + out_sizes[n] * u.k for n, u in updates.items())
-    base = config.get("base_model_name_or_path")
-    lines = [
-        "---", "library_name: peft", *([f"base_model: {base}"] if base else []), "tags: [lora, neft, peft-neft]", "---", "",
-        "# LoRA adapter exported from NeFT", "",
-        f"Exported by `peft-neft export-lora` from the NeFT (neuron-level fine-tuning) adapter `{source.name}`. "
-        "Each adapted module's update `delta_W = S @ D` (selected rows `R`, row deltas `D`) is written as a LoRA of "
-        "rank k = len(R) with `lora_A = D`, `lora_B` the one-hot matrix `S` and `lora_alpha = k` (scaling 1), so "
-        "plain `peft.PeftModel.from_pretrained(base, this_folder)` computes the NeFT model's outputs without "
-        "`peft-neft` installed.", "",
-        "## Selection", "",
-        f"- modules: {len(updates)}",
-        f"- selected rows: {sum(ks)} (per module: min {ks[0]}, median {ks[len(ks) // 2]}, max {ks[-1]})",
-        f"- trained parameters (NeFT deltas): {params:,}",
-        f"- LoRA parameters in this file (A and one-hot B): {lora_params:,}",
-        f"- LoRA rank = rows per module; the largest is {ks[-1]} (a server's max LoRA rank must be at least this)", "",
-        "| module | rows (rank) | in | out |", "|---|---|---|---|",
-    ]
-    lines += [f"| {n} | {u.k} | {u.delta.shape[1]} | {out_sizes[n]} |" for n, u in updates.items()]
-    return "\n".join(lines) + "\n"
+def _task_type(config: NeFTConfig, model: nn.Module) -> Optional[str]:
+    """The NeFT adapter's task type, else CAUSAL_LM for a causal LM base, so AutoPeftModelForCausalLM loads it."""
+    if config.task_type:
+        return getattr(config.task_type, "value", config.task_type)
+    return "CAUSAL_LM" if type(model).__name__.endswith("ForCausalLM") else None
 
 
-def _export_one(folder: Path, out: Path, base, max_rank: Optional[int]) -> None:
-    from peft import LoraConfig
-
-    config, updates = read_neft_adapter(folder)
-    modules = _base_modules(base, config)
-    shapes = _check_shapes(updates, modules)
-    if max_rank is not None:
-        over = {n: u.k for n, u in updates.items() if u.k > max_rank}
-        if over:
-            listed = ", ".join(f"{n} (k={k})" for n, k in sorted(over.items(), key=lambda item: -item[1]))
-            raise ValueError(
-                f"{len(over)} module(s) of {folder} select more than --max-rank {max_rank} rows: {listed}. One peft "
-                "LoRA adapter has one A/B pair per module, so the rank cannot be split exactly; raise the server's "
-                "max LoRA rank or select fewer rows per module."
-            )
-    ranks = {n: u.k for n, u in updates.items()}
+def _export_one(folder: Path, out: Path, base, max_rank: Optional[int], shown_as: Path) -> None:
+    config, updates, base_weights = read_neft_adapter(folder)
+    model = _base_model(base, config)
+    shapes = _check_base(updates, model, config)
+    factors: dict[str, LoraFactors] = {
+        name: rows_to_lora(update.rows, update.delta, shapes[name][0], max_rank) for name, update in updates.items()
+    }
+    errors = {name: f.relative_error for name, f in factors.items() if f.rank < updates[name].k}
+    for name in sorted(errors):
+        logger.warning("%s: module %s selects %d rows; exported as its best rank-%d approximation, relative error "
+                       "%.3g", folder, name, updates[name].k, max_rank, errors[name])
+    ranks = {name: f.rank for name, f in factors.items()}
+    module_names = [name for name, _ in model.named_modules()]
     top = max(ranks.values())
     lora_config = LoraConfig(
-        r=top, lora_alpha=top, target_modules=_target_modules(list(updates), modules),
-        rank_pattern=_pattern(ranks, modules), alpha_pattern=_pattern(ranks, modules), lora_dropout=0.0, bias="none",
-        use_rslora=False, fan_in_fan_out=any(conv for _, conv in shapes.values()),
-        base_model_name_or_path=config.get("base_model_name_or_path"), task_type=config.get("task_type"),
-        revision=config.get("revision"), inference_mode=True,
+        r=top, lora_alpha=top, target_modules=_target_modules(list(updates), module_names),
+        rank_pattern=_pattern(ranks, module_names), alpha_pattern=_pattern(ranks, module_names), lora_dropout=0.0,
+        bias="none", use_rslora=False, fan_in_fan_out=any(conv for _, conv in shapes.values()),
+        base_model_name_or_path=config.base_model_name_or_path, task_type=_task_type(config, model),
+        revision=config.revision, inference_mode=True,
     )
-    tensors = {}
-    for name, update in updates.items():
-        one_hot = torch.zeros(shapes[name][0], update.k, dtype=update.delta.dtype)
-        one_hot[update.rows, torch.arange(update.k)] = 1
-        tensors[f"{_PREFIX}{name}{_LORA_A}"] = update.delta
-        tensors[f"{_PREFIX}{name}{_LORA_B}"] = one_hot
+    tensors = dict(base_weights)  # plain peft loads them into the LoRA layer's base layer as it does for NeFT
+    for name, f in factors.items():
+        tensors[f"{PEFT_MODEL_PREFIX}{name}{_LORA_A}"] = f.lora_A
+        tensors[f"{PEFT_MODEL_PREFIX}{name}{_LORA_B}"] = f.lora_B
     out.mkdir(parents=True, exist_ok=True)
     lora_config.save_pretrained(out)
     _save_tensors(tensors, out)
-    (out / "README.md").write_text(_model_card(folder, config, updates, {n: s[0] for n, s in shapes.items()}))
-    logger.info("Exported NeFT adapter %s as a LoRA of %d modules (ranks up to %d) to %s", folder, len(updates), top, out)
+    section = lora_card_section(folder.name, config.base_model_name_or_path, config.neuron_counts,
+                                config.module_shapes or {}, ranks, errors, config.selection_provenance)
+    write_model_card(out, section, config.base_model_name_or_path, tags=("lora", "neft", "peft-neft"),
+                     pipeline_tag="text-generation" if lora_config.task_type == "CAUSAL_LM" else None)
+    logger.info("Exported NeFT adapter %s as a LoRA of %d modules (ranks up to %d) to %s", folder, len(updates), top,
+                shown_as)
 
 
 def export_lora(
@@ -296,28 +330,40 @@ def export_lora(
 
     Args:
         adapter_dir: The NeFT adapter folder (``save_pretrained`` output).
-        out_dir: The LoRA adapter folder to create; written atomically.
+        out_dir: The LoRA adapter folder to create; written atomically. It may not be, contain or lie inside
+            the adapter or base model folder.
         base: The base model (folder, hub id, or a model instance), read for each module's output size and
             layer type (Conv1D needs ``fan_in_fan_out``). Only its config is read, on the meta device.
             Default: the adapter's ``base_model_name_or_path``.
-        adapter_name: ``None`` for the adapter at the folder root, a name for one adapter of a multi-adapter
-            folder (written at ``out_dir``'s root), or ``"all"`` for every adapter in peft's layout.
-        max_rank: Refuse the export if a module selects more rows (= LoRA rank) than this.
+        adapter_name: ``None`` for the folder's only adapter, a name for one adapter of a multi-adapter folder
+            (written at ``out_dir``'s root), or ``"all"`` for every adapter in peft's layout.
+        max_rank: The largest LoRA rank to write. A module with more selected rows gets the best rank-``max_rank``
+            approximation of its update (truncated SVD) instead of the exact one-hot form; each such module's
+            relative error is logged and listed in the card. Default: exact (rank = rows per module).
         overwrite: Replace a non-empty ``out_dir``.
     """
-    if max_rank is not None and max_rank < 1:
-        raise ValueError(f"max_rank must be a positive int, got {max_rank}.")
+    if max_rank is not None and (isinstance(max_rank, bool) or not isinstance(max_rank, int) or max_rank < 1):
+        raise ValueError(f"max_rank must be a positive int, got {max_rank!r}.")
     source, out_dir = Path(adapter_dir), Path(out_dir)
     folders = _adapter_folders(source, adapter_name, "NEFT")
-    _prepare_target(out_dir, list(folders.values()), overwrite)
+    recorded = [_read_config(folder).get("base_model_name_or_path") for folder in folders.values()] if base is None else []
+    _prepare_target(out_dir, _local_inputs(folders, base, recorded), overwrite)
     with atomic_dir(out_dir) as tmp:
         for name, folder in folders.items():
-            keep_layout = adapter_name == "all" and name != "default"
-            _export_one(folder, tmp / name if keep_layout else tmp, base, max_rank)
+            sub = adapter_name == "all" and name != "default"
+            _export_one(folder, tmp / name if sub else tmp, base, max_rank, out_dir / name if sub else out_dir)
     return out_dir
 
 
 # ----------------------------------------------------------------------------- import
+
+
+def _lora_number(folder: Path, key: str, value: Any, integer: bool) -> Any:
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
+        raise ValueError(f"{folder / CONFIG_NAME}: {key} must be a positive {'int' if integer else 'number'}, got "
+                         f"{value!r}; the adapter config is corrupt. Save the adapter again.")
+    return value
 
 
 def _lora_updates(folder: Path, config: dict) -> dict[str, RowUpdate]:
@@ -327,58 +373,50 @@ def _lora_updates(folder: Path, config: dict) -> dict[str, RowUpdate]:
     if used:
         raise ValueError(f"{folder} uses LoRA options {used}, which are not a plain B @ A update; only plain LoRA "
                          "adapters can be imported into NeFT.")
+    patterns = {key: config.get(key) or {} for key in ("rank_pattern", "alpha_pattern")}
+    for key, pattern in patterns.items():
+        if not isinstance(pattern, dict):
+            raise ValueError(f"{folder / CONFIG_NAME}: {key} must be a JSON object, got a {type(pattern).__name__}; "
+                             "the adapter config is corrupt. Save the adapter again.")
     tensors = _read_tensors(folder)
-    names = sorted(k[len(_PREFIX):-len(_LORA_A)] for k in tensors if k.startswith(_PREFIX) and k.endswith(_LORA_A))
-    other = set(tensors) - {f"{_PREFIX}{n}{s}" for n in names for s in (_LORA_A, _LORA_B)}
+    names = sorted(k[len(PEFT_MODEL_PREFIX):-len(_LORA_A)] for k in tensors
+                   if k.startswith(PEFT_MODEL_PREFIX) and k.endswith(_LORA_A))
+    other = set(tensors) - {f"{PEFT_MODEL_PREFIX}{n}{s}" for n in names for s in (_LORA_A, _LORA_B)}
     if other:
         raise ValueError(f"{folder} holds tensors that are not Linear lora_A/lora_B weights, e.g. {sorted(other)[:3]}; "
                          "only plain Linear LoRA adapters can be imported into NeFT.")
-    rank_pattern, alpha_pattern = config.get("rank_pattern") or {}, config.get("alpha_pattern") or {}
     updates = {}
     for name in names:
-        lora_a, lora_b = tensors[f"{_PREFIX}{name}{_LORA_A}"], tensors[f"{_PREFIX}{name}{_LORA_B}"]
-        r = rank_pattern.get(get_pattern_key(rank_pattern.keys(), name), config["r"])
-        alpha = alpha_pattern.get(get_pattern_key(alpha_pattern.keys(), name), config["lora_alpha"])
+        lora_a, lora_b = tensors[f"{PEFT_MODEL_PREFIX}{name}{_LORA_A}"], tensors[f"{PEFT_MODEL_PREFIX}{name}{_LORA_B}"]
+        rank_key = get_pattern_key(patterns["rank_pattern"].keys(), name)
+        alpha_key = get_pattern_key(patterns["alpha_pattern"].keys(), name)
+        r = _lora_number(folder, "r", patterns["rank_pattern"].get(rank_key, config.get("r")), True)
+        alpha = _lora_number(folder, "lora_alpha",
+                             patterns["alpha_pattern"].get(alpha_key, config.get("lora_alpha")), False)
         if lora_a.dim() != 2 or lora_b.dim() != 2 or lora_a.shape[0] != r or lora_b.shape[1] != r:
             raise ValueError(f"{folder}: module {name!r} has lora_A {tuple(lora_a.shape)} and lora_B "
                              f"{tuple(lora_b.shape)}, not rank {r} as its config says; the adapter is corrupt.")
-        nonzero = lora_b != 0
-        per_column = nonzero.sum(0)
-        if bool((per_column > 1).any()):
-            column = int(torch.nonzero(per_column > 1)[0])
-            raise ValueError(f"{folder} is not row-sparse: column {column} of lora_B of module {name!r} has "
-                             f"{int(per_column[column])} non-zero entries, so its update touches several rows at "
-                             "once. Only a LoRA whose B has at most one non-zero per column imports exactly into NeFT.")
-        columns = torch.nonzero(per_column == 1).flatten()
-        if columns.numel() == 0:
-            continue
-        targets = nonzero[:, columns].float().argmax(0)
         scaling = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
-        scaled = lora_a[columns].double() * (lora_b[targets, columns].double() * scaling)[:, None]
-        rows, inverse = torch.unique(targets, sorted=True, return_inverse=True)
-        delta = torch.zeros(rows.numel(), lora_a.shape[1], dtype=torch.float64).index_add_(0, inverse, scaled)
-        updates[name] = RowUpdate(rows, delta.to(lora_a.dtype))
+        try:
+            found = lora_to_rows(lora_a, lora_b, scaling)
+        except ValueError as err:
+            raise ValueError(f"{folder} is not row-sparse: {err} (module {name!r}). Only a LoRA whose B has at most "
+                             "one non-zero per column imports exactly into NeFT.") from err
+        if found is not None:
+            updates[name] = RowUpdate(*found)
     return updates
 
 
-def import_lora(lora_dir: PathLike, out_dir: PathLike, *, overwrite: bool = False) -> Path:
-    """Write a row-sparse LoRA adapter (every column of ``lora_B`` has at most one non-zero) as a NeFT adapter.
-
-    Column j of ``B`` with value ``b`` in row ``i`` becomes ``scaling * b * A[j]`` in NeFT row ``i`` (columns
-    pointing at the same row are summed). A LoRA exported by :func:`export_lora` comes back bit for bit.
-    Any other LoRA is refused: its update is not row-sparse.
-    """
-    source, out_dir = Path(lora_dir), Path(out_dir)
+def _import_one(source: Path, out: Path, shown_as: Path) -> None:
     config = _read_config(source)
-    if config.get("peft_type") != "LORA":
-        raise ValueError(f"{source} is not a LoRA adapter: its {CONFIG_NAME} has peft_type {config.get('peft_type')!r}.")
+    if config["peft_type"] != "LORA":
+        raise ValueError(f"{source} is not a LoRA adapter: its {CONFIG_NAME} has peft_type {config['peft_type']!r}.")
     updates = _lora_updates(source, config)
     if not updates:
         raise ValueError(f"{source}: every lora_B is zero, so the adapter changes nothing and there is nothing to import.")
     dtypes = {u.delta.dtype for u in updates.values()}
     if len(dtypes) != 1 or next(iter(dtypes)) not in _DTYPE_NAMES:
         raise ValueError(f"{source}: lora_A tensors have dtypes {sorted(map(str, dtypes))}; NeFT needs one float dtype.")
-    _prepare_target(out_dir, [source], overwrite)
     neft_config = NeFTConfig(
         neurons={n: u.rows for n, u in updates.items()}, delta_dtype=_DTYPE_NAMES[next(iter(dtypes))],
         base_model_name_or_path=config.get("base_model_name_or_path"), revision=config.get("revision"),
@@ -386,10 +424,35 @@ def import_lora(lora_dir: PathLike, out_dir: PathLike, *, overwrite: bool = Fals
     )
     tensors = {}
     for name, update in updates.items():
-        tensors[f"{_PREFIX}{name}{_DELTA}"] = update.delta
-        tensors[f"{_PREFIX}{name}{_ROWS}"] = update.rows
+        tensors[f"{PEFT_MODEL_PREFIX}{name}{_DELTA}"] = update.delta
+        tensors[f"{PEFT_MODEL_PREFIX}{name}{_ROWS}"] = update.rows
+    out.mkdir(parents=True, exist_ok=True)
+    neft_config.save_pretrained(out)
+    _save_tensors(tensors, out)
+    write_model_card(out, neft_card_section({"default": neft_config}), neft_config.base_model_name_or_path)
+    logger.info("Imported row-sparse LoRA %s as a NeFT adapter of %d modules to %s", source, len(updates), shown_as)
+
+
+def import_lora(lora_dir: PathLike, out_dir: PathLike, *, adapter_name: Optional[str] = None,
+                overwrite: bool = False) -> Path:
+    """Write a row-sparse LoRA adapter (every column of ``lora_B`` has at most one non-zero) as a NeFT adapter.
+
+    Column j of ``B`` with value ``b`` in row ``i`` becomes ``scaling * b * A[j]`` in NeFT row ``i`` (columns
+    pointing at the same row are summed). A LoRA exported by :func:`export_lora` comes back bit for bit.
+    Any other LoRA is refused: its update is not row-sparse.
+
+    Args:
+        lora_dir: The LoRA adapter folder.
+        out_dir: The NeFT adapter folder to create; written atomically, never the input or a folder around it.
+        adapter_name: ``None`` for the folder's only adapter, a name for one adapter of a multi-adapter folder,
+            or ``"all"`` for every adapter in peft's layout.
+        overwrite: Replace a non-empty ``out_dir``.
+    """
+    source, out_dir = Path(lora_dir), Path(out_dir)
+    folders = _adapter_folders(source, adapter_name, "LORA")
+    _prepare_target(out_dir, _local_inputs(folders, None, []), overwrite)
     with atomic_dir(out_dir) as tmp:
-        neft_config.save_pretrained(tmp)
-        _save_tensors(tensors, tmp)
-    logger.info("Imported row-sparse LoRA %s as a NeFT adapter of %d modules to %s", source, len(updates), out_dir)
+        for name, folder in folders.items():
+            sub = adapter_name == "all" and name != "default"
+            _import_one(folder, tmp / name if sub else tmp, out_dir / name if sub else out_dir)
     return out_dir

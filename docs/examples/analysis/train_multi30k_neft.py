@@ -131,7 +131,7 @@ def main() -> None:
     for name, rows in (("neft3", low), ("neft3_reversed3", both)):
         selection = peft_neft.NeuronSelection(rows=rows, metadata={"method": name, "percent": args.percent})
         selection.save(out / f"{name}.safetensors")
-        model = get_peft_model(copy.deepcopy(base), peft_neft.NeFTConfig(neurons=selection))
+        model = get_peft_model(copy.deepcopy(base), peft_neft.NeFTConfig.from_selection(selection))
         losses = train(model, examples, args.steps, args.lr, args.batch_size, pad_id, seed=1)
         merged = model.merge_and_unload()
         merged.save_pretrained(out / name)

@@ -20,7 +20,8 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from .._shapes import count_params, model_fingerprint, module_shape, weight_rows
+from .._shapes import count_params, module_shape, weight_rows
+from ..tuner.fingerprint import model_fingerprint
 from .._targets import DEFAULT_TARGET_MODULES, TargetModules
 from ..selection.neuron_scores import NeuronScores
 from .collect import analysed_modules

@@ -11,7 +11,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from .._targets import DEFAULT_TARGET_MODULES, TargetModules, is_row_module
-from ..neuron_selection import NeuronSelection
+from ..selection.neuron_selection import NeuronSelection
 from .collect import CorrelateWith, PearsonScores, neuron_pearson_scores
 from .inputs import Inputs
 

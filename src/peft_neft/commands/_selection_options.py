@@ -10,8 +10,8 @@ from .._targets import DEFAULT_TARGET_MODULES
 if TYPE_CHECKING:  # torch and the selection code load when a command runs, not when the parser is built
     from torch import nn
 
-    from ..neuron_selection import NeuronSelection
     from ..selection import Budget
+    from ..selection.neuron_selection import NeuronSelection
 
 
 def _strategy(text: str) -> str:

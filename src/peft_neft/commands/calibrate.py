@@ -20,7 +20,7 @@ from .compare import add_device_arguments, console_logs
 if TYPE_CHECKING:
     from torch import nn
 
-    from ..neuron_selection import NeuronSelection
+    from ..selection.neuron_selection import NeuronSelection
     from ..selection import Budget
     from ..training.precision import Precision
 

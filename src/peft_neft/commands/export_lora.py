@@ -15,8 +15,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "default: the adapter's base_model_name_or_path")
     parser.add_argument("--adapter", dest="adapter_name", metavar="NAME",
                         help="which adapter of a multi-adapter folder ('all' for every one, in peft's layout)")
-    parser.add_argument("--max-rank", type=int, metavar="N",
-                        help="refuse if a module selects more than N rows (= its LoRA rank), e.g. a server's max LoRA rank")
+    parser.add_argument("--max-rank", type=int, metavar="R",
+                        help="the largest LoRA rank to write (e.g. a server's max LoRA rank): a module with more rows "
+                        "gets its best rank-R approximation (truncated SVD) and its relative error is reported; "
+                        "default: exact, rank = rows per module")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
 
 

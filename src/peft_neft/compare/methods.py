@@ -107,7 +107,7 @@ def prepare_model(model: PreTrainedModel, method: Method, seed: int, scores: Any
         config = LoraConfig(r=method.rank, lora_alpha=2 * method.rank, lora_dropout=0.0, target_modules="all-linear")
         return get_peft_model(model, config)
     elif method.kind == "neft":
-        return get_peft_model(model, NeFTConfig(neurons=selection or select_for(model, method, scores, seed)))
+        return get_peft_model(model, NeFTConfig.from_selection(selection or select_for(model, method, scores, seed)))
     return model
 
 

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..atomic import atomic_dir
+from ..saving import save_pretrained_atomically
 from ..selection import calibrate
 from ..tasks import encode_for_generation, encode_pairs, get_task, hold_out_validation, make_collator
 from ..training import train_model, validation_loss
@@ -336,7 +337,7 @@ class _Run:
         trainable = 0 if method.kind == "base" else sum(p.numel() for p in trainable_parameters(model))
         mem, mem_kind = memory_mb(model)
         if config.save_adapters != "none" and method.kind in ("lora", "neft"):
-            model.save_pretrained(job.folder / "adapter")
+            save_pretrained_atomically(model, job.folder / "adapter")  # with the card a receiver can follow
             if self.selection is not None:
                 self.selection.save(job.folder / "adapter" / "selection.safetensors")
         return {

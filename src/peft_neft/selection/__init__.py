@@ -1,6 +1,6 @@
 """Neuron selection: scores (calibration included), budgets, and the choice of rows that makes a ``NeuronSelection``."""
 
-from ..neuron_selection import NeuronSelection, overlap
+from .neuron_selection import NeuronSelection, overlap
 from .budget import Budget, budget_from_lora
 from .calibration import calibrate, gradient_scores
 from .calibration_callback import NeuronCalibrationCallback

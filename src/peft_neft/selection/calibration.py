@@ -27,11 +27,12 @@ from torch.utils.data import DataLoader
 from transformers import TrainerCallback
 from transformers.pytorch_utils import Conv1D
 
-from .._shapes import count_params, model_fingerprint, module_shape
+from .._shapes import count_params, module_shape
 from .._targets import DEFAULT_TARGET_MODULES
 from .._targets import TargetModules, find_target_modules
-from ..neuron_selection import NeuronSelection
+from ..tuner.fingerprint import model_fingerprint
 from .budget import Budget
+from .neuron_selection import NeuronSelection
 from .calibration_callback import NeuronCalibrationCallback
 from .neuron_scores import NeuronScores
 

@@ -26,10 +26,11 @@ from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .._shapes import count_params, model_fingerprint, module_shape, weight_rows
+from .._shapes import count_params, module_shape, weight_rows
 from .._targets import DEFAULT_TARGET_MODULES, TargetModules, find_target_modules
-from ..neuron_selection import NeuronSelection
+from ..tuner.fingerprint import model_fingerprint
 from .budget import Budget
+from .neuron_selection import NeuronSelection
 from .cosine import cosine_rows
 from .neuron_scores import NeuronScores
 from .select import STRATEGIES, select_neurons

@@ -15,7 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers.pytorch_utils import Conv1D
 
-from .._shapes import count_params, fingerprint_of, meta_model, model_fingerprint, module_shape, weight_rows
+from .._shapes import count_params, meta_model, module_shape, weight_rows
 from .._targets import (
     DEFAULT_TARGET_MODULES,
     TargetModules,
@@ -25,6 +25,7 @@ from .._targets import (
     matches,
     row_module_names,
 )
+from ..tuner.fingerprint import fingerprint_of, model_fingerprint
 from .neuron_scores import NeuronScores
 
 _CHUNK_ELEMENTS = 1 << 22

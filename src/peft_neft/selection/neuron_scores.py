@@ -8,7 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._shapes import check_fingerprint, module_shapes
+from .._shapes import module_shapes
+from ..tuner.fingerprint import check_fingerprint
 
 
 @dataclass

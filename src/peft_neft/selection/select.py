@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from .._targets import layer_index
-from ..neuron_selection import NeuronSelection
 from .budget import Budget
+from .neuron_selection import NeuronSelection
 from .neuron_scores import NeuronScores
 
 STRATEGIES = ("lowest", "reversed", "random")

@@ -2,27 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import numbers
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, Optional, Union
 
 import torch
 from peft.config import PeftConfig
-from peft.utils import SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME, PeftType
+from peft.tuners.tuners_utils import check_target_module_exists
+from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME, PeftType
 from safetensors import SafetensorError, safe_open
 
-from .._targets import matches
-from ..neuron_selection import NeuronSelection
-from .model_card import write_model_card
-
-NeuronsSpec = Union[Mapping[str, Sequence[int]], NeuronSelection, str, os.PathLike]
-
 _DELTA_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
-_PEFT_MODEL_PREFIX = "base_model.model."
+PEFT_MODEL_PREFIX = "base_model.model."
+"""The prefix peft puts before a base model's module names; NeFT's names are relative to the base model."""
 PEFT_TYPE_NAME = "NEFT"
 """The member of peft's ``PeftType`` enum that importing ``peft_neft`` adds (see :mod:`peft_neft.tuner.registration`)."""
+_PROVENANCE_KEYS = ("method", "strategy", "budget", "parts")
 
 
 def normalize_rows(module: str, rows: Any) -> torch.Tensor:
@@ -59,17 +58,35 @@ def normalize_rows(module: str, rows: Any) -> torch.Tensor:
     return tensor
 
 
-def _check_weights_file(folder: str) -> None:
-    """A clear error for a local adapter folder whose weights (NeFT's rows and deltas) are missing or unreadable.
+def normalize_module_names(names: Sequence[str], owner: str) -> dict[str, str]:
+    """``name -> name relative to the base model`` (peft's ``base_model.model.`` removed).
 
-    peft would otherwise look for a missing file on the Hub, and fail with a network or parse error.
+    Raises if two names become one: which of two spellings of a module should win is not for NeFT to guess.
+    ``owner`` names where the names come from in the error.
     """
+    clean: dict[str, str] = {}
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(f"Module names in {owner} must be strings, got {name!r}.")
+        relative = name.removeprefix(PEFT_MODEL_PREFIX)
+        spelled = [other for other, rel in clean.items() if rel == relative]
+        if spelled:
+            raise ValueError(
+                f"{owner} names module {relative!r} twice ({spelled[0]!r} and {name!r}): with and without "
+                f"{PEFT_MODEL_PREFIX!r} they are the same module. Keep one entry."
+            )
+        clean[name] = relative
+    return clean
+
+
+def _check_weights_file(folder: str) -> None:
+    """A clear error for a local adapter folder whose weights file is missing or unreadable."""
     weights = os.path.join(folder, SAFETENSORS_WEIGHTS_NAME)
     if not os.path.isfile(weights):
         if os.path.isfile(os.path.join(folder, WEIGHTS_NAME)):
             return
         raise FileNotFoundError(
-            f"The adapter folder {folder!r} has adapter_config.json but no {SAFETENSORS_WEIGHTS_NAME}, which holds "
+            f"The adapter folder {folder!r} has {CONFIG_NAME} but no {SAFETENSORS_WEIGHTS_NAME}, which holds "
             "NeFT's row indices and deltas. Copy the whole adapter folder, or save the adapter again."
         )
     try:
@@ -77,55 +94,91 @@ def _check_weights_file(folder: str) -> None:
             handle.keys()
     except (SafetensorError, OSError) as err:
         raise ValueError(
-            f"{weights!r} is not a readable safetensors file ({err}): it is truncated or corrupt. "
-            "Save the adapter again."
+            f"{weights!r} is not a readable safetensors file ({err}): it is truncated or corrupt. Save the adapter again."
         ) from err
 
 
 @dataclass
 class NeFTConfig(PeftConfig):
-    """Configuration of a NeFT adapter.
+    """
+    This is the configuration class to store the configuration of a [`NeFTModel`].
+
+    NeFT (Neuron-Level Fine-Tuning, arXiv 2403.11621) trains selected output neurons (rows) of a model's
+    Linear layers: each selected row ``r`` of weight ``W`` gets a trainable delta, ``W[r] + delta[r]``, and
+    every other weight stays frozen. The selection usually comes from a neuron scorer
+    (``peft_neft.select_neurons``); build the config from it with [`NeFTConfig.from_selection`].
 
     Args:
-        neurons: The selected output neurons: a mapping ``module name -> row indices``, a
-            :class:`~peft_neft.NeuronSelection`, or the path of a saved selection. Module names are
-            relative to the base model (``"model.layers.0.mlp.up_proj"``). Not written to
-            ``adapter_config.json``: the indices are saved in the adapter's safetensors file.
-        target_modules: Optional filter (peft's rule: regex or list of name suffixes). Every module in
-            ``neurons`` must match it. After construction it holds the exact adapted module names.
-        neuron_counts: Rows per module. Filled from ``neurons``; it is what ``adapter_config.json``
-            stores so that a saved adapter can be rebuilt before its indices are loaded.
-        delta_dtype: dtype of the trainable deltas (``"float32"`` by default, whatever the base dtype).
-        modules_to_save: Extra modules to train fully and save, as in other peft methods.
-        selection_fingerprint: Fingerprint of the base model's shapes the selection was made on; taken from a
-            :class:`~peft_neft.NeuronSelection` (or its file). ``get_peft_model`` refuses a model with another one.
-        ignore_fingerprint: Apply the selection even to a model whose fingerprint differs (e.g. after resizing
-            the embeddings), as long as every selected module exists with its rows in range.
-        module_shapes: ``(out_features, in_features)`` per adapted module, recorded when the adapter is created
-            so that loading it onto a base with other shapes is refused.
+        neurons (`dict[str, Sequence[int]]`, *optional*):
+            The selected output neurons: module name -> row indices, e.g. ``{"model.layers.0.mlp.up_proj": [3,
+            17]}``. Names are relative to the base model (``base_model.model.`` may be given and is removed; one
+            module named twice is refused). Rows must lie in ``[0, out_features)``, unique. Not written to
+            ``adapter_config.json``: the indices are saved in the adapter's safetensors file. ``None`` only when
+            ``neuron_counts`` is given, as when peft rebuilds a saved adapter before loading its weights.
+        target_modules (`Union[list[str], str]`, *optional*):
+            A filter the selected modules must match, with peft's rule: a string is a regex that must match the
+            whole module name, a list entry matches the name or its last dotted parts. After construction it holds
+            the exact adapted module names.
+        neuron_counts (`dict[str, int]`, *optional*):
+            Rows per adapted module. Filled from ``neurons``; it is what ``adapter_config.json`` stores, so that a
+            saved adapter can be rebuilt before its row indices are loaded.
+        delta_dtype (`str`, defaults to `"float32"`):
+            dtype of the trainable deltas, whatever the base model's dtype: one of ``"float32"``, ``"bfloat16"``,
+            ``"float16"``, ``"float64"``. Merging casts the delta to the weight's dtype.
+        init_weights (`Union[bool, int]`, defaults to `True`):
+            How to initialise the deltas. ``True``: zeros, so the adapted model computes exactly the base model
+            until it is trained. ``False`` or an int seed: random values N(0, 0.1²) drawn from a generator seeded
+            with the seed (``False`` is seed 0) and the module's name, so each module's start is reproducible
+            whatever else is selected. The random option is meant for tests.
+        modules_to_save (`list[str]`, *optional*):
+            Modules apart from the NeFT layers to train fully and save in the checkpoint, as in other peft methods.
+        selection_fingerprint (`str`, *optional*):
+            Fingerprint of the weight shapes of the base model the selection was made on
+            ([`peft_neft.tuner.fingerprint.model_fingerprint`]). Set by [`NeFTConfig.from_selection`];
+            ``get_peft_model`` refuses a model with another fingerprint.
+        ignore_fingerprint (`bool`, defaults to `False`):
+            Apply the selection even to a model whose fingerprint differs (e.g. after resizing the embeddings), as
+            long as every selected module exists with its rows in range.
+        selection_provenance (`dict`, *optional*):
+            Where the selection came from: its scoring ``method``, ``strategy`` and ``budget``, copied from the
+            selection's metadata by [`NeFTConfig.from_selection`]. Informational only (the model card shows it).
+        module_shapes (`dict[str, list[int]]`, *optional*):
+            ``(out_features, in_features)`` per adapted module, recorded when the adapter is created, so that
+            loading it onto a base model with other shapes is refused.
     """
 
-    neurons: Optional[NeuronsSpec] = field(
-        default=None, metadata={"help": "module name -> selected output-neuron rows, a NeuronSelection, or its path"}
+    neurons: Optional[Mapping[str, Sequence[int]]] = field(
+        default=None,
+        metadata={"help": "The selected output neurons: module name -> row indices (not saved in the config)."},
     )
     target_modules: Optional[Union[list[str], str]] = field(
-        default=None, metadata={"help": "optional filter the selected modules must match (peft's matching rule)"}
+        default=None,
+        metadata={"help": "A filter the selected modules must match (peft's rule); afterwards the adapted names."},
     )
     neuron_counts: Optional[dict[str, int]] = field(
-        default=None, metadata={"help": "rows per adapted module; filled automatically from `neurons`"}
+        default=None, metadata={"help": "Rows per adapted module; filled from `neurons`."}
     )
-    delta_dtype: str = field(default="float32", metadata={"help": "dtype of the trainable row deltas"})
+    delta_dtype: str = field(
+        default="float32", metadata={"help": "dtype of the trainable deltas: float32, bfloat16, float16 or float64."}
+    )
+    init_weights: Union[bool, int] = field(
+        default=True,
+        metadata={"help": "True: zero deltas. False or an int seed: seeded random N(0, 0.1^2) deltas, for tests."},
+    )
     modules_to_save: Optional[list[str]] = field(
-        default=None, metadata={"help": "modules apart from NeFT layers to train and save"}
+        default=None, metadata={"help": "Modules apart from the NeFT layers to train fully and save."}
     )
     selection_fingerprint: Optional[str] = field(
-        default=None, metadata={"help": "fingerprint of the base model the selection was made on"}
+        default=None, metadata={"help": "Fingerprint of the base model the selection was made on."}
     )
     ignore_fingerprint: bool = field(
-        default=False, metadata={"help": "apply the selection to a model with another fingerprint"}
+        default=False, metadata={"help": "Apply the selection to a model with another fingerprint."}
+    )
+    selection_provenance: Optional[dict[str, Any]] = field(
+        default=None, metadata={"help": "The selection's scoring method, strategy and budget (informational)."}
     )
     module_shapes: Optional[dict[str, list[int]]] = field(
-        default=None, metadata={"help": "(out_features, in_features) per adapted module; filled automatically"}
+        default=None, metadata={"help": "(out_features, in_features) per adapted module; filled automatically."}
     )
 
     def __post_init__(self) -> None:
@@ -133,10 +186,10 @@ class NeFTConfig(PeftConfig):
         self.peft_type = PeftType[PEFT_TYPE_NAME]
         if self.delta_dtype not in _DELTA_DTYPES:
             raise ValueError(f"delta_dtype must be one of {sorted(_DELTA_DTYPES)}, got {self.delta_dtype!r}.")
-        if isinstance(self.neurons, (str, os.PathLike)):
-            self.neurons = NeuronSelection.load(self.neurons)
-        if isinstance(self.neurons, NeuronSelection) and self.selection_fingerprint is None:
-            self.selection_fingerprint = self.neurons.fingerprint
+        if not isinstance(self.init_weights, numbers.Integral) or (
+                not isinstance(self.init_weights, bool) and self.init_weights < 0):
+            raise ValueError(f"init_weights must be True (zeros), False or a non-negative int seed (random), "
+                             f"got {self.init_weights!r}.")
         if self.neurons is not None:
             self.neurons = self._resolve_neurons(self.neurons)
             counts = {name: int(rows.numel()) for name, rows in self.neurons.items()}
@@ -145,18 +198,23 @@ class NeFTConfig(PeftConfig):
             self.neuron_counts = counts
         elif not self.neuron_counts:
             raise ValueError(
-                "NeFTConfig needs a neuron selection: pass `neurons=` (a dict module -> rows, a NeuronSelection, "
-                "or a path to a saved selection). Use peft_neft.select_neurons to compute one."
+                "NeFTConfig needs a neuron selection: pass `neurons=` (a dict module -> rows), or build it with "
+                "NeFTConfig.from_selection(selection). Use peft_neft.select_neurons to compute one."
             )
+        if not isinstance(self.neuron_counts, Mapping):
+            raise ValueError(f"neuron_counts must be a dict module -> rows, got a {type(self.neuron_counts).__name__}. "
+                             "If it came from adapter_config.json, that file is corrupt: save the adapter again.")
         for name, count in self.neuron_counts.items():
             if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 1:
                 raise ValueError(
                     f"neuron_counts of module {name!r} must be a positive number of rows, got {count!r}. "
                     "If it came from adapter_config.json, that file is corrupt: save the adapter again."
                 )
-        self.neuron_counts = {name: int(count) for name, count in self.neuron_counts.items()}
+        names = normalize_module_names(list(self.neuron_counts), "neuron_counts")
+        self.neuron_counts = {names[name]: int(count) for name, count in self.neuron_counts.items()}
         if self.target_modules is not None:
-            unmatched = [n for n in self.neuron_counts if not matches(self.target_modules, n)]
+            targets = SimpleNamespace(target_modules=self.target_modules, target_parameters=None)
+            unmatched = [n for n in self.neuron_counts if not check_target_module_exists(targets, n)]
             if unmatched:
                 raise ValueError(
                     f"Selected modules {unmatched[:5]} do not match target_modules={self.target_modules!r}. "
@@ -165,43 +223,75 @@ class NeFTConfig(PeftConfig):
         self.target_modules = sorted(self.neuron_counts)
 
     @classmethod
+    def from_selection(cls, selection: Any, **kwargs: Any) -> "NeFTConfig":
+        """A config for the rows of a ``peft_neft.NeuronSelection``, with its fingerprint and provenance.
+
+        Example::
+
+            selection = NeuronSelection.load("selection.safetensors")
+            config = NeFTConfig.from_selection(selection, delta_dtype="bfloat16")
+
+        Args:
+            selection: A ``NeuronSelection`` (anything with ``rows``, ``fingerprint`` and ``metadata``).
+            kwargs: Any other ``NeFTConfig`` field.
+        """
+        rows = getattr(selection, "rows", None)
+        if not isinstance(rows, Mapping):
+            raise TypeError(
+                f"NeFTConfig.from_selection needs a NeuronSelection, got {type(selection).__name__}. For a file, pass "
+                "NeuronSelection.load(path); for a dict of rows use NeFTConfig(neurons=...)."
+            )
+        metadata = getattr(selection, "metadata", None) or {}
+        provenance = {key: metadata[key] for key in _PROVENANCE_KEYS if key in metadata}
+        kwargs.setdefault("selection_fingerprint", getattr(selection, "fingerprint", None))
+        kwargs.setdefault("selection_provenance", provenance or None)
+        return cls(neurons=rows, **kwargs)
+
+    @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs: Any):
-        """peft's loader, which also checks that a local adapter folder holds a readable weights file."""
-        config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        """peft's loader; an error in ``adapter_config.json`` or an unreadable weights file names the file.
+
+        peft reads the weights only after building the model, and looks on the Hub for a file missing from a
+        local folder; this is the one hook it calls with the adapter's location, so the weights file is
+        checked here, before any model is touched.
+        """
         folder = os.path.join(os.fspath(pretrained_model_name_or_path), subfolder or "")
-        if os.path.isdir(folder):
-            _check_weights_file(folder)
+        config_file = os.path.join(folder, CONFIG_NAME)
+        if not os.path.isfile(config_file):  # not a local adapter folder (a Hub id): peft finds and reads it
+            return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        try:
+            with open(config_file, encoding="utf-8") as handle:
+                raw = json.load(handle)
+            if not isinstance(raw, dict) or raw.get("peft_type") != PEFT_TYPE_NAME:
+                found = raw.get("peft_type") if isinstance(raw, dict) else f"a JSON {type(raw).__name__}"
+                raise ValueError(f"it must be a JSON object with peft_type {PEFT_TYPE_NAME!r}, found {found!r}")
+            config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        except (ValueError, TypeError, AttributeError, KeyError) as err:  # UnicodeDecodeError, JSONDecodeError too
+            raise ValueError(f"{config_file!r} is not a valid NeFT adapter config ({err}). Save the adapter again.") from err
+        _check_weights_file(folder)
         return config
 
     @staticmethod
-    def _resolve_neurons(spec: NeuronsSpec) -> dict[str, torch.Tensor]:
-        if isinstance(spec, NeuronSelection):
-            spec = spec.rows
+    def _resolve_neurons(spec: Any) -> dict[str, torch.Tensor]:
         if not isinstance(spec, Mapping):
             raise TypeError(
-                f"`neurons` must be a dict, a NeuronSelection or a path, got {type(spec).__name__}."
+                f"`neurons` must be a dict module name -> rows, got {type(spec).__name__}. For a NeuronSelection "
+                "or its file, use NeFTConfig.from_selection(selection) (NeuronSelection.load(path) reads a file)."
             )
         if not spec:
             raise ValueError("The NeFT selection is empty: select at least one row of one module.")
-        resolved = {}
-        for name, rows in spec.items():
-            clean = name[len(_PEFT_MODEL_PREFIX):] if name.startswith(_PEFT_MODEL_PREFIX) else name
-            resolved[clean] = normalize_rows(clean, rows)
-        return resolved
+        names = normalize_module_names(list(spec), "`neurons`")
+        return {names[name]: normalize_rows(names[name], rows) for name, rows in spec.items()}
 
     @property
     def torch_delta_dtype(self) -> torch.dtype:
+        """``delta_dtype`` as a ``torch.dtype``."""
         return _DELTA_DTYPES[self.delta_dtype]
 
     @property
     def num_rows(self) -> int:
         """Total number of selected rows over all modules."""
         return sum(self.neuron_counts.values())
-
-    def save_pretrained(self, save_directory: str, **kwargs: Any) -> None:
-        """Write ``adapter_config.json`` and a model card saying the adapter needs ``peft-neft`` to load."""
-        super().save_pretrained(save_directory, **kwargs)
-        write_model_card(save_directory, self.base_model_name_or_path)
 
     def to_dict(self) -> dict[str, Any]:
         """Serializable form: the row indices themselves live in the adapter weights file."""

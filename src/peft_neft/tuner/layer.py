@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import sys
 import warnings
-from typing import Any, Optional
+import zlib
+from typing import Any, Optional, Union
 
 import torch
 from peft.tuners._buffer_dict import BufferDict
@@ -57,9 +58,14 @@ class NeFTLayer(BaseTunerLayer):
         rows: Optional[torch.Tensor],
         num_rows: int,
         delta_dtype: torch.dtype = torch.float32,
+        init_weights: Union[bool, int] = True,
         inference_mode: bool = False,
     ) -> None:
-        """Add an adapter with ``num_rows`` selected rows (``rows=None``: indices come from a checkpoint)."""
+        """Add an adapter with ``num_rows`` selected rows (``rows=None``: indices come from a checkpoint).
+
+        ``init_weights``: ``True`` for zero deltas, ``False`` or an int seed for seeded random ones (see
+        ``NeFTConfig.init_weights``).
+        """
         if rows is None:
             rows = torch.full((num_rows,), -1, dtype=torch.int64)
             self._rows_awaiting_load.add(adapter_name)
@@ -67,10 +73,18 @@ class NeFTLayer(BaseTunerLayer):
             self._check_rows_in_range(rows)
         device = self._base_device()
         self.neft_rows[adapter_name] = rows.to(device=device, dtype=torch.int64)
-        self.neft_delta[adapter_name] = nn.Parameter(
-            torch.zeros(num_rows, self.in_features, dtype=delta_dtype, device=device)
-        )
+        self.neft_delta[adapter_name] = nn.Parameter(self._initial_delta(num_rows, init_weights, delta_dtype, device))
         self.set_adapter(self.active_adapters, inference_mode=inference_mode)
+
+    def _initial_delta(
+        self, num_rows: int, init_weights: Union[bool, int], dtype: torch.dtype, device: torch.device
+    ) -> torch.Tensor:
+        """Zeros, or N(0, 0.1^2) from a generator seeded by the seed and the module's name (CPU, so any device
+        gives the same values)."""
+        if init_weights is True:
+            return torch.zeros(num_rows, self.in_features, dtype=dtype, device=device)
+        generator = torch.Generator().manual_seed(int(init_weights) * 1_000_003 + zlib.crc32(self.module_name.encode()))
+        return (0.1 * torch.randn(num_rows, self.in_features, generator=generator)).to(dtype=dtype, device=device)
 
     def _base_device(self) -> torch.device:
         weight = getattr(self.get_base_layer(), "weight", None)
@@ -202,7 +216,11 @@ class NeFTLayer(BaseTunerLayer):
             weight.index_copy_(0, self.neft_rows[name], self.neft_original_rows.pop(name))
 
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
-        """The dense (out, in) update of one adapter, for inspection; never used in forward."""
+        """The dense update of one adapter in the base weight's layout ((out, in); (in, out) for Conv1D).
+
+        Never used in forward; peft's ``convert_to_lora`` factorises it.
+        """
+        self._require_rows_loaded(adapter_name)
         delta = torch.zeros(self.out_features, self.in_features, dtype=self.neft_delta[adapter_name].dtype,
                             device=self.neft_delta[adapter_name].device)
         delta.index_copy_(0, self.neft_rows[adapter_name], self.neft_delta[adapter_name].detach())
@@ -223,7 +241,9 @@ class NeFTLayer(BaseTunerLayer):
             )
 
     def supports_lora_conversion(self, adapter_name: str = "default") -> bool:
-        return False
+        """NeFT's update is additive (``W + delta_W``), so peft's ``convert_to_lora`` applies; an exact
+        conversion is :func:`peft_neft.tuner.conversion.rows_to_lora`."""
+        return True
 
 
 class Linear(nn.Module, NeFTLayer):
@@ -236,12 +256,13 @@ class Linear(nn.Module, NeFTLayer):
         rows: Optional[torch.Tensor],
         num_rows: int,
         delta_dtype: torch.dtype = torch.float32,
+        init_weights: Union[bool, int] = True,
         module_name: str = "",
     ) -> None:
         super().__init__()
         NeFTLayer.__init__(self, base_layer, module_name=module_name)
         self._active_adapter = adapter_name
-        self.update_layer(adapter_name, rows, num_rows, delta_dtype)
+        self.update_layer(adapter_name, rows, num_rows, delta_dtype, init_weights=init_weights)
 
     def _load_from_state_dict(self, state_dict, prefix, *args: Any) -> None:
         self._check_incoming_state(state_dict, prefix)

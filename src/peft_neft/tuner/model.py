@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from peft.tuners.tuners_utils import BaseTuner
+import torch
+from peft.config import PeftConfig
+from peft.tuners.tuners_utils import BaseTuner, _get_in_out_features
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .._shapes import model_fingerprint, module_shape
-from .config import NeFTConfig
+from .config import PEFT_MODEL_PREFIX, NeFTConfig
+from .fingerprint import model_fingerprint
 from .layer import Linear, NeFTLayer
 
+_TENSOR_NAMES = (".neft_delta", ".neft_rows")
 
-def _names_of_parameters(model: nn.Module) -> dict[int, list[str]]:
+
+def names_of_parameters(model: nn.Module) -> dict[int, list[str]]:
     """Every name of each parameter, by ``id``: a tied weight has several."""
     names_of: dict[int, list[str]] = {}
     for name, param in model.named_parameters(remove_duplicate=False):
@@ -21,7 +25,7 @@ def _names_of_parameters(model: nn.Module) -> dict[int, list[str]]:
     return names_of
 
 
-def _refuse_tied_weight(name: str, base: nn.Module, names_of: dict[int, list[str]]) -> None:
+def refuse_tied_weight(name: str, base: nn.Module, names_of: dict[int, list[str]]) -> None:
     """Raise if ``base.weight`` is shared with a parameter outside module ``name``: a row merge would change both."""
     tied = [other for other in names_of.get(id(base.weight), []) if not other.startswith(f"{name}.")]
     if tied:
@@ -34,9 +38,35 @@ def _refuse_tied_weight(name: str, base: nn.Module, names_of: dict[int, list[str
 
 
 class NeFTModel(BaseTuner):
-    """Creates a NeFT model from a pretrained transformers model.
+    """
+    Creates a NeFT (Neuron-Level Fine-Tuning) model from a pretrained transformers model.
 
-    Use it through peft: ``get_peft_model(model, NeFTConfig(neurons=...))``.
+    Each module named in the config's selection is wrapped in a NeFT [`Linear`] layer that adds a trainable delta
+    to the selected output rows of the frozen weight. The method is described in
+    https://arxiv.org/abs/2403.11621.
+
+    Args:
+        model ([`torch.nn.Module`]): The model to be adapted.
+        config ([`NeFTConfig`]): The configuration of the NeFT model.
+        adapter_name (`str`): The name of the adapter, defaults to `"default"`.
+
+    Returns:
+        `torch.nn.Module`: The NeFT model.
+
+    Example:
+
+        ```py
+        >>> import peft_neft  # registers NeFT with peft
+        >>> from peft import get_peft_model
+        >>> from peft_neft import NeFTConfig
+
+        >>> config = NeFTConfig(neurons={"model.layers.0.mlp.up_proj": [3, 17, 512]})
+        >>> model = get_peft_model(base_model, config)
+        ```
+
+    **Attributes**:
+        - **model** ([`~transformers.PreTrainedModel`]) -- The model to be adapted.
+        - **peft_config** ([`NeFTConfig`]): The configuration of the NeFT model.
     """
 
     prefix: str = "neft_"
@@ -53,7 +83,7 @@ class NeFTModel(BaseTuner):
                 "Module names are relative to the base model (as in base_model.named_modules()); was the selection "
                 "made for another model?"
             )
-        names_of = _names_of_parameters(model)
+        names_of = names_of_parameters(model)
         shapes = {}
         for name in config.neuron_counts:
             base = modules[name].get_base_layer() if isinstance(modules[name], NeFTLayer) else modules[name]
@@ -62,8 +92,9 @@ class NeFTModel(BaseTuner):
                     f"NeFT cannot adapt module {name!r} of type {type(base).__name__}: only torch.nn.Linear and "
                     "transformers' Conv1D are supported. Remove it from the selection."
                 )
-            _refuse_tied_weight(name, base, names_of)
-            shapes[name] = list(module_shape(base))
+            refuse_tied_weight(name, base, names_of)
+            in_features, out_features = _get_in_out_features(base)
+            shapes[name] = [int(out_features), int(in_features)]
         recorded = config.module_shapes or {}
         for name, shape in shapes.items():
             if name in recorded and list(recorded[name]) != shape:
@@ -104,12 +135,30 @@ class NeFTModel(BaseTuner):
         num_rows = peft_config.neuron_counts[current_key]
         if isinstance(target, NeFTLayer):
             target.update_layer(adapter_name, rows, num_rows, peft_config.torch_delta_dtype,
-                                inference_mode=peft_config.inference_mode)
+                                init_weights=peft_config.init_weights, inference_mode=peft_config.inference_mode)
             return
-        new_module = Linear(target, adapter_name, rows, num_rows, peft_config.torch_delta_dtype, module_name=current_key)
+        new_module = Linear(target, adapter_name, rows, num_rows, peft_config.torch_delta_dtype,
+                            init_weights=peft_config.init_weights, module_name=current_key)
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(
+        cls, model: nn.Module, config: PeftConfig, adapter_name: str, state_dict: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """peft's key remapping, after checking that every NeFT tensor of the checkpoint belongs to a module the
+        config declares: a module missing from ``neuron_counts`` would otherwise be dropped without a word."""
+        declared = set(config.neuron_counts or {})
+        for key in state_dict:
+            module = next((key[: key.index(s)] for s in _TENSOR_NAMES if s in key), None)
+            if module is not None and module.removeprefix(PEFT_MODEL_PREFIX) not in declared:
+                raise ValueError(
+                    f"The adapter checkpoint holds {key!r}, but adapter_config.json's neuron_counts has no entry for "
+                    f"module {module.removeprefix(PEFT_MODEL_PREFIX)!r}: its trained delta would be dropped. The "
+                    "adapter folder mixes files from different saves, or its config was edited; save it again."
+                )
+        return super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
 
     def delete_adapter(self, adapter_name: str) -> None:
         """Delete an adapter; if it was the active one, activate the first remaining adapter everywhere.
@@ -127,11 +176,11 @@ class NeFTModel(BaseTuner):
 
     def _check_merge_allowed(self) -> None:
         super()._check_merge_allowed()
-        names_of = _names_of_parameters(self.model)
+        names_of = names_of_parameters(self.model)
         for module in self.model.modules():
             if isinstance(module, NeFTLayer):
                 module._weight_rows_view()  # raises a clear error for quantized weights
-                _refuse_tied_weight(module.module_name, module.get_base_layer(), names_of)  # tied after injection
+                refuse_tied_weight(module.module_name, module.get_base_layer(), names_of)  # tied after injection
 
     def _check_every_layer_merges(self, adapter_names: Optional[list[str]], safe_merge: bool) -> None:
         """Raise before any layer changes if one of them cannot merge (or, with ``safe_merge``, gives NaN/inf)."""

@@ -17,10 +17,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ._shapes import check_fingerprint, module_shapes
-from ._targets import layer_index
-from .atomic import atomic_path
-from .selection_plot import plot_selection
+from .._shapes import module_shapes
+from .._targets import layer_index
+from ..atomic import atomic_path
+from ..tuner.config import normalize_module_names
+from ..tuner.fingerprint import check_fingerprint
+from .plot import plot_selection
 
 _ROWS = "rows/"
 _SCORES = "scores/"
@@ -154,7 +156,7 @@ class NeuronSelection:
         return line
 
     def plot(self, path: str | os.PathLike) -> None:
-        """Write a PNG of the selected neurons per layer and module (see :mod:`peft_neft.selection_plot`)."""
+        """Write a PNG of the selected neurons per layer and module (see :mod:`peft_neft.selection.plot`)."""
         title = self.metadata.get("method", "selection")
         if self.metadata.get("strategy"):
             title += f" / {self.metadata['strategy']}"
@@ -218,6 +220,7 @@ def _digest(metadata: str, tensors: dict[str, torch.Tensor]) -> str:
 
 
 def _check_loaded(rows: dict[str, torch.Tensor], scores: dict[str, torch.Tensor]) -> None:
+    normalize_module_names(list(rows), "it")
     for name, r in rows.items():
         if r.ndim != 1 or r.dtype.is_floating_point or r.dtype.is_complex or r.dtype == torch.bool:
             raise ValueError(f"the rows of module {name!r} must be a 1-D tensor of integers, got {r.dtype} {tuple(r.shape)}.")

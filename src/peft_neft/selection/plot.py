@@ -8,8 +8,8 @@ from collections.abc import Mapping
 
 import torch
 
-from ._targets import layer_index
-from .atomic import atomic_path
+from .._targets import layer_index
+from ..atomic import atomic_path
 
 
 def plot_selection(

@@ -1,0 +1,66 @@
+"""Saving a NeFT model's adapters: atomically, with a model card whoever receives them can follow."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from peft.utils import CONFIG_NAME
+
+from .atomic import leftovers, recover_folder, remove, umask
+from .model_card import neft_card_section, write_model_card
+
+_SAVE_PREFIX = ".neft-save."  # the temporary folder of a save, inside the target
+
+
+def write_neft_card(directory: str | os.PathLike, model) -> None:
+    """Write the NeFT model card of ``model``'s NeFT adapters into ``directory/README.md``."""
+    configs = {name: config for name, config in model.peft_config.items() if config.peft_type == "NEFT"}
+    if not configs:
+        return
+    first = next(iter(configs.values()))
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PeftModel, or transformers'
+    causal = first.task_type == "CAUSAL_LM" or type(base).__name__.endswith("ForCausalLM")
+    write_model_card(directory, neft_card_section(configs), first.base_model_name_or_path,
+                     pipeline_tag="text-generation" if causal else None)
+
+
+def save_pretrained_atomically(model, save_directory: str | os.PathLike, **kwargs) -> None:
+    """``model.save_pretrained(save_directory, **kwargs)`` with a NeFT model card, and no file ever half-written.
+
+    The save goes to a hidden temporary folder inside ``save_directory`` (so it is on the same file system
+    even when the folder is a mount point or a symlink); then each file it wrote replaces its counterpart
+    with one atomic rename, weights before ``adapter_config.json``. Every other file in the folder (a
+    tokenizer, training arguments, other adapters' subfolders) is kept, as with plain ``save_pretrained``,
+    and text a user wrote in an existing ``README.md`` is kept in the new card.
+
+    At every instant each file is either its complete old or complete new version. A crash between an
+    adapter's two renames leaves its new weights beside its old config: exactly the new adapter when the
+    selection's modules and row counts are unchanged (the config stores only those); see docs/layer.md for
+    the other case. Saving again repairs it. Temporaries left by a killed save are removed by the next save.
+    """
+    target = Path(save_directory)
+    if not kwargs.get("is_main_process", True):  # peft writes nothing on other ranks; neither do we
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    recover_folder(target)  # whole-folder swaps of earlier saves may have left a folder hidden beside it
+    target.mkdir(exist_ok=True)
+    for leftover in leftovers(target, _SAVE_PREFIX, ".tmp"):
+        remove(leftover)
+    tmp = Path(tempfile.mkdtemp(prefix=_SAVE_PREFIX, suffix=".tmp", dir=target))
+    try:
+        if (target / "README.md").is_file():
+            shutil.copy2(target / "README.md", tmp / "README.md")  # the card keeps what a user wrote in it
+        model.save_pretrained(tmp, **kwargs)
+        write_neft_card(tmp, model)
+        written = sorted(p.relative_to(tmp) for p in tmp.rglob("*") if p.is_file())  # weights first, configs last
+        mode = 0o666 & ~umask()
+        for relative in sorted(written, key=lambda p: (p.name == CONFIG_NAME, p.name == "README.md")):
+            destination = target / relative
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(tmp / relative, mode)
+            os.replace(tmp / relative, destination)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
