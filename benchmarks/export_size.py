@@ -33,7 +33,7 @@ def gradient_selection(base, data: Path, budget: int):
 
     from peft_neft import gradient_scores, select_neurons
     from peft_neft.selection import tokenize_pair
-    from peft_neft.models import default_model_dir
+    from peft_neft.embedded_model import default_model_dir
     from peft_neft.tasks import load_pairs
 
     tokenizer = AutoTokenizer.from_pretrained(default_model_dir())

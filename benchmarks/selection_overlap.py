@@ -19,7 +19,7 @@ import torch
 
 from peft_neft.atomic import atomic_path
 from peft_neft.selection import calibrate, gradient_scores, tokenize_pair
-from peft_neft.models import load_model_and_tokenizer
+from peft_neft.embedded_model import load_model_and_tokenizer
 from peft_neft.selection import NeuronScores, overlap, select_neurons
 from peft_neft._shapes import weight_rows
 from peft_neft._targets import DEFAULT_TARGET_MODULES, find_target_modules

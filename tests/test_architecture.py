@@ -18,7 +18,7 @@ SRC = Path(peft_neft.__file__).resolve().parent
 # layer or of a lower one, never of a higher one. Keep this table and the one in docs/design.md alike.
 LAYERS = [
     {"_targets", "_shapes", "_version", "_import_hook", "atomic"},
-    {"neuron_selection", "selection_plot", "models", "tasks", "device", "training"},
+    {"neuron_selection", "selection_plot", "embedded_model", "settings", "tasks", "device", "training"},
     {"tuner"},
     {"selection", "export"},
     {"analysis", "compare"},

@@ -13,7 +13,7 @@ from conftest import make_tiny_llama
 from peft_neft import NeFTConfig
 from peft_neft.selection import calibrate, gradient_scores, pad_collate, tokenize_pair
 from peft_neft.cli import main
-from peft_neft.models import load_model_and_tokenizer
+from peft_neft.embedded_model import load_model_and_tokenizer
 from peft_neft.selection import NeuronSelection, select_neurons
 
 
@@ -170,7 +170,7 @@ def test_calibrate_cli_on_smollm2(smollm2_dir, shared_data, tmp_path, capsys):
     assert "layer" in capsys.readouterr().out
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"text": "no fields"}) + "\n")
-    assert main(["calibrate", "--data", str(bad), "--steps", "1", "--percent", "1", "--out", str(out)]) == 2
+    assert main(["calibrate", "--data", str(bad), "--steps", "1", "--percent", "1", "--out", str(out)]) == 1
     assert "'prompt' and 'completion'" in capsys.readouterr().err
 
 
@@ -191,7 +191,7 @@ def test_calibrate_cli_refuses_bad_arguments_before_any_work(tmp_path, capsys, f
 def test_calibrate_cli_refuses_null_text(tmp_path, capsys):
     data = tmp_path / "pairs.jsonl"
     data.write_text(json.dumps({"source": "a", "target": "b"}) + "\n" + json.dumps({"source": None, "target": "c"}) + "\n")
-    assert main(["calibrate", "--data", str(data), "--percent", "1", "--out", str(tmp_path / "s.safetensors")]) == 2
+    assert main(["calibrate", "--data", str(data), "--percent", "1", "--out", str(tmp_path / "s.safetensors")]) == 1
     assert "row 2: 'source' and 'target' must be text, got None" in capsys.readouterr().err
 
 

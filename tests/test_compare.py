@@ -227,10 +227,10 @@ def test_cli_reports_bad_input(tmp_path, capsys):
             str(tmp_path / "a.fr"), "--out", str(tmp_path / "o")]
     assert main([*args, "--methods", "lora:8,bogus"]) == 2
     assert "Unknown method 'bogus'" in capsys.readouterr().err
-    assert main([*args, "--methods", "lora:8"]) == 2
+    assert main([*args, "--methods", "lora:8"]) == 1
     assert "has 2 lines but" in capsys.readouterr().err
     assert main(["compare", "--train", str(tmp_path / "nope.jsonl"), "--eval", str(tmp_path / "nope.jsonl"),
-                 "--out", str(tmp_path / "o"), "--methods", "lora:8"]) == 2
+                 "--out", str(tmp_path / "o"), "--methods", "lora:8"]) == 1
     assert "does not exist" in capsys.readouterr().err
 
 
@@ -259,7 +259,7 @@ def test_cli_runs_a_comparison_and_resumes(tokenizer, tmp_path, capsys):
     capsys.readouterr()
     assert main(args) == 0
     shown = capsys.readouterr()
-    assert shown.out.count("already done, skipped") == 3  # the CLI shows the library's logs
+    assert shown.err.count("already done, skipped") == 3  # the CLI shows the library's logs, on stderr
     assert "already done, skipped" not in shown.err  # once
 
 

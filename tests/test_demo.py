@@ -22,4 +22,4 @@ def test_demo_runs_end_to_end_and_resumes(smollm2_dir, tmp_path, capsys):
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
     assert len(list((out / "outputs").glob("*.jsonl.gz"))) == 3
     assert main(args) == 0
-    assert capsys.readouterr().out.count("already done, skipped") == 3
+    assert capsys.readouterr().err.count("already done, skipped") == 3

@@ -372,7 +372,7 @@ def test_select_cli_on_two_identical_checkpoints_is_an_error(tiny_llama, tmp_pat
     code = main(["select", "--base", str(tmp_path / "base"), "--finetuned", str(tmp_path / "same"),
                  "--num-neurons", "6", "--out", str(out)])
     err = capsys.readouterr().err
-    assert code == 2 and not out.exists()
+    assert code == 1 and not out.exists()
     assert err.startswith("peft-neft select: error: No neuron changed") and err.count("\n") == 1
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 NAME = "select"
 HELP = "Select the neurons that changed most between a base and a fine-tuned checkpoint (cosine, paper Eq. 1)."
@@ -18,14 +17,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ._selection_options import check_selection_arguments, select_and_save
+
+    check_selection_arguments(args)
     from .._shapes import meta_model
     from ..selection import score_checkpoints
-    from ._selection_options import select_and_save
 
-    for option, path in (("--out", args.out), ("--plot", args.plot)):
-        if path and os.path.isdir(path):
-            raise ValueError(f"{option} {path!r} is a folder; give a file path, e.g. "
-                             f"{os.path.join(path, 'selection.safetensors' if option == '--out' else 'selection.png')!r}.")
     scores = score_checkpoints(args.base, args.finetuned, target_modules=args.target_modules, progress=args.progress)
     select_and_save(args, scores, lambda: meta_model(args.base))
     return 0
