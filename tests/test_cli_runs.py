@@ -115,3 +115,22 @@ def test_ctrl_c_keeps_the_finished_runs_and_says_how_to_resume(setup, tmp_path):
     assert stderr.splitlines()[-1] == (f"peft-neft compare: interrupted; the finished runs are kept in {out}/results.json;"
                                        " run the same command again to resume.")
     assert set(json.loads((out / "results.json").read_text())["runs"]) == {"base@seed0"}
+
+
+def test_a_resume_mismatch_names_the_keys_that_differ(tmp_path):
+    from peft_neft.compare.results import load_results, save_results
+
+    identity = {"config": {"max_steps": 3, "lr_grid": [1.0], "learning_rates": {"lora": 1e-3}},
+                "data": {"train": {"rows": 12, "sha256": "ab"}}, "model": "tiny", "device": "cpu"}
+    path = tmp_path / "results.json"
+    save_results(path, load_results(path, identity))
+    changed = json.loads(json.dumps(identity))
+    changed["config"]["max_steps"], changed["config"]["learning_rates"]["lora"] = 5, 2e-3
+    changed["data"]["train"]["rows"] = 10
+    with pytest.raises(ValueError) as caught:
+        load_results(path, changed)
+    assert str(caught.value) == (
+        f"{tmp_path} holds results of a different configuration (config.learning_rates.lora: stored 0.001, now 0.002; "
+        "config.max_steps: stored 3, now 5; data.train.rows: stored 12, now 10). Use a new --out folder, or rerun "
+        "with the stored settings to resume.")
+    assert load_results(path, identity)["identity"] == identity
