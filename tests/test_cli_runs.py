@@ -134,3 +134,18 @@ def test_a_resume_mismatch_names_the_keys_that_differ(tmp_path):
         "config.max_steps: stored 3, now 5; data.train.rows: stored 12, now 10). Use a new --out folder, or rerun "
         "with the stored settings to resume.")
     assert load_results(path, identity)["identity"] == identity
+
+
+def test_compare_without_matplotlib_runs_and_says_the_plot_was_skipped(setup, tmp_path):
+    out = tmp_path / "out"
+    argv = ["compare", "--model", str(setup / "tiny"), "--train", str(setup / "train.en"), str(setup / "train.fr"),
+            "--eval", str(setup / "test.en"), str(setup / "test.fr"), "--methods", "base", "--max-new-tokens", "2",
+            "--out", str(out)]
+    code = ("import sys; sys.modules['matplotlib'] = None  # as if not installed\n"
+            f"from peft_neft.cli import main; sys.exit(main({argv!r}))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "the plot (results.png) is skipped; pip install matplotlib" in result.stdout
+    assert f"results and table written to {out}/ (no plot" in result.stdout
+    assert (out / "results.md").is_file() and not (out / "results.png").exists()

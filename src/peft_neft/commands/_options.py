@@ -224,9 +224,20 @@ def run_comparison(args: argparse.Namespace, config: Any, data: dict, model_path
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if not has_matplotlib():
+        print("matplotlib is not installed, so the plot (results.png) is skipped; pip install matplotlib to draw it.")
     compare(lambda: AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32), load_tokenizer(model_path),
             data, parse_methods(args.methods), args.seeds, args.out, config, model_id=model_id, progress=args.progress)
     print(Path(args.out, "results.md").read_text(encoding="utf-8"), end="")  # table and paired tests
+
+
+def has_matplotlib() -> bool:
+    """Whether the optional matplotlib, which draws ``results.png``, can be imported."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def methods_checked(text: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ._options import (add_comparison_arguments, add_config_argument, check_out_folder, compare_config,
-                       methods_checked, resume_note, run_comparison)
+                       has_matplotlib, methods_checked, resume_note, run_comparison)
 
 NAME = "compare"
 HELP = "Compare NeFT, LoRA and full/partial fine-tuning on one task: results.json, a table and a plot."
@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     test = _pairs(args.eval, task, args, args.limit_eval)
     run_comparison(args, config, {"train": train, "validation": validation, "test": test},
                    resolve_model_path(args.model), model_id=str(args.model))
-    print(f"results, table and plot written to {args.out}/")
+    print(f"results, table and plot written to {args.out}/" if has_matplotlib()
+          else f"results and table written to {args.out}/ (no plot: matplotlib is not installed)")
     return 0
 
 

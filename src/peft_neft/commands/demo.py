@@ -12,7 +12,7 @@ import argparse
 import time
 
 from ._options import (add_comparison_arguments, add_config_argument, check_out_folder, compare_config,
-                       methods_checked, resume_note, run_comparison)
+                       has_matplotlib, methods_checked, resume_note, run_comparison)
 
 NAME = "demo"
 HELP = "NeFT vs LoRA at equal parameters on Django's English->French messages with the embedded SmolLM2 (CPU)."
@@ -47,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     data = django_translation_pairs("fr")
     print("data: Django's English->French catalogs, " + ", ".join(f"{k} {len(v)}" for k, v in data.items()) + " pairs")
     run_comparison(args, config, data, str(default_model_dir()), model_id="smollm2-135m-instruct")
-    print(f"table: {args.out}/results.md, plot: {args.out}/results.png, outputs: {args.out}/outputs/ "
+    plot = f"{args.out}/results.png" if has_matplotlib() else "skipped (no matplotlib)"
+    print(f"table: {args.out}/results.md, plot: {plot}, outputs: {args.out}/outputs/ "
           f"({time.perf_counter() - start:.0f} s)")
     return 0
 
