@@ -102,8 +102,8 @@ def _interrupted(args: argparse.Namespace) -> str:
 
 def _with_config_file(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
     """``argv`` with the settings of its ``--config FILE`` put before the command's own flags, which override them."""
-    commands_ = _subparsers(parser)
-    index = next((i for i, token in enumerate(argv) if token in commands_), None)
+    choices = _subparsers(parser)
+    index = next((i for i, token in enumerate(argv) if token in choices), None)
     if index is None:
         return argv
     rest = argv[index + 1:]
@@ -113,7 +113,7 @@ def _with_config_file(parser: argparse.ArgumentParser, argv: list[str]) -> list[
         return argv
     if len(paths) > 1:
         raise UsageError(f"--config given {len(paths)} times; give one file and override its settings with flags.")
-    return [*argv[:index + 1], *config_tokens(commands_[argv[index]], paths[0]), *rest]
+    return [*argv[:index + 1], *config_tokens(choices[argv[index]], paths[0]), *rest]
 
 
 # Import-time chatter of torchao ("Failed to load ..._C_mxfp8...", "Detected no triton") and torch's pytree
