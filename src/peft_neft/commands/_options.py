@@ -6,7 +6,6 @@ Standard library only: the parser of every command is built from here for ``--he
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import types
 import typing
@@ -126,6 +125,8 @@ def check_device(device: str, dtype: str) -> None:
 
 def read_config_file(path: str) -> dict[str, Any]:
     """The settings of a ``--config`` file: a YAML (``.yaml``/``.yml``) or JSON mapping of option names to values."""
+    import json
+
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as err:

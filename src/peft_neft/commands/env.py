@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import platform
-from importlib import metadata
 
 NAME = "env"
 HELP = "Print the versions of peft-neft and its libraries, the platform, CPU bf16 support and CUDA, for a bug report."
@@ -16,6 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _version(package: str) -> str:
+    from importlib import metadata  # here, not at the top: building the parser for --help stays cheap
+
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
@@ -23,6 +23,8 @@ def _version(package: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    import platform
+
     import torch
 
     from ..device import cpu_has_native_bf16
