@@ -155,3 +155,24 @@ def test_env_prints_versions_and_the_cpu_bf16_capability():
     assert lines["transformers"] == version("transformers") and lines["peft"] == version("peft")
     assert {"accelerate", "trl", "Python", "Platform", "CUDA"} <= set(lines)
     assert lines["CPU bf16 matrix math"].split()[0] in ("native", "emulated")
+
+
+@pytest.mark.parametrize("command, required, setting, value, dest", [
+    ("compare", {"train": ["t.en", "t.fr"], "eval": ["e.jsonl"], "methods": "lora:8", "output_dir": "o"},
+     "warmup_ratio", 0.2, "warmup_ratio"),
+    ("demo", {}, "lr", {"neft": 1e-3}, "learning_rates"),
+    ("calibrate", {"data": "d.jsonl", "num_neurons": 4, "out": "s.safetensors"}, "frugal", True, "frugal"),
+    ("analyze", {"model_a": "a", "model_b": "b", "data": "d.jsonl", "out": "r"}, "target_modules", ["up_proj"],
+     "target_modules"),
+])
+def test_config_file_for_every_command_that_trains_or_analyses(tmp_path, command, required, setting, value, dest):
+    from peft_neft.cli import _with_config_file
+
+    path = tmp_path / "c.json"
+    path.write_text(__import__("json").dumps({**required, setting: value, "log_level": "debug"}))
+    parser = build_parser()
+    args = parser.parse_args(_with_config_file(parser, [command, "--config", str(path)]))
+    expected = {"neft": 1e-3, "lora": 3e-3} if command == "demo" else value
+    assert getattr(args, dest) == expected and args.log_level == "DEBUG"
+    overridden = parser.parse_args(_with_config_file(parser, [command, "--config", str(path), "--log-level", "error"]))
+    assert overridden.log_level == "ERROR"  # the command line wins over the file

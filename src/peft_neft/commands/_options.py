@@ -13,6 +13,8 @@ from dataclasses import MISSING, Field, fields
 from pathlib import Path
 from typing import Any, Callable
 
+from ..settings import CompareSettings
+
 
 class UsageError(ValueError):
     """A bad argument, found before any work: the command exits with status 2, as argparse does."""
@@ -104,8 +106,6 @@ def settings_from_args(settings: type, args: argparse.Namespace) -> dict[str, An
 
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:
     """``--device`` and ``--dtype``, shared by every command that runs a model."""
-    from ..settings import CompareSettings
-
     add_settings_arguments(parser, CompareSettings, only=("device", "dtype"))
 
 
@@ -184,8 +184,6 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
 
 def add_comparison_arguments(parser: argparse.ArgumentParser, *, exclude: tuple[str, ...] = ()) -> None:
     """The options of a comparison (``compare``, ``demo``): seeds, threads and every setting of a comparison."""
-    from ..settings import CompareSettings
-
     parser.add_argument("--seeds", "--seed", action=ListAction, element=int, default=(0,),
                         help="seeds, one run of each method per seed (space- or comma-separated)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -205,7 +203,6 @@ def check_out_folder(out: str) -> None:
 def compare_config(args: argparse.Namespace, **fixed: Any) -> Any:
     """The :class:`~peft_neft.compare.CompareConfig` of ``args`` (``fixed`` overrides), checked with the device."""
     from ..compare import CompareConfig
-    from ..settings import CompareSettings
 
     try:
         config = CompareConfig(**{**settings_from_args(CompareSettings, args), **fixed})
@@ -241,7 +238,7 @@ def has_matplotlib() -> bool:
     return True
 
 
-def methods_checked(text: str) -> None:
+def check_methods(text: str) -> None:
     """Refuse a ``--methods`` list with an unknown name before anything is loaded."""
     from ..compare import parse_methods
 

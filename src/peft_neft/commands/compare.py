@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ._options import (add_comparison_arguments, add_config_argument, check_out_folder, compare_config,
-                       has_matplotlib, methods_checked, resume_note, run_comparison)
+from ._options import (add_comparison_arguments, add_config_argument, check_methods, check_out_folder,
+                       compare_config, has_matplotlib, resume_note, run_comparison)
 
 NAME = "compare"
 HELP = "Compare NeFT, LoRA and full/partial fine-tuning on one task: results.json, a table and a plot."
@@ -43,7 +43,7 @@ def _pairs(files: list[str], task, args: argparse.Namespace, limit: int | None):
 
 
 def run(args: argparse.Namespace) -> int:
-    methods_checked(args.methods)
+    check_methods(args.methods)
     check_out_folder(args.out)
     config = compare_config(args)
     from ..embedded_model import resolve_model_path

@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from ._options import (add_comparison_arguments, add_config_argument, check_out_folder, compare_config,
-                       has_matplotlib, methods_checked, resume_note, run_comparison)
+from ._options import (add_comparison_arguments, add_config_argument, check_methods, check_out_folder,
+                       compare_config, has_matplotlib, resume_note, run_comparison)
 
 NAME = "demo"
 HELP = "NeFT vs LoRA at equal parameters on Django's English->French messages with the embedded SmolLM2 (CPU)."
@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    methods_checked(args.methods)
+    check_methods(args.methods)
     check_out_folder(args.out)
     config = compare_config(args, **TASK)
     from ..embedded_model import default_model_dir
