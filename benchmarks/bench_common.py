@@ -83,7 +83,7 @@ def load_base(device: str, dtype: torch.dtype, random_weights: bool, config=None
         torch.manual_seed(0)
         model = LlamaForCausalLM(config or smollm2_config())
     else:
-        from peft_neft.models import load_model_and_tokenizer
+        from peft_neft.embedded_model import load_model_and_tokenizer
 
         model, _ = load_model_and_tokenizer(None)
     model = model.to(device=device, dtype=dtype)

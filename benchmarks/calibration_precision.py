@@ -22,7 +22,7 @@ import bench_common as bc  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
-from peft_neft.models import default_model_dir, load_model_and_tokenizer  # noqa: E402
+from peft_neft.embedded_model import default_model_dir, load_model_and_tokenizer  # noqa: E402
 from peft_neft.selection import Budget, calibrate, overlap, select_neurons  # noqa: E402
 from peft_neft.tasks import django_translation_pairs, encode_pairs, get_task, make_collator  # noqa: E402
 from peft_neft.training.precision import Precision  # noqa: E402

@@ -32,7 +32,7 @@ def gradient_selection(base, data: Path, budget: int):
     from transformers import AutoTokenizer
 
     from peft_neft import gradient_scores, select_neurons
-    from peft_neft.models import default_model_dir
+    from peft_neft.embedded_model import default_model_dir
     from peft_neft.tasks import TASKS, encode_pairs, load_pairs, make_collator
 
     tokenizer = AutoTokenizer.from_pretrained(default_model_dir())

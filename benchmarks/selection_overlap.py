@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from peft_neft.atomic import atomic_path
-from peft_neft.models import load_model_and_tokenizer
+from peft_neft.embedded_model import load_model_and_tokenizer
 from peft_neft.selection import NeuronScores, calibrate, gradient_scores, overlap, select_neurons
 from peft_neft.tasks import TASKS, encode_pairs, make_collator
 from peft_neft._shapes import weight_rows

@@ -41,7 +41,7 @@ def tiny_llama():
 @pytest.fixture(scope="session")
 def smollm2_dir():
     """The embedded SmolLM2-135M-Instruct, converted once and cached."""
-    from peft_neft.models import default_model_dir
+    from peft_neft.embedded_model import default_model_dir
 
     return default_model_dir()
 

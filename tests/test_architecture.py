@@ -19,7 +19,7 @@ SRC = Path(peft_neft.__file__).resolve().parent
 # layer or of a lower one, never of a higher one. Keep this table and the one in docs/design.md alike.
 LAYERS = [
     {"_targets", "_shapes", "_version", "_import_hook", "atomic"},
-    {"models", "model_card", "saving", "tasks", "device", "training"},
+    {"embedded_model", "model_card", "saving", "settings", "tasks", "training"},
     {"tuner"},
     {"selection", "export"},
     {"analysis", "compare"},

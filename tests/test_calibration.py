@@ -12,7 +12,7 @@ from peft import get_peft_model
 from conftest import make_tiny_llama, make_tiny_tokenizer
 from peft_neft import NeFTConfig
 from peft_neft.cli import main
-from peft_neft.models import load_model_and_tokenizer
+from peft_neft.embedded_model import load_model_and_tokenizer
 from peft_neft.selection import Budget, NeuronSelection, calibrate, gradient_scores, select_neurons
 from peft_neft.tasks import TASKS, encode_pairs, make_collator
 
@@ -166,7 +166,7 @@ def test_calibrate_cli_on_smollm2(smollm2_dir, shared_data, tmp_path, capsys):
     assert "layer" in capsys.readouterr().out
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"text": "no fields"}) + "\n")
-    assert main(["calibrate", "--data", str(bad), "--steps", "1", "--percent", "1", "--out", str(out)]) == 2
+    assert main(["calibrate", "--data", str(bad), "--steps", "1", "--percent", "1", "--out", str(out)]) == 1
     assert "has no field(s) ['source', 'target']" in capsys.readouterr().err
 
 
@@ -189,7 +189,7 @@ def test_calibrate_cli_refuses_bad_arguments_before_any_work(tmp_path, capsys, f
 def test_calibrate_cli_refuses_null_text(tmp_path, capsys):
     data = tmp_path / "pairs.jsonl"
     data.write_text(json.dumps({"source": "a", "target": "b"}) + "\n" + json.dumps({"source": None, "target": "c"}) + "\n")
-    assert main(["calibrate", "--data", str(data), "--percent", "1", "--out", str(tmp_path / "s.safetensors")]) == 2
+    assert main(["calibrate", "--data", str(data), "--percent", "1", "--out", str(tmp_path / "s.safetensors")]) == 1
     assert "row 2: 'source' and 'target' must be text, got None" in capsys.readouterr().err
 
 

@@ -66,15 +66,113 @@ def test_common_options_reach_every_command():
     assert build_parser().parse_args(select).progress is None  # None: bars only on a terminal
 
 
-def test_compare_options_default_to_the_library_defaults():
-    # The parser must not import the library (it would cost --help seconds), so the defaults are written in both
-    # places; this keeps the two equal.
-    from peft_neft.commands.compare import config_arguments
-    from peft_neft.compare import CompareConfig
+def test_compare_flags_come_from_the_settings_and_match_the_library_defaults():
+    # The parser must not import torch (it would cost --help seconds), so it reads the torch-free CompareSettings;
+    # CompareConfig, which checks the values, must hold the same fields with the same defaults.
+    from dataclasses import MISSING, fields
 
-    args = _subparsers()["compare"].parse_args(["--train", "t.jsonl", "--eval", "e.jsonl", "--methods", "lora:8",
-                                                 "--out", "out"])
-    given = CompareConfig(task=args.task, source_lang=args.source_lang, target_lang=args.target_lang,
-                          max_source_tokens=args.max_source_tokens, max_target_tokens=args.max_target_tokens,
-                          char_level=args.char_level, **config_arguments(args))
-    assert given == CompareConfig()
+    from peft_neft.commands._options import settings_from_args
+    from peft_neft.compare import CompareConfig
+    from peft_neft.settings import CompareSettings
+
+    def defaults(cls):
+        return {f.name: f.default if f.default is not MISSING else f.default_factory() for f in fields(cls)}
+
+    assert defaults(CompareSettings) == defaults(CompareConfig)
+    compare = _subparsers()["compare"]
+    dests = {a.dest for a in compare._actions}
+    assert {f.name for f in fields(CompareSettings)} <= dests  # every setting has a flag
+    args = compare.parse_args(["--train", "t.jsonl", "--eval", "e.jsonl", "--methods", "lora:8", "--out", "out"])
+    assert CompareConfig(**settings_from_args(CompareSettings, args)) == CompareConfig()
+
+
+def test_both_spellings_and_trainer_names_are_accepted():
+    base = ["compare", "--train", "t.jsonl", "--eval", "e.jsonl", "--methods", "lora:8"]
+    dashed = build_parser().parse_args([*base, "--out", "o", "--batch-size", "4", "--steps", "7", "--eval-every", "3",
+                                        "--lr", "lora=1e-3", "--lr-grid", "1,3", "--seeds", "0,1"])
+    trainer = build_parser().parse_args([*base, "--output_dir", "o", "--per_device_train_batch_size", "4",
+                                         "--max_steps", "7", "--eval_steps", "3", "--learning_rates", "lora=1e-3",
+                                         "--lr_grid", "1", "3", "--seed", "0", "1"])
+    assert vars(dashed) == vars(trainer)
+    assert (dashed.out, dashed.batch_size, dashed.max_steps, dashed.eval_every) == ("o", 4, 7, 3)
+    assert dashed.learning_rates == {"lora": 1e-3} and dashed.lr_grid == (1.0, 3.0) and dashed.seeds == (0, 1)
+    for name, sub in _subparsers().items():  # every dashed option of every command has its snake_case spelling
+        for option in (o for a in sub._actions for o in a.option_strings if o.startswith("--") and "-" in o[2:]):
+            assert sub._option_string_actions["--" + option[2:].replace("-", "_")].dest \
+                == sub._option_string_actions[option].dest, (name, option)
+
+
+def test_help_lists_each_option_once(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "10000")
+    text = _subparsers()["compare"].format_help()
+    assert "--batch-size BATCH_SIZE, --per-device-train-batch-size BATCH_SIZE" in text
+    assert "--batch_size" not in text and "--output-dir" in text
+
+
+def test_new_settings_get_a_flag_without_touching_the_parser():
+    from dataclasses import field, make_dataclass
+
+    from peft_neft.commands._options import add_settings_arguments, settings_from_args
+
+    Settings = make_dataclass("Settings", [
+        ("workers", int, field(default=1, metadata={"help": "parallel runs"})),
+        ("save_adapters", str, field(default="best", metadata={"help": "which", "choices": ("best", "all", "none")})),
+        ("checkpoint_dir", "str | None", field(default=None, metadata={"help": "where"})),
+    ])
+    parser = argparse.ArgumentParser()
+    add_settings_arguments(parser, Settings)
+    args = parser.parse_args(["--workers", "3", "--save-adapters", "all", "--checkpoint-dir", "none"])
+    assert settings_from_args(Settings, args) == {"workers": 3, "save_adapters": "all", "checkpoint_dir": None}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--save-adapters", "some"])
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_log_level_in_any_case_before_or_after_the_command(where):
+    select = ["select", "--base", "a", "--finetuned", "b", "--percent", "1", "--out", "s"]
+    argv = ["--log-level", "warning", *select] if where == "before" else [*select, "--log_level", "warning"]
+    assert build_parser().parse_args(argv).log_level == "WARNING"
+    assert build_parser().parse_args(select).log_level == "INFO"
+
+
+def test_usage_errors_exit_2_with_one_line():
+    result = _run("compare", "--train", "t.jsonl", "--eval", "e.jsonl", "--methods", "lora:8", "--out", "o",
+                  "--steps", "many")
+    assert result.returncode == 2 and "--steps" in result.stderr and "invalid int value" in result.stderr
+    result = _run("select", "--base", "a", "--finetuned", "b", "--percent", "0", "--out", "s")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "peft-neft select: error: --percent must be in (0, 100] (a share of all model parameters), got 0.0."]
+
+
+def test_env_prints_versions_and_the_cpu_bf16_capability():
+    from importlib.metadata import version
+
+    result = _run("env")
+    assert result.returncode == 0, result.stderr
+    lines = dict(line[2:].split(": ", 1) for line in result.stdout.splitlines() if line.startswith("- "))
+    assert lines["peft-neft"] == peft_neft.__version__ and lines["torch"] == version("torch")
+    assert lines["transformers"] == version("transformers") and lines["peft"] == version("peft")
+    assert {"accelerate", "trl", "Python", "Platform", "CUDA"} <= set(lines)
+    assert lines["CPU bf16 matrix math"].split()[0] in ("native", "emulated")
+
+
+@pytest.mark.parametrize("command, required, setting, value, dest", [
+    ("compare", {"train": ["t.en", "t.fr"], "eval": ["e.jsonl"], "methods": "lora:8", "output_dir": "o"},
+     "warmup_ratio", 0.2, "warmup_ratio"),
+    ("demo", {}, "lr", {"neft": 1e-3}, "learning_rates"),
+    ("calibrate", {"data": "d.jsonl", "num_neurons": 4, "out": "s.safetensors"}, "frugal", True, "frugal"),
+    ("analyze", {"model_a": "a", "model_b": "b", "data": "d.jsonl", "out": "r"}, "target_modules", ["up_proj"],
+     "target_modules"),
+])
+def test_config_file_for_every_command_that_trains_or_analyses(tmp_path, command, required, setting, value, dest):
+    from peft_neft.cli import _with_config_file
+
+    path = tmp_path / "c.json"
+    path.write_text(__import__("json").dumps({**required, setting: value, "log_level": "debug"}))
+    parser = build_parser()
+    args = parser.parse_args(_with_config_file(parser, [command, "--config", str(path)]))
+    expected = {"neft": 1e-3, "lora": 3e-3} if command == "demo" else value
+    assert getattr(args, dest) == expected and args.log_level == "DEBUG"
+    overridden = parser.parse_args(_with_config_file(parser, [command, "--config", str(path), "--log-level", "error"]))
+    assert overridden.log_level == "ERROR"  # the command line wins over the file

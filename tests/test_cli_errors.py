@@ -43,7 +43,7 @@ def test_truncated_checkpoint(checkpoints, tmp_path, capsys):
     weights = tuned / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     capsys.readouterr()
-    assert _select(base, tuned, tmp_path / "sel.safetensors") == 2
+    assert _select(base, tuned, tmp_path / "sel.safetensors") == 1
     line = _error_line(capsys, "select")
     assert f"{weights}" in line and "truncated or corrupt" in line
 
@@ -52,7 +52,7 @@ def test_corrupt_config_json(checkpoints, tmp_path, capsys):
     base, tuned = checkpoints
     (base / "config.json").write_text('{"model_type": "llama", ')
     capsys.readouterr()
-    assert _select(base, tuned, tmp_path / "sel.safetensors") == 2
+    assert _select(base, tuned, tmp_path / "sel.safetensors") == 1
     line = _error_line(capsys, "select")
     assert f"{base / 'config.json'}" in line and "save_pretrained" in line
 
@@ -62,7 +62,7 @@ def test_model_path_that_does_not_exist_is_not_looked_up_on_the_hub(tmp_path, ca
     data.write_text(json.dumps({"source": "a", "target": "b"}) + "\n")
     missing = tmp_path / "no-such-model"
     assert main(["calibrate", "--model", str(missing), "--data", str(data), "--num-neurons", "4",
-                 "--out", str(tmp_path / "sel.safetensors")]) == 2
+                 "--out", str(tmp_path / "sel.safetensors")]) == 1
     line = _error_line(capsys, "calibrate")
     assert f"{missing}" in line and "does not exist" in line
 
@@ -73,7 +73,7 @@ def test_unexpected_errors_are_one_line_and_the_traceback_is_available(checkpoin
 
     monkeypatch.setattr("peft_neft.selection.score_checkpoints", broken)
     capsys.readouterr()
-    assert _select(*checkpoints, tmp_path / "sel.safetensors") == 2
+    assert _select(*checkpoints, tmp_path / "sel.safetensors") == 1
     line = _error_line(capsys, "select")
     assert "RuntimeError: something went wrong" in line and "PEFT_NEFT_DEBUG=1" in line
     monkeypatch.setenv("PEFT_NEFT_DEBUG", "1")

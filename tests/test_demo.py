@@ -13,8 +13,16 @@ def test_demo_runs_end_to_end_and_resumes(smollm2_dir, tmp_path, capsys):
     args = ["demo", "--out", str(out), "--methods", "base,lora:2,neft:match-lora:2", "--steps", "2", "--eval-every", "1",
             "--calibration-steps", "1", "--max-new-tokens", "2", "--eval-batch-size", "27"]
     assert main(args) == 0
-    printed = capsys.readouterr().out
+    shown = capsys.readouterr()
+    printed = shown.out
     assert "| neft:match-lora:2 |" in printed and "## Paired tests" in printed
+    # The data, the choices made, progress and the table, each once; no library chatter.
+    lines = [line for line in (shown.out + shown.err).splitlines() if line.strip() and not line.startswith("|")]
+    assert len(lines) == len(set(lines)), lines
+    logged = {line.split("] ", 1)[1] for line in lines if line.startswith("[peft_neft.")}
+    assert not logged & set(lines), lines  # not once bare and once with the logger's name
+    assert not [line for line in lines if any(c in line for c in ("Failed to load", "triton", "register_constant"))]
+    assert sum(line.startswith("data: Django's English->French catalogs") for line in lines) == 1
     stored = json.loads((out / "results.json").read_text())
     assert set(stored["runs"]) == {"base@seed0", "lora:2@seed0", "neft:match-lora:2@seed0"}
     assert stored["identity"]["dtype"] in ("float32", "bfloat16") and stored["identity"]["data"]["test"]["rows"] == 54
@@ -22,4 +30,4 @@ def test_demo_runs_end_to_end_and_resumes(smollm2_dir, tmp_path, capsys):
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
     assert all((out / "outputs" / f"{k.replace(':', '_')}.jsonl.gz").is_file() for k in stored["runs"])
     assert main(args) == 0
-    assert capsys.readouterr().out.count("already done, skipped") == 3
+    assert capsys.readouterr().err.count("already done, skipped") == 3

@@ -37,7 +37,7 @@ def test_package_logger_is_quiet_by_default():
     assert any(isinstance(h, logging.NullHandler) for h in logging.getLogger("peft_neft").handlers)
 
 
-def test_cli_shows_the_library_log_at_the_chosen_level(tmp_path, caplog):
+def test_cli_shows_the_library_log_at_the_chosen_level(tmp_path, capsys):
     base = make_tiny_llama()
     base.save_pretrained(tmp_path / "base")
     with torch.no_grad():
@@ -45,40 +45,54 @@ def test_cli_shows_the_library_log_at_the_chosen_level(tmp_path, caplog):
     base.save_pretrained(tmp_path / "tuned")
     args = ["select", "--base", str(tmp_path / "base"), "--finetuned", str(tmp_path / "tuned"), "--num-neurons", "1",
             "--out", str(tmp_path / "sel.safetensors")]
-    caplog.set_level(logging.NOTSET)
-    try:
-        assert main([*args, "--log-level", "WARNING"]) == 0
-        assert not [r for r in caplog.records if r.name.startswith("peft_neft")]
-        assert main(args) == 0
-        messages = [r.getMessage() for r in caplog.records if r.name == "peft_neft.selection.cosine"]
-        assert messages == [f"Scored 192 neurons in 4 weight matrices of {tmp_path / 'base'} against {tmp_path / 'tuned'}."]
-    finally:
-        logging.getLogger("peft_neft").setLevel(logging.NOTSET)
+    capsys.readouterr()
+    assert main([*args, "--log-level", "WARNING"]) == 0
+    assert "[peft_neft" not in capsys.readouterr().err
+    assert main(args) == 0
+    logged = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[peft_neft")]
+    assert logged == [f"[peft_neft.selection.cosine] Scored 192 neurons in 4 weight matrices of {tmp_path / 'base'} "
+                      f"against {tmp_path / 'tuned'}."]
+    assert logging.getLogger("peft_neft").level == logging.NOTSET
 
 
-def test_a_command_shows_each_library_record_once(monkeypatch, capsys):
+def test_a_command_shows_each_library_record_once_on_stderr(monkeypatch, capsys):
     import io
 
-    from peft_neft.cli import configure_logging
-    from peft_neft.commands.compare import console_logs
+    from peft_neft.cli import command_logging
 
     stderr = io.StringIO()
-    monkeypatch.setattr(logging.root, "handlers", [logging.StreamHandler(stderr)])  # as basicConfig leaves it
-    monkeypatch.setattr(logging.getLogger("peft_neft"), "level", logging.NOTSET)
-    configure_logging("INFO")
-    with console_logs():
+    monkeypatch.setattr(logging.root, "handlers", [logging.StreamHandler(stderr)])  # an application's root handler
+    with command_logging("INFO"):
         logging.getLogger("peft_neft.compare.run").info("lora:8@seed0 already done, skipped")
-    assert capsys.readouterr().out.count("already done") == 1
+    shown = capsys.readouterr()
+    assert shown.err == "[peft_neft.compare.run] lora:8@seed0 already done, skipped\n" and shown.out == ""
     assert stderr.getvalue() == ""
 
 
-def test_a_command_honours_the_log_level(monkeypatch, capsys):
-    from peft_neft.cli import configure_logging
-    from peft_neft.commands.compare import console_logs
+def test_a_command_honours_the_log_level(capsys):
+    from peft_neft.cli import command_logging
 
-    monkeypatch.setattr(logging.getLogger("peft_neft"), "level", logging.NOTSET)
-    configure_logging("WARNING")
-    with console_logs():
+    with command_logging("WARNING"):
         logging.getLogger("peft_neft.compare.run").info("lora:8@seed0 already done, skipped")
         logging.getLogger("peft_neft.compare.run").warning("a warning")
-    assert capsys.readouterr().out == "[peft_neft.compare.run] a warning\n"
+    assert capsys.readouterr().err == "[peft_neft.compare.run] a warning\n"
+    assert logging.getLogger("peft_neft").level == logging.NOTSET  # restored after the command
+
+
+def test_a_log_record_never_lands_inside_a_progress_bar(capsys):
+    import re
+    import sys
+
+    from tqdm.auto import tqdm
+
+    from peft_neft.cli import command_logging
+
+    with command_logging("INFO"):
+        bar = tqdm(total=2, file=sys.stderr, desc="training")
+        bar.update(1)
+        logging.getLogger("peft_neft.training").info("best validation loss 1.00 at step 1")
+        bar.update(1)
+        bar.close()
+    pieces = re.split(r"[\r\n]", capsys.readouterr().err)
+    assert "[peft_neft.training] best validation loss 1.00 at step 1" in pieces
+    assert any(p.startswith("training: 100%") for p in pieces)

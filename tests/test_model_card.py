@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 
 import peft_neft
 from peft_neft import NeFTConfig, NeuronSelection, save_pretrained_atomically
-from peft_neft.models import DEFAULT_MODEL, DEFAULT_MODEL_HUB_ID, cache_dir, hub_id
+from peft_neft.embedded_model import DEFAULT_MODEL, DEFAULT_MODEL_HUB_ID, cache_dir, hub_id
 
 from conftest import make_tiny_llama
 

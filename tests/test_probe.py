@@ -9,7 +9,7 @@ import torch
 
 from conftest import make_tiny_llama
 from peft_neft import NeFTConfig, NeuronScores, select_neurons
-from peft_neft._shapes import model_fingerprint
+from peft_neft.tuner.fingerprint import model_fingerprint
 from peft_neft.analysis import fit_ridge_classifier, probe_scores
 
 UP0 = "model.layers.0.mlp.up_proj"
@@ -116,7 +116,7 @@ def test_probe_bad_input():
 
 @pytest.mark.slow
 def test_probe_on_smollm2_with_xnli(smollm2_dir, shared_data):
-    from peft_neft.models import load_model_and_tokenizer
+    from peft_neft.embedded_model import load_model_and_tokenizer
 
     with gzip.open(shared_data / "xnli" / "dev-en.tsv.gz", "rt", encoding="utf-8") as handle:
         rows = [line.rstrip("\n").split("\t") for _, line in zip(range(48), handle)]

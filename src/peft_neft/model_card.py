@@ -18,7 +18,7 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from ._version import __version__
 from .atomic import atomic_path
-from .models import hub_id
+from .embedded_model import hub_id
 
 _START, _END = "<!-- peft-neft card -->", "<!-- end of peft-neft card -->"
 _ADAPTER_TAG = "base_model:adapter:"

@@ -29,7 +29,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import peft_neft
 from peft_neft.atomic import atomic_dir, atomic_path
-from peft_neft.models import load_model_and_tokenizer
+from peft_neft.embedded_model import load_model_and_tokenizer
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from peft_neft.analysis import compare_utilization, load_texts, neuron_pearson_scores
-from peft_neft.models import load_model_and_tokenizer
+from peft_neft.embedded_model import load_model_and_tokenizer
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ from peft import get_peft_model
 
 import peft_neft
 from peft_neft._targets import DEFAULT_TARGET_MODULES as TARGETS
-from peft_neft.models import load_model_and_tokenizer
+from peft_neft.embedded_model import load_model_and_tokenizer
 
 
 

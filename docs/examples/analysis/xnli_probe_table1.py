@@ -37,7 +37,7 @@ import peft_neft
 from peft_neft._targets import DEFAULT_TARGET_MODULES
 from peft_neft.analysis import probe_scores
 from peft_neft.atomic import atomic_path
-from peft_neft.models import load_model_and_tokenizer
+from peft_neft.embedded_model import load_model_and_tokenizer
 
 LABELS = ("entailment", "neutral", "contradiction")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from ..models import load_model_and_tokenizer
+from ..embedded_model import load_model_and_tokenizer
 
 
 def load_analysis_model(spec: str | os.PathLike) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

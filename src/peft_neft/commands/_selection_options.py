@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import TYPE_CHECKING, Optional
 
 from .._targets import DEFAULT_TARGET_MODULES
+from ._options import UsageError
 
 if TYPE_CHECKING:  # torch and the selection code load when a command runs, not when the parser is built
     from torch import nn
 
     from ..selection import Budget
     from ..selection.neuron_selection import NeuronSelection
-
-
-def _strategy(text: str) -> str:
-    from ..selection.select import STRATEGIES
-
-    if text not in STRATEGIES:
-        raise argparse.ArgumentTypeError(f"choose one of {', '.join(STRATEGIES)}, not {text!r}")
-    return text
 
 
 def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +23,7 @@ def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
     budget.add_argument("--num-params", type=int, help="budget: this many trainable parameters")
     budget.add_argument("--num-neurons", type=int, help="budget: this many rows, whatever they cost")
     budget.add_argument("--lora-rank", type=int, help="budget: as many parameters as LoRA of this rank on every block Linear")
-    parser.add_argument("--strategy", type=_strategy, default="lowest",
+    parser.add_argument("--strategy", default="lowest",
                         help="lowest: most changed first (paper); reversed: least changed first; random (seeded)")
     parser.add_argument("--target-modules", nargs="+", default=list(DEFAULT_TARGET_MODULES),
                         help="Linear layers whose rows are scored")
@@ -37,6 +31,24 @@ def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed (random strategy, calibration data order)")
     parser.add_argument("--out", required=True, help="where to write the selection (.safetensors)")
     parser.add_argument("--plot", help="also write a PNG of the selection here")
+
+
+def check_selection_arguments(args: argparse.Namespace) -> None:
+    """Refuse an unknown strategy, an impossible budget or an output path that is a folder, before any scoring."""
+    from ..selection.select import STRATEGIES
+
+    if args.strategy not in STRATEGIES:
+        raise UsageError(f"--strategy {args.strategy!r} is not a strategy; choose one of {', '.join(STRATEGIES)}.")
+    if args.lora_rank is not None and args.lora_rank < 1:
+        raise UsageError(f"--lora-rank must be at least 1, got {args.lora_rank}.")
+    if args.lora_rank is None:
+        try:
+            budget_of(args)  # the budget's own checks, before anything loads
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+    for flag, path, name in (("--out", args.out, "selection.safetensors"), ("--plot", args.plot, "selection.png")):
+        if path and os.path.isdir(path):
+            raise UsageError(f"{flag} {path!r} is a folder; give a file path, e.g. {os.path.join(path, name)!r}.")
 
 
 def budget_of(args: argparse.Namespace, model: Optional[nn.Module] = None) -> Budget:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .compare import add_device_arguments
+from ._options import add_config_argument, add_device_arguments, check_device
 
 NAME = "analyze"
 HELP = "Compare neuron utilization of two models (Rank, ΔRank, neuron categories) and write a report."
@@ -21,14 +21,15 @@ def _threshold(text: str) -> int | float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_argument(parser)
     parser.add_argument("--model-a", required=True, help="reference model: transformers folder, adapter folder or 'default'")
     parser.add_argument("--model-b", required=True, help="compared model: transformers folder, adapter folder or 'default'")
     parser.add_argument("--data", required=True, help="inputs: .jsonl[.gz] (see --text-field) or text lines (.txt, .gz)")
-    parser.add_argument("--out", required=True, help="report folder (replaced atomically)")
+    parser.add_argument("--out", "--output-dir", required=True, help="report folder (replaced atomically)")
     parser.add_argument("--selection", help="saved NeuronSelection that was trained (enables 'indirectly affected')")
     parser.add_argument("--text-field", default="text", help="JSON field holding the input text")
     parser.add_argument("--max-examples", type=int, default=256, help="use the first N inputs")
-    parser.add_argument("--batch-size", type=int, default=8, help="inputs per forward pass")
+    parser.add_argument("--batch-size", "--per-device-eval-batch-size", type=int, default=8, help="inputs per forward pass")
     parser.add_argument("--max-length", type=int, default=128, help="truncate inputs to this many tokens")
     parser.add_argument("--target-modules", nargs="+", default=["up_proj", "down_proj"],
                         help="Linear layers whose rows are analysed (the paper's: up_proj down_proj)")
@@ -42,10 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..analysis import analyze_models, load_analysis_model, load_texts, write_report
-    from ..training.precision import Precision
     from ..selection import NeuronSelection
 
-    precision = Precision.resolve(args.device, args.dtype)
+    precision = check_device(args.device, args.dtype)
     texts = load_texts(args.data, args.text_field, args.max_examples)
     selection = NeuronSelection.load(args.selection) if args.selection else None
     model_a, tokenizer = load_analysis_model(args.model_a)

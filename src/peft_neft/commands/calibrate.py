@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..tasks.task import TASKS
-from .compare import add_device_arguments, console_logs
+from ._options import UsageError, add_config_argument, add_device_arguments, check_device
+from ._selection_options import check_selection_arguments
 
 if TYPE_CHECKING:
     from torch import nn
@@ -70,6 +71,7 @@ SCORERS = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ._selection_options import add_selection_arguments
 
+    add_config_argument(parser)
     parser.add_argument("--model", default="default", help="transformers folder, or 'default' (embedded SmolLM2-135M)")
     parser.add_argument("--data", required=True,
                         help="training pairs as compare reads them: .jsonl(.gz) with the task's fields")
@@ -79,11 +81,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target-field", help="JSON field of the output (default: the task's, target / summary)")
     parser.add_argument("--source-lang", default="en", help="source language code, used in the prompt")
     parser.add_argument("--target-lang", default="fr", help="target language code, used in the prompt")
-    parser.add_argument("--steps", type=int, default=800, help="fine-tuning steps K (gradient: batches)")
+    parser.add_argument("--steps", "--max-steps", type=int, default=800, help="fine-tuning steps K (gradient: batches)")
     parser.add_argument("--method", choices=sorted(SCORERS), default="cosine",
                         help="; ".join(f"{name}: {scorer.help}" for name, scorer in SCORERS.items()))
-    parser.add_argument("--lr", type=float, default=1e-5, help="learning rate of the calibration fine-tune")
-    parser.add_argument("--batch-size", type=int, default=8, help="examples per step")
+    parser.add_argument("--lr", "--learning-rate", type=float, default=1e-5,
+                        help="learning rate of the calibration fine-tune")
+    parser.add_argument("--batch-size", "--per-device-train-batch-size", type=int, default=8, help="examples per step")
     parser.add_argument("--max-source-tokens", type=int, default=256, help="truncate inputs to this many tokens")
     parser.add_argument("--max-target-tokens", type=int, default=128, help="truncate targets to this many tokens")
     parser.add_argument("--max-examples", type=int, help="use only the first N examples")
@@ -93,28 +96,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_arguments(args: argparse.Namespace) -> None:
-    """Refuse impossible values before anything is loaded or trained (the budget itself: :func:`budget_of`)."""
+    """Refuse impossible values before anything is loaded or trained (the budget: ``check_selection_arguments``)."""
+    check_selection_arguments(args)
     positive = {"--steps": args.steps, "--batch-size": args.batch_size, "--max-source-tokens": args.max_source_tokens,
-                "--max-target-tokens": args.max_target_tokens, "--max-examples": args.max_examples,
-                "--lora-rank": args.lora_rank}
+                "--max-target-tokens": args.max_target_tokens, "--max-examples": args.max_examples}
     for flag, value in positive.items():
         if value is not None and value < 1:
-            raise ValueError(f"{flag} must be at least 1, got {value}" + (" (leave it out to use all examples)."
+            raise UsageError(f"{flag} must be at least 1, got {value}" + (" (leave it out to use all examples)."
                                                                           if flag == "--max-examples" else "."))
     if args.method == "cosine" and not args.lr > 0:
-        raise ValueError(f"--lr must be positive, got {args.lr}: without an update no neuron changes.")
+        raise UsageError(f"--lr must be positive, got {args.lr}: without an update no neuron changes.")
 
 
 def run(args: argparse.Namespace) -> int:
     check_arguments(args)
+    precision = check_device(args.device, args.dtype)  # resolved once, before anything loads
     from ._selection_options import budget_of, save_selection
 
-    budget = budget_of(args) if args.lora_rank is None else None  # a bad budget fails before anything loads
-    from ..training.precision import Precision
-    from ..models import load_model_and_tokenizer
+    budget = budget_of(args) if args.lora_rank is None else None
+    from ..embedded_model import load_model_and_tokenizer
     from ..tasks import encode_pairs, get_task, load_pairs, make_collator
 
-    precision = Precision.resolve(args.device, args.dtype)  # a flag this machine cannot honour fails here
     task = get_task(args.task)
     pairs = load_pairs(args.data, source_field=args.source_field or task.source_field,
                        target_field=args.target_field or task.target_field, limit=args.max_examples)
@@ -122,9 +124,8 @@ def run(args: argparse.Namespace) -> int:
     budget = budget or budget_of(args, model)
     rows = encode_pairs(tokenizer, task.instruction_for(args.source_lang, args.target_lang), pairs["source"],
                         pairs["target"], args.max_source_tokens, args.max_target_tokens)
-    with console_logs():
-        selection = SCORERS[args.method].select(args, model.to(precision.device), rows, make_collator(tokenizer), budget,
-                                                precision)
+    selection = SCORERS[args.method].select(args, model.to(precision.device), rows, make_collator(tokenizer), budget,
+                                            precision)
     selection.metadata["scores_metadata"].update(model=str(args.model), data=str(args.data), examples=len(rows),
                                                  task=args.task)
     save_selection(args, selection)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import functools
 import time
-from pathlib import Path
 
-from .compare import add_data_arguments, config_arguments, console_logs
+from ._options import (add_comparison_arguments, add_config_argument, check_methods, check_out_folder,
+                       compare_config, has_matplotlib, resume_note, run_comparison)
 
 NAME = "demo"
 HELP = "NeFT vs LoRA at equal parameters on Django's English->French messages with the embedded SmolLM2 (CPU)."
@@ -21,43 +21,38 @@ DEFAULT_METHODS = "base,lora:8,neft:match-lora:8"
 # One rate for both methods. Chosen on validation loss within the time limit: at 3e-3 and 80 steps both reach a
 # lower validation loss (LoRA 1.730, NeFT 1.833) than at 2e-3 and 100 steps (1.783, 1.841); docs/results.md.
 DEMO_LR = {"lora": 3e-3, "neft": 3e-3}
+# The task is fixed: English->French translation, targets of at most 48 tokens.
+TASK = {"task": "translation", "source_lang": "en", "target_lang": "fr", "max_target_tokens": 48}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_argument(parser)
     parser.add_argument("--methods", default=DEFAULT_METHODS, help="methods to compare (as in compare --methods)")
-    parser.add_argument("--out", default="peft-neft-demo", help="results folder; rerun to resume")
-    add_data_arguments(parser)
+    parser.add_argument("--out", "--output-dir", default="peft-neft-demo", help="results folder; rerun to resume")
+    add_comparison_arguments(parser, exclude=(*TASK, "char_level"))
     # About 1.3 epochs (80 steps of 8 of the 485 training pairs), validation every 10 steps, stopping after three
     # evaluations without improvement; torch's own thread count (both cores: 0.62-0.66x the one-thread step on an
     # idle machine, benchmarks/threads.py; --threads 1 is better when other jobs share the cores).
-    parser.set_defaults(steps=80, batch_size=8, eval_every=10, patience=3, calibration_steps=8, max_new_tokens=24)
+    parser.set_defaults(max_steps=80, batch_size=8, eval_every=10, patience=3, calibration_steps=8, max_new_tokens=24,
+                        learning_rates=DEMO_LR)
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from ..compare import CompareConfig, compare, parse_methods
-    from ..training.precision import Precision
-    from ..models import default_model_dir, load_model_and_tokenizer
+    check_methods(args.methods)
+    check_out_folder(args.out)
+    config, precision = compare_config(args, **TASK)
+    from ..embedded_model import default_model_dir
     from ..tasks import django_translation_pairs
 
-    methods = parse_methods(args.methods)
-    settings = {**config_arguments(args), "learning_rates": {**DEMO_LR, **dict(args.lr)}}
-    config = CompareConfig(task="translation", source_lang="en", target_lang="fr", max_target_tokens=48, **settings)
-    precision = Precision.resolve(config.device, config.dtype)  # a flag this machine cannot honour fails here
-    if args.threads:
-        torch.set_num_threads(args.threads)
     start = time.perf_counter()
     data = django_translation_pairs("fr")
     print("data: Django's English->French catalogs, " + ", ".join(f"{k} {len(v)}" for k, v in data.items()) + " pairs")
-    path = default_model_dir()
-    _, tokenizer = load_model_and_tokenizer(path)
-    with console_logs():
-        compare(functools.partial(AutoModelForCausalLM.from_pretrained, path, dtype=torch.float32), tokenizer, data,
-                methods, args.seeds, args.out, config, model_id="smollm2-135m-instruct", progress=args.progress,
-                precision=precision)
-    print(Path(args.out, "results.md").read_text(encoding="utf-8"), end="")  # table and paired tests
-    print(f"table: {args.out}/results.md, plot: {args.out}/results.png, outputs: {args.out}/outputs/ "
+    run_comparison(args, config, precision, data, str(default_model_dir()), model_id="smollm2-135m-instruct")
+    plot = f"{args.out}/results.png" if has_matplotlib() else "skipped (no matplotlib)"
+    print(f"table: {args.out}/results.md, plot: {plot}, outputs: {args.out}/outputs/ "
           f"({time.perf_counter() - start:.0f} s)")
     return 0
+
+
+def interrupted(args: argparse.Namespace) -> str:
+    return resume_note(args)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 NAME = "select"
 HELP = "Select the neurons that changed most between a base and a fine-tuned checkpoint (cosine, paper Eq. 1)."
@@ -18,14 +17,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ._selection_options import budget_of, check_selection_arguments, save_selection
+
+    check_selection_arguments(args)  # before anything loads
     from .._shapes import meta_model
     from ..selection import score_checkpoints, select_neurons
-    from ._selection_options import budget_of, save_selection
 
-    for option, path in (("--out", args.out), ("--plot", args.plot)):
-        if path and os.path.isdir(path):
-            raise ValueError(f"{option} {path!r} is a folder; give a file path, e.g. "
-                             f"{os.path.join(path, 'selection.safetensors' if option == '--out' else 'selection.png')!r}.")
     budget = budget_of(args, meta_model(args.base) if args.lora_rank is not None else None)
     scores = score_checkpoints(args.base, args.finetuned, target_modules=args.target_modules, progress=args.progress)
     save_selection(args, select_neurons(scores, budget=budget, strategy=args.strategy, seed=args.seed,

@@ -2,48 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from .._targets import DEFAULT_TARGET_MODULES
+from ..settings import SAVE_ADAPTERS, CompareSettings
 from ..tasks import TASKS
 from ..training import TrainingSettings
 from .methods import DEFAULT_LR
 
 
-SAVE_ADAPTERS = ("best", "all", "none")
-
-
 @dataclass
-class CompareConfig:
-    """Everything that makes two comparisons comparable (methods and seeds may grow between resumes)."""
+class CompareConfig(CompareSettings):
+    """Everything that makes two comparisons comparable (methods and seeds may grow between resumes), checked.
 
-    task: str = "translation"
-    source_lang: str = "en"
-    target_lang: str = "fr"
-    max_steps: int = 100  # optimizer steps per run at most
-    epochs: float | None = None  # passes over the training data at most (None: max_steps alone)
-    patience: int | None = 3  # evaluations without a lower validation loss before a run stops (None: never)
-    batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    eval_every: int = 25
-    warmup_ratio: float = 0.1
-    # kind -> lr; kinds left out take DEFAULT_LR. Stored resolved, so a folder never mixes two defaults.
-    learning_rates: dict[str, float] = field(default_factory=dict)
-    lr_grid: tuple[float, ...] = (1.0,)  # factors tried around each method's lr, chosen on validation loss
-    calibration_steps: int = 50
-    calibration_lr: float | None = None  # None: the lr of ``full``
-    neft_target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES
-    max_source_tokens: int = 256
-    max_target_tokens: int = 128
-    max_new_tokens: int = 64
-    eval_batch_size: int = 16
-    char_level: bool = False
-    device: str = "auto"  # auto, cpu, cuda, cuda:N (the resolved device is stored with the results)
-    dtype: str = "auto"  # auto, float32, bfloat16 (the resolved dtype is stored with the results)
-    report_to: str = "none"  # Trainer's report_to (not part of a folder's identity)
-    workers: int = 1  # runs trained side by side in separate processes (results do not depend on it)
-    checkpoint_dir: str | None = None  # where runs checkpoint while they train (None: OUT/checkpoints)
-    save_adapters: str = "best"  # best: each method's best run on validation loss, all, or none
+    The fields, their defaults and their help are :class:`~peft_neft.settings.CompareSettings`'.
+    """
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:

@@ -75,8 +75,15 @@ def plot(results: dict[str, Any], out_dir: str | os.PathLike, path: str | os.Pat
     """One point per method per metric with its 95% paired-bootstrap interval, a fixed colour per method family.
 
     With several seeds a point is the mean over seeds and its bar the mean of the seeds' half-widths.
+    Without matplotlib (an optional dependency: the ``plot`` and ``demo`` extras) nothing is drawn.
     """
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        import logging
+
+        logging.getLogger(__name__).debug("%s not drawn: matplotlib is not installed", path)
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

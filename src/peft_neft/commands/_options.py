@@ -1,0 +1,260 @@
+"""What several commands share: flags built from a settings dataclass, usage errors, the device check, a config file.
+
+Standard library only: the parser of every command is built from here for ``--help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import types
+import typing
+from dataclasses import MISSING, Field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from ..settings import CompareSettings
+
+if TYPE_CHECKING:  # torch loads when a command runs, not when the parser is built
+    from ..compare import CompareConfig
+    from ..training.precision import Precision
+
+
+class UsageError(ValueError):
+    """A bad argument, found before any work: the command exits with status 2, as argparse does."""
+
+
+class ListAction(argparse.Action):
+    """Values given space- or comma-separated (``--seeds 0 1`` or ``--seeds 0,1``), each converted by ``element``."""
+
+    def __init__(self, *args: Any, element: Callable[[str], Any] = str, **kwargs: Any) -> None:
+        super().__init__(*args, nargs="+", **kwargs)
+        self.element = element
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        items = [item for value in values for item in value.split(",") if item.strip()]
+        try:
+            setattr(namespace, self.dest, tuple(self.element(item) for item in items))
+        except ValueError:
+            raise argparse.ArgumentError(self, f"expected {self.element.__name__} values, got {' '.join(values)!r}") from None
+
+
+class MappingAction(argparse.Action):
+    """``KEY=VALUE`` pairs (``--lr lora=1e-3 neft=3e-3``, repeatable) merged over the default mapping."""
+
+    def __init__(self, *args: Any, element: Callable[[str], Any] = str, **kwargs: Any) -> None:
+        super().__init__(*args, nargs="+", **kwargs)
+        self.element = element
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        merged = dict(getattr(namespace, self.dest) or {})
+        for value in values:
+            key, _, text = value.partition("=")
+            try:
+                merged[key.strip()] = self.element(text)
+            except ValueError:
+                raise argparse.ArgumentError(self, f"expected KEY=VALUE such as lora=1e-3, got {value!r}") from None
+        setattr(namespace, self.dest, merged)
+
+
+def _optional(convert: Callable[[str], Any], none_as: str) -> Callable[[str], Any]:
+    """``convert``, except that ``none_as`` (any case) means ``None``."""
+    def parse(text: str) -> Any:
+        return None if text.strip().lower() == none_as else convert(text)
+
+    parse.__name__ = convert.__name__
+    return parse
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser, settings: type, *, only: tuple[str, ...] = (),
+                           exclude: tuple[str, ...] = ()) -> None:
+    """One flag per field of the dataclass ``settings`` (``--field-name``, plus ``metadata["aliases"]``).
+
+    The default, help text, choices and value type come from the field, so they live in one place.
+    """
+    hints = typing.get_type_hints(settings)
+    for item in fields(settings):
+        if (only and item.name not in only) or item.name in exclude:
+            continue
+        meta = item.metadata
+        names = [f"--{item.name.replace('_', '-')}", *meta.get("aliases", ())]
+        kwargs: dict[str, Any] = {"dest": item.name, "default": _default(item), "help": meta["help"]}
+        if "metavar" in meta:
+            kwargs["metavar"] = meta["metavar"]
+        parser.add_argument(*names, **kwargs, **_value_kind(hints[item.name], item.default, meta))
+
+
+def _default(item: Field) -> Any:
+    return item.default_factory() if item.default is MISSING else item.default
+
+
+def _value_kind(hint: Any, default: Any, meta: typing.Mapping[str, Any]) -> dict[str, Any]:
+    """The argparse keywords that read a value of type ``hint``."""
+    inner = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None
+        (hint,) = inner
+        return {"type": _optional(hint, meta.get("none_as", "none"))}
+    if hint is bool:
+        return {"action": argparse.BooleanOptionalAction if default else "store_true"}
+    if typing.get_origin(hint) is dict:
+        return {"action": MappingAction, "element": inner[1]}
+    if typing.get_origin(hint) is tuple:
+        return {"action": ListAction, "element": inner[0]}
+    return {"type": hint, **({"choices": meta["choices"]} if "choices" in meta else {})}
+
+
+def settings_from_args(settings: type, args: argparse.Namespace) -> dict[str, Any]:
+    """The values of ``settings``' fields that the parsed ``args`` hold."""
+    return {item.name: getattr(args, item.name) for item in fields(settings) if hasattr(args, item.name)}
+
+
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--dtype``, shared by every command that runs a model."""
+    add_settings_arguments(parser, CompareSettings, only=("device", "dtype"))
+
+
+def check_device(device: str, dtype: str) -> Precision:
+    """The one :class:`~peft_neft.training.precision.Precision` of ``--device``/``--dtype`` (logged once); one this
+    machine cannot honour is a usage error."""
+    from ..training.precision import Precision
+
+    try:
+        return Precision.resolve(device, dtype)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """The settings of a ``--config`` file: a YAML (``.yaml``/``.yml``) or JSON mapping of option names to values."""
+    import json
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise UsageError(f"--config {path}: cannot read it ({err.strerror or err}); give a YAML or JSON file.") from None
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+
+        try:
+            values = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise UsageError(f"--config {path} is not valid YAML ({' '.join(str(err).split())}); fix the file.") from None
+    else:
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise UsageError(f"--config {path} is not valid JSON ({err}); fix it, or name a YAML file .yaml.") from None
+    if not isinstance(values, dict):
+        raise UsageError(f"--config {path} must hold a mapping of option names to values, such as 'max_steps: 5'.")
+    return values
+
+
+def config_tokens(parser: argparse.ArgumentParser, path: str) -> list[str]:
+    """The ``--config`` file as command-line tokens for ``parser``: flags given after them override them."""
+    tokens = []
+    for key, value in read_config_file(path).items():
+        action = parser._option_string_actions.get(f"--{str(key).replace('_', '-')}")
+        if action is None or key in ("config", "help"):
+            raise UsageError(f"--config {path}: {parser.prog} has no option {key!r}; the keys are its long option "
+                             "names, such as max_steps or batch-size (see --help).")
+        tokens += _tokens(action, action.option_strings[0], value)
+    return tokens
+
+
+def _tokens(action: argparse.Action, flag: str, value: Any) -> list[str]:
+    """The tokens that give ``action`` the value ``value`` read from a config file."""
+    if value is None:
+        return []
+    if isinstance(action, argparse.BooleanOptionalAction):
+        return [flag if value else f"--no-{flag[2:]}"]
+    if action.nargs == 0:  # a flag (--frugal, --no-progress): given or not
+        return [flag] if value else []
+    if isinstance(value, dict):
+        return [flag, *(f"{k}={v}" for k, v in value.items())]
+    if isinstance(value, (list, tuple)):
+        return [flag, *map(str, value)] if action.nargs in ("+", "*") else [flag, ",".join(map(str, value))]
+    return [flag, str(value)]
+
+
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE``, read by :mod:`peft_neft.cli` before the command's own flags."""
+    parser.add_argument("--config", metavar="FILE",
+                        help="YAML or JSON file of settings, keyed by long option names (max_steps: 5, "
+                             "batch-size: 4, ...); flags given on the command line override it")
+
+
+def add_comparison_arguments(parser: argparse.ArgumentParser, *, exclude: tuple[str, ...] = ()) -> None:
+    """The options of a comparison (``compare``, ``demo``): seeds, threads and every setting of a comparison."""
+    parser.add_argument("--seeds", "--seed", action=ListAction, element=int, default=(0,),
+                        help="seeds, one run of each method per seed (space- or comma-separated)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    add_settings_arguments(parser, CompareSettings, exclude=exclude)
+
+
+def check_out_folder(out: str) -> None:
+    """Refuse a results folder that cannot be one before anything is trained."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--out {out} is a file; give a folder for the results (it is created if missing).")
+    if (path / "results.json").is_dir():
+        raise UsageError(f"{path / 'results.json'} is a folder, so no results can be stored there; "
+                         "move it away or give another --out folder.")
+
+
+def compare_config(args: argparse.Namespace, **fixed: Any) -> tuple[CompareConfig, Precision]:
+    """The :class:`~peft_neft.compare.CompareConfig` of ``args`` (``fixed`` overrides), checked, and its precision."""
+    from ..compare import CompareConfig
+
+    try:
+        config = CompareConfig(**{**settings_from_args(CompareSettings, args), **fixed})
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    return config, check_device(config.device, config.dtype)
+
+
+def run_comparison(args: argparse.Namespace, config: CompareConfig, precision: Precision, data: dict,
+                   model_path: str, model_id: str) -> None:
+    """Train and evaluate ``args.methods`` x ``args.seeds`` into ``args.out``, then print the table and the adapters."""
+    import functools
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ..compare import compare, parse_methods
+    from ..embedded_model import load_tokenizer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not has_matplotlib():
+        print("matplotlib is not installed, so the plot (results.png) is skipped; pip install matplotlib to draw it.")
+    load = functools.partial(AutoModelForCausalLM.from_pretrained, model_path, dtype=torch.float32)  # picklable
+    compare(load, load_tokenizer(model_path), data, parse_methods(args.methods), args.seeds, args.out, config,
+            model_id=model_id, progress=args.progress, precision=precision)
+    print(Path(args.out, "results.md").read_text(encoding="utf-8"), end="")  # table and paired tests
+    adapters = sorted(p.name for p in Path(args.out, "adapters").glob("*") if p.is_dir())
+    if adapters:
+        print(f"adapters (peft folders; NeFT's with its selection.safetensors): {args.out}/adapters/ "
+              f"({', '.join(adapters)})")
+
+
+def has_matplotlib() -> bool:
+    """Whether the optional matplotlib, which draws ``results.png``, can be imported."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def check_methods(text: str) -> None:
+    """Refuse a ``--methods`` list with an unknown name before anything is loaded."""
+    from ..compare import parse_methods
+
+    try:
+        parse_methods(text)
+    except ValueError as err:
+        raise UsageError(f"--methods: {err}") from None
+
+
+def resume_note(args: argparse.Namespace) -> str:
+    """What a Ctrl-C leaves of a comparison, and how to go on."""
+    return f"the finished runs are kept in {args.out}/results.json; run the same command again to resume."
