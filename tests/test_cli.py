@@ -142,7 +142,7 @@ def test_usage_errors_exit_2_with_one_line():
     result = _run("select", "--base", "a", "--finetuned", "b", "--percent", "0", "--out", "s")
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
-        "peft-neft select: error: --percent must be in (0, 100] (a share of all model parameters), got 0.0."]
+        "peft-neft select: error: percent must lie in (0, 100] (a share of all model parameters), got 0.0."]
 
 
 def test_env_prints_versions_and_the_cpu_bf16_capability():

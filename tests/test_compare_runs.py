@@ -203,3 +203,51 @@ def test_report_rerenders_a_folder_and_merges_folders_with_paired_tests_across_t
     assert main(["report", str(lora), str(neft)]) != 0 and "give --out" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "nothing")]) != 0
     assert "results.json does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda f: (f / "results.json").write_text("{not json"), "results.json is not valid UTF-8 JSON"),
+    (lambda f: (f / "results.json").write_bytes(b'{"format": "\xff"}'), "results.json is not valid UTF-8 JSON"),
+    (lambda f: (f / "results.json").write_text("[]"), "results.json is not a peft-neft comparison results file"),
+    (lambda f: (f / "results.json").write_text('{"format": "peft-neft-compare/1", "runs": {}}'),
+     "results.json lacks identity"),
+    (lambda f: (f / "outputs" / "base@seed0.jsonl.gz").write_bytes(
+        (f / "outputs" / "base@seed0.jsonl.gz").read_bytes()[:30]), "base@seed0.jsonl.gz is damaged"),
+    (lambda f: (f / "outputs" / "base@seed0.jsonl.gz").unlink(), "base@seed0.jsonl.gz is missing"),
+])
+def test_a_damaged_results_folder_is_named_with_the_fix(tokenizer, data, tmp_path, capsys, damage, message):
+    from peft_neft.cli import main
+
+    out = tmp_path / "cmp"
+    compare(_loader(tokenizer), tokenizer, data, ["base"], [0], out, _config(), progress=False)
+    stored = json.loads((out / "results.json").read_text())
+    del stored["runs"]["base@seed0"]["intervals"]  # as an older folder: the report must read the outputs
+    (out / "results.json").write_text(json.dumps(stored))
+    damage(out)
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and ".tmp" not in err[0], err
+    with pytest.raises(ValueError, match=message.split(" ")[0]):  # the resume path says the same
+        compare(_loader(tokenizer), tokenizer, data, ["base"], [0], out, _config(), progress=False)
+
+
+def test_a_report_of_a_system_that_scores_zero_everywhere(tokenizer, data, tmp_path):
+    """Every bootstrap resample of an empty output scores BLEU 0: the intervals and the plot still work."""
+    import gzip
+
+    from peft_neft.compare import write_report
+    from peft_neft.compare.significance import store_figures
+
+    out = tmp_path / "cmp"
+    compare(_loader(tokenizer), tokenizer, data, ["base"], [0], out, _config(), progress=False)
+    results = json.loads((out / "results.json").read_text())
+    del results["runs"]["base@seed0"]["intervals"]
+    path = out / "outputs" / "base@seed0.jsonl.gz"
+    lines = [dict(json.loads(line), hypothesis="") for line in gzip.open(path, "rt")]
+    with gzip.open(path, "wt") as handle:
+        handle.write("\n".join(json.dumps(line) for line in lines) + "\n")
+    assert store_figures(results, out)
+    assert results["runs"]["base@seed0"]["intervals"]["bleu"] == {"score": 0.0, "ci": 0.0}
+    assert "| base |" in write_report(results, out) and (out / "results.png").read_bytes()[:4] == b"\x89PNG"
+    json.dumps(results)  # plain floats only

@@ -129,6 +129,27 @@ def test_the_stop_reason_says_whether_validation_loss_flattened(losses, patience
     assert callback.stop_reason == reason
 
 
+def test_patience_counts_from_the_last_improvement_worse_better_worse():
+    """Worse, better, then worse: the count restarts at the improvement, and the best tensors are that step's."""
+    from transformers import TrainerControl, TrainerState
+
+    from peft_neft.training import KeepBestCallback
+
+    param = torch.nn.Parameter(torch.zeros(2))
+    callback = KeepBestCallback([param], patience=2)
+    state, control = TrainerState(max_steps=60), TrainerControl()
+    stopped_at = None
+    for step, loss in zip((10, 20, 30, 40, 50, 60), (1.0, 1.1, 0.9, 1.0, 1.2, 0.5)):
+        state.global_step = step
+        param.data.fill_(step)
+        callback.on_evaluate(None, state, control, metrics={"eval_loss": loss})
+        if control.should_training_stop:
+            stopped_at = step
+            break
+    assert stopped_at == 50  # not 30: the improvement at step 30 reset the count after one worse evaluation
+    assert callback.best_step == 30 and callback.best_loss == 0.9 and callback.best[0].tolist() == [30.0, 30.0]
+
+
 def test_epochs_end_a_run_before_max_steps():
     settings = TrainingSettings(max_steps=100, epochs=1, batch_size=8, eval_every=2, patience=None)
     assert settings.steps_for(32) == 4

@@ -78,12 +78,7 @@ def load_results(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
     """The stored results at ``path`` if their identity matches, a fresh record if there are none."""
     if not path.is_file():
         return {"format": RESULTS_FORMAT, "identity": identity, "runs": {}}
-    try:
-        stored = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); restore it or choose another --out folder.") from None
-    if not isinstance(stored, dict) or stored.get("format") != RESULTS_FORMAT:
-        raise ValueError(f"{path} is not a peft-neft comparison results file; choose another --out folder.")
+    stored = read_results(path)
     if stored["identity"] != identity:
         def leaves(value: Any, prefix: str = "") -> dict[str, Any]:  # {"config": {"max_steps": 3}} -> config.max_steps
             if not isinstance(value, dict):
@@ -147,6 +142,13 @@ def read_outputs(path: Path) -> dict[str, list[str]]:
         other = path.with_suffix("") if path.name.endswith(".gz") else path.with_name(path.name + ".gz")
         path = other if other.is_file() else path
     opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        lines = [json.loads(line) for line in handle if line.strip()]
-    return {field: [line[field] for line in lines] for field in ("source", "reference", "hypothesis")}
+    try:
+        with opener(path, "rt", encoding="utf-8") as handle:
+            lines = [json.loads(line) for line in handle if line.strip()]
+        return {field: [line[field] for line in lines] for field in ("source", "reference", "hypothesis")}
+    except FileNotFoundError:
+        raise ValueError(f"{path} is missing: restore the folder's outputs/ from a copy, or rerun that run "
+                         "(remove its entry from results.json).") from None
+    except (OSError, EOFError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path} is damaged ({type(err).__name__}: {err}); restore it from a copy, or rerun that run "
+                         "(remove its entry from results.json).") from None
