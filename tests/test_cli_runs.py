@@ -64,14 +64,14 @@ def test_compare_with_a_config_file_and_flags_over_it_runs_quietly(setup, tmp_pa
     assert len(lines) == len(set(lines)), lines  # nothing shown twice ...
     logged = [line.split("] ", 1)[1] for line in lines if line.startswith("[peft_neft.")]
     assert not set(logged) & set(lines), lines  # ... not even once bare and once with the logger's name
-    assert sum("device auto -> cpu" in line for line in lines) == 1
+    assert sum("precision: float32 on cpu" in line for line in lines) == 1  # the choice made, shown once
 
 
 def test_a_json_config_file_and_its_errors(setup, tmp_path, capsys):
     (tmp_path / "c.json").write_text(json.dumps({"percent": 0, "out": str(tmp_path / "s.safetensors"),
                                                  "data": str(tmp_path / "d.jsonl")}))
     assert main(["calibrate", "--config", str(tmp_path / "c.json")]) == 2  # the file's --percent is checked
-    assert capsys.readouterr().err.splitlines()[-1].startswith("peft-neft calibrate: error: --percent must be in")
+    assert capsys.readouterr().err.splitlines()[-1].startswith("peft-neft calibrate: error: percent must lie in")
     (tmp_path / "bad.yaml").write_text("max_steps: 5\nbatch_sise: 4\n")
     assert main(["compare", "--config", str(tmp_path / "bad.yaml")]) == 2
     assert capsys.readouterr().err.splitlines() == [
@@ -85,8 +85,8 @@ def test_a_json_config_file_and_its_errors(setup, tmp_path, capsys):
 def test_argument_errors_come_before_any_work(setup, tmp_path, capsys):
     missing = tmp_path / "not-there"  # read only after the arguments are checked
     select = ["select", "--base", str(missing), "--finetuned", str(missing), "--out", str(tmp_path / "s.safetensors")]
-    for budget, message in ((["--percent", "101"], "--percent must be in (0, 100]"),
-                            (["--num-neurons", "0"], "--num-neurons must be at least 1")):
+    for budget, message in ((["--percent", "101"], "percent must lie in (0, 100]"),
+                            (["--num-neurons", "0"], "num_neurons must be a positive integer")):
         assert main([*select, *budget]) == 2
         assert message in capsys.readouterr().err
     (tmp_path / "file").write_text("")

@@ -228,8 +228,9 @@ def test_a_damaged_results_folder_is_named_with_the_fix(tokenizer, data, tmp_pat
     assert main(["report", str(out)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0] and ".tmp" not in err[0], err
-    with pytest.raises(ValueError, match=message.split(" ")[0]):  # the resume path says the same
-        compare(_loader(tokenizer), tokenizer, data, ["base"], [0], out, _config(), progress=False)
+    if message.startswith("results.json"):  # resuming says the same; damaged outputs only cost the report
+        with pytest.raises(ValueError, match=message):
+            compare(_loader(tokenizer), tokenizer, data, ["base"], [0], out, _config(), progress=False)
 
 
 def test_a_report_of_a_system_that_scores_zero_everywhere(tokenizer, data, tmp_path):

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import shutil
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 NAME = "report"
 HELP = ("Re-render results.md and results.png of comparison folders; with --out, merge several (same task and "
@@ -62,5 +65,7 @@ def _merge(loaded: list[tuple[Path, dict]]) -> dict:
                 raise ValueError(f"{folder} has other {field} than {first_folder} ({value} vs {expected}); "
                                  "merge only folders scored on the same test set.")
         for key, run in results["runs"].items():
-            runs.setdefault(key, run)  # the first folder that has a run keeps it
+            if key in runs:  # the first folder that has a run keeps it
+                logger.warning("%s: %s is also in an earlier folder; that one is kept", folder, key)
+            runs.setdefault(key, run)
     return {**first, "identity": identity, "runs": runs, "trainings": {}}
