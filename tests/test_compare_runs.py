@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import json
 
 import pytest
@@ -252,3 +253,25 @@ def test_a_report_of_a_system_that_scores_zero_everywhere(tokenizer, data, tmp_p
     assert results["runs"]["base@seed0"]["intervals"]["bleu"] == {"score": 0.0, "ci": 0.0}
     assert "| base |" in write_report(results, out) and (out / "results.png").read_bytes()[:4] == b"\x89PNG"
     json.dumps(results)  # plain floats only
+
+
+def test_a_learning_rate_grid_extended_on_resume_trains_only_the_new_rates(tokenizer, data, tmp_path, caplog):
+    out = tmp_path / "cmp"
+    compare(_loader(tokenizer), tokenizer, data, ["base", "lora:2", "neft:match-lora:2"], [0], out,
+            _config(lr_grid=(1.0,)), progress=False)
+    first = json.loads((out / "results.json").read_text())
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="peft_neft"):
+        wider = compare(_loader(tokenizer), tokenizer, data, ["base", "lora:2", "neft:match-lora:2"], [0], out,
+                        _config(lr_grid=(1.0, 30.0)), progress=False)
+    trained = [r.getMessage() for r in caplog.records if "training at lr" in r.getMessage()]
+    assert trained == ["lora:2 seed 0: training at lr 0.03", "neft:match-lora:2 seed 0: training at lr 0.015"]
+    assert "lora:2@seed0: the learning-rate grid now also has 0.03; reopened" in caplog.text
+    for key in ("lora:2@seed0", "neft:match-lora:2@seed0"):
+        search = wider["runs"][key]["lr_search"]
+        assert len(search) == 2 and search[0] == first["runs"][key]["lr_search"][0]
+        assert wider["runs"][key]["best_val_loss"] == min(t["best_val_loss"] for t in search)
+    assert wider["runs"]["base@seed0"] == first["runs"]["base@seed0"]
+    assert set(wider["paired"]) == {"neft:match-lora:2@seed0"}
+    again = compare(_loader(tokenizer), tokenizer, data, ["lora:2"], [0], out, _config(lr_grid=(1.0,)), progress=False)
+    assert again["runs"]["lora:2@seed0"]["lr_search"] == wider["runs"]["lora:2@seed0"]["lr_search"]  # not narrowed

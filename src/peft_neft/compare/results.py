@@ -74,11 +74,17 @@ def load_scores(path: Path) -> tuple[NeuronScores, dict[str, Any]]:
     return scores, meta["info"]
 
 
-def load_results(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
-    """The stored results at ``path`` if their identity matches, a fresh record if there are none."""
+def load_results(path: Path, identity: dict[str, Any], not_identity: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The stored results at ``path`` if their identity matches, a fresh record if there are none.
+
+    Settings named in ``not_identity`` are left out of the comparison even where an older folder stored them.
+    """
     if not path.is_file():
         return {"format": RESULTS_FORMAT, "identity": identity, "runs": {}}
     stored = read_results(path)
+    config = stored["identity"].get("config")
+    if isinstance(config, dict):
+        stored["identity"]["config"] = {k: v for k, v in config.items() if k not in not_identity}
     if stored["identity"] != identity:
         def leaves(value: Any, prefix: str = "") -> dict[str, Any]:  # {"config": {"max_steps": 3}} -> config.max_steps
             if not isinstance(value, dict):

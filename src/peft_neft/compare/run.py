@@ -16,6 +16,7 @@ import os
 import pickle
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
@@ -46,7 +47,9 @@ from .significance import metric_names, store_figures
 logger = logging.getLogger(__name__)
 
 # Settings that change how a run is shown, not what it computes: left out of a folder's identity.
-_NOT_IDENTITY = ("device", "dtype", "report_to", "workers", "checkpoint_dir", "save_adapters")
+# lr_grid too: trainings are keyed by their rate, so a grid extended on resume adds trainings and reopens the runs
+# whose search it widens.
+_NOT_IDENTITY = ("device", "dtype", "report_to", "workers", "checkpoint_dir", "save_adapters", "lr_grid")
 
 
 def compare(
@@ -95,8 +98,9 @@ def compare(
     identity = {"config": json.loads(json.dumps(settings)), "data": data_fingerprint(data),
                 "model": weights_fingerprint(base), "device": str(precision.device), "dtype": precision.name}
     del base
-    results = load_results(out / "results.json", identity)
+    results = load_results(out / "results.json", identity, _NOT_IDENTITY)
     results["model_id"] = model_id
+    _reopen_widened_runs(results, config)
     instruction = get_task(config.task).instruction_for(config.source_lang, config.target_lang)
     collator = make_collator(tokenizer)
 
@@ -138,17 +142,34 @@ def compare(
     return results
 
 
+def _reopen_widened_runs(results: dict[str, Any], config: CompareConfig) -> None:
+    """A finished run whose rate search lacks a rate of today's grid is reopened: its new rates train, and the run is
+    chosen again among all of them (the trainings it had are kept)."""
+    for key, run in list(results["runs"].items()):
+        tried = {round(t["lr"], 12) for t in run.get("lr_search", [])}
+        missing = [lr for lr in _rates(config, parse_method(run["method"])) if round(lr, 12) not in tried]
+        if run["kind"] != "base" and missing:
+            del results["runs"][key]
+            results.get("paired", {}).pop(key, None)
+            for other, pair in list(results.get("paired", {}).items()):
+                if run_key(pair["baseline"], pair["seed"]) == key:
+                    del results["paired"][other]
+            logger.info("%s: the learning-rate grid now also has %s; reopened", key, ", ".join(f"{lr:g}" for lr in missing))
+
+
 def _rates(config: CompareConfig, method: Method) -> list[float]:
     """The learning rates a method's run trains at: its rate times each factor of the grid (base: none)."""
     return [0.0] if method.kind == "base" else [config.lr(method.kind) * f for f in config.lr_grid]
 
 
 def _finish_run(job: "_Job", results: dict[str, Any], out: Path, checkpoints: Path) -> None:
-    """Once every rate of a run has trained: the run is its rate of lowest validation loss, with the search beside it."""
+    """Once every rate of the grid has trained: the run is its rate of lowest validation loss among all it trained at
+    (an earlier, narrower grid's too), with the search beside it."""
     method, seed = job.method, job.seed
-    names = [training_key(method.spec, seed, lr) for lr in _rates(job.config, method)]
-    if any(n not in results["trainings"] for n in names):
+    if any(training_key(method.spec, seed, lr) not in results["trainings"] for lr in _rates(job.config, method)):
         return
+    names = sorted((n for n, t in results["trainings"].items() if t["method"] == method.spec and t["seed"] == seed),
+                   key=lambda n: results["trainings"][n]["lr"])
     trainings = [results["trainings"][n] for n in names]
     best = min(range(len(names)), key=lambda i: trainings[i]["best_val_loss"])
     key = run_key(method.spec, seed)
@@ -267,15 +288,16 @@ def _executed(jobs: list[_Job], workers: int) -> Iterator[tuple[_Job, dict[str, 
     threads = max(1, torch.get_num_threads() // workers)
     level = logging.getLogger("peft_neft").getEffectiveLevel()
     with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=get_context("spawn"), initializer=_start_worker,
-                             initargs=(threads, level)) as pool:
+                             initargs=(threads, level, list(warnings.filters))) as pool:
         futures = {pool.submit(_execute, job): job for job in jobs}
         for future in as_completed(futures):
             yield futures[future], future.result()
 
 
-def _start_worker(threads: int, level: int) -> None:
-    """A worker process: its share of torch's threads, and the parent's log level on stderr."""
+def _start_worker(threads: int, level: int, filters: list) -> None:
+    """A worker process: its share of torch's threads, the parent's warning filters and log level (on stderr)."""
     torch.set_num_threads(threads)
+    warnings.filters[:] = filters
     package = logging.getLogger("peft_neft")
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter(f"[worker {os.getpid()}] %(message)s"))
