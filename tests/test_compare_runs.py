@@ -275,3 +275,25 @@ def test_a_learning_rate_grid_extended_on_resume_trains_only_the_new_rates(token
     assert set(wider["paired"]) == {"neft:match-lora:2@seed0"}
     again = compare(_loader(tokenizer), tokenizer, data, ["lora:2"], [0], out, _config(lr_grid=(1.0,)), progress=False)
     assert again["runs"]["lora:2@seed0"]["lr_search"] == wider["runs"]["lora:2@seed0"]["lr_search"]  # not narrowed
+
+
+def test_lora_targets_and_weight_decay_are_settings_and_older_folders_resume(tokenizer, data, tmp_path):
+    out = tmp_path / "cmp"
+    narrow = _config(lora_target_modules=("up_proj", "down_proj"))
+    results = compare(_loader(tokenizer), tokenizer, data, ["lora:2", "neft:match-lora:2"], [0], out, narrow,
+                      progress=False)
+    lora, neft = results["runs"]["lora:2@seed0"], results["runs"]["neft:match-lora:2@seed0"]
+    assert lora["trainable_params"] == 2 * 2 * 2 * (32 + 64)  # r * (in + out), up and down of 2 layers only
+    assert abs(neft["trainable_params"] - lora["trainable_params"]) <= 64  # the budget counts the same modules
+    decayed = compare(_loader(tokenizer), tokenizer, data, ["lora:2"], [0], tmp_path / "wd",
+                      _config(weight_decay=0.5, learning_rates={"lora": 0.05}), progress=False)["runs"]["lora:2@seed0"]
+    plain = compare(_loader(tokenizer), tokenizer, data, ["lora:2"], [0], tmp_path / "plain",
+                    _config(learning_rates={"lora": 0.05}), progress=False)["runs"]["lora:2@seed0"]
+    assert decayed["best_val_loss"] != plain["best_val_loss"]
+    stored = json.loads((tmp_path / "plain" / "results.json").read_text())
+    for key in ("lora_target_modules", "weight_decay"):  # as a folder made before these settings existed
+        del stored["identity"]["config"][key]
+    (tmp_path / "plain" / "results.json").write_text(json.dumps(stored))
+    again = compare(_loader(tokenizer), tokenizer, data, ["lora:2"], [0], tmp_path / "plain",
+                    _config(learning_rates={"lora": 0.05}), progress=False)
+    assert again["runs"]["lora:2@seed0"] == stored["runs"]["lora:2@seed0"]

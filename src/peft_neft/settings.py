@@ -48,6 +48,10 @@ class CompareSettings:
     calibration_lr: float | None = _setting(None, "learning rate of the calibration fine-tune (default: full's lr)")
     neft_target_modules: tuple[str, ...] = _setting(DEFAULT_TARGET_MODULES, "Linear layers whose rows NeFT scores "
                                                                              "and trains")
+    lora_target_modules: tuple[str, ...] = _setting((), "Linear layers LoRA adapts (peft's target_modules rule); "
+                                                        "none given: every Linear in the decoder blocks (peft's "
+                                                        "all-linear). NeFT's match-lora budget counts the same ones")
+    weight_decay: float = _setting(0.0, "AdamW weight decay of every method's training (not of the calibration)")
     max_source_tokens: int = _setting(256, "truncate inputs to this many tokens")
     max_target_tokens: int = _setting(128, "truncate training targets to this many tokens")
     max_new_tokens: int = _setting(64, "greedy generation length limit, all methods")

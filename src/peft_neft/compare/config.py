@@ -36,6 +36,7 @@ class CompareConfig(CompareSettings):
         self.lr_grid = tuple(float(f) for f in self.lr_grid)
         self.learning_rates = {kind: float(self.learning_rates.get(kind, lr)) for kind, lr in DEFAULT_LR.items()}
         self.neft_target_modules = tuple(self.neft_target_modules)
+        self.lora_target_modules = tuple(self.lora_target_modules)
 
     def lr(self, kind: str) -> float:
         return self.learning_rates[kind]
@@ -45,6 +46,7 @@ class CompareConfig(CompareSettings):
         return TrainingSettings(
             max_steps=self.max_steps, epochs=self.epochs, batch_size=self.batch_size,
             gradient_accumulation_steps=self.gradient_accumulation_steps, warmup_ratio=self.warmup_ratio,
+            weight_decay=self.weight_decay,
             eval_every=self.eval_every, patience=self.patience, eval_batch_size=self.eval_batch_size,
             report_to=self.report_to,
         )

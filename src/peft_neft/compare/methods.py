@@ -22,7 +22,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import PreTrainedModel
 
 from .._targets import DEFAULT_TARGET_MODULES
-from ..selection import NeuronSelection, budget_from_lora, select_neurons
+from ..selection import Budget, NeuronSelection, select_neurons
 from ..selection.cosine import score_models
 from ..selection.neuron_scores import NeuronScores
 from ..tuner import NeFTConfig
@@ -89,8 +89,11 @@ def paired_baseline(spec: str) -> str | None:
 
 
 def prepare_model(model: PreTrainedModel, method: Method, seed: int, scores: Any = None,
-                  selection: NeuronSelection | None = None) -> torch.nn.Module:
-    """Make ``model`` trainable the way ``method`` says (NeFT needs the calibration ``scores``, or its ``selection``)."""
+                  selection: NeuronSelection | None = None, lora_target_modules: Sequence[str] = ()) -> torch.nn.Module:
+    """Make ``model`` trainable the way ``method`` says (NeFT needs the calibration ``scores``, or its ``selection``).
+
+    ``lora_target_modules``: what LoRA adapts and a match-lora budget counts (none: every decoder-block Linear).
+    """
     if method.kind == "full":
         for p in model.parameters():
             p.requires_grad_(True)
@@ -104,18 +107,24 @@ def prepare_model(model: PreTrainedModel, method: Method, seed: int, scores: Any
             if name.rsplit(".", 1)[-1] in DEFAULT_TARGET_MODULES:
                 module.weight.requires_grad_(True)
     elif method.kind == "lora":
-        config = LoraConfig(r=method.rank, lora_alpha=2 * method.rank, lora_dropout=0.0, target_modules="all-linear")
+        config = LoraConfig(r=method.rank, lora_alpha=2 * method.rank, lora_dropout=0.0,
+                            target_modules=list(lora_target_modules) or "all-linear")
         return get_peft_model(model, config)
     elif method.kind == "neft":
-        return get_peft_model(model, NeFTConfig.from_selection(selection or select_for(model, method, scores, seed)))
+        selection = selection or select_for(model, method, scores, seed, lora_target_modules)
+        return get_peft_model(model, NeFTConfig.from_selection(selection))
     return model
 
 
-def select_for(model: PreTrainedModel, method: Method, scores: Any, seed: int):
-    """The NeFT neuron selection of ``method`` from calibration ``scores``."""
+def select_for(model: PreTrainedModel, method: Method, scores: Any, seed: int,
+               lora_target_modules: Sequence[str] = ()) -> NeuronSelection:
+    """The NeFT neuron selection of ``method`` from calibration ``scores`` (match-lora: LoRA on ``lora_target_modules``,
+    none given: every decoder-block Linear)."""
     if method.rank is not None:
-        return select_neurons(scores, num_params=budget_from_lora(model, r=method.rank), strategy=method.strategy, seed=seed)
-    return select_neurons(scores, percent=method.percent, strategy=method.strategy, seed=seed)
+        budget = Budget.from_lora(model, method.rank, list(lora_target_modules) or None)
+    else:
+        budget = Budget(percent=method.percent)
+    return select_neurons(scores, budget=budget, strategy=method.strategy, seed=seed)
 
 
 def shape_scores(model: PreTrainedModel, target_modules: Sequence[str]) -> NeuronScores:

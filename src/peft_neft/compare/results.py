@@ -74,17 +74,20 @@ def load_scores(path: Path) -> tuple[NeuronScores, dict[str, Any]]:
     return scores, meta["info"]
 
 
-def load_results(path: Path, identity: dict[str, Any], not_identity: tuple[str, ...] = ()) -> dict[str, Any]:
+def load_results(path: Path, identity: dict[str, Any], not_identity: tuple[str, ...] = (),
+                 defaults: dict[str, Any] | None = None) -> dict[str, Any]:
     """The stored results at ``path`` if their identity matches, a fresh record if there are none.
 
-    Settings named in ``not_identity`` are left out of the comparison even where an older folder stored them.
+    Settings named in ``not_identity`` are left out of the comparison even where an older folder stored them;
+    a setting an older folder did not store yet is taken at its value in ``defaults``.
     """
     if not path.is_file():
         return {"format": RESULTS_FORMAT, "identity": identity, "runs": {}}
     stored = read_results(path)
     config = stored["identity"].get("config")
     if isinstance(config, dict):
-        stored["identity"]["config"] = {k: v for k, v in config.items() if k not in not_identity}
+        added = {k: v for k, v in (defaults or {}).items() if k not in config and k not in not_identity}
+        stored["identity"]["config"] = {**added, **{k: v for k, v in config.items() if k not in not_identity}}
     if stored["identity"] != identity:
         def leaves(value: Any, prefix: str = "") -> dict[str, Any]:  # {"config": {"max_steps": 3}} -> config.max_steps
             if not isinstance(value, dict):

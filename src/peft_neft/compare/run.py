@@ -36,6 +36,7 @@ from ..tasks import encode_for_generation, encode_pairs, get_task, hold_out_vali
 from ..training import train_model, validation_loss
 from ..training.precision import Precision
 from ..training.trainer import trainable_parameters
+from ..settings import CompareSettings
 from .config import CompareConfig
 from .evaluate import adapter_bytes, generate, memory_mb, model_device
 from .methods import Method, parse_method, prepare_model, select_for, shape_scores
@@ -50,6 +51,8 @@ logger = logging.getLogger(__name__)
 # lr_grid too: trainings are keyed by their rate, so a grid extended on resume adds trainings and reopens the runs
 # whose search it widens.
 _NOT_IDENTITY = ("device", "dtype", "report_to", "workers", "checkpoint_dir", "save_adapters", "lr_grid")
+# A setting added after a folder was made is taken at its default there (the default keeps the earlier behaviour).
+_SETTINGS_DEFAULTS = json.loads(json.dumps(asdict(CompareSettings())))
 
 
 def compare(
@@ -98,7 +101,7 @@ def compare(
     identity = {"config": json.loads(json.dumps(settings)), "data": data_fingerprint(data),
                 "model": weights_fingerprint(base), "device": str(precision.device), "dtype": precision.name}
     del base
-    results = load_results(out / "results.json", identity, _NOT_IDENTITY)
+    results = load_results(out / "results.json", identity, _NOT_IDENTITY, _SETTINGS_DEFAULTS)
     results["model_id"] = model_id
     _reopen_widened_runs(results, config)
     instruction = get_task(config.task).instruction_for(config.source_lang, config.target_lang)
@@ -328,8 +331,9 @@ class _Run:
             torch.manual_seed(self.seed)
             base = self.job.load_model()
             if self.method.kind == "neft":
-                self.selection = select_for(base, self.method, self.scores, self.seed)
-            model = prepare_model(base, self.method, self.seed, selection=self.selection)
+                self.selection = select_for(base, self.method, self.scores, self.seed, self.config.lora_target_modules)
+            model = prepare_model(base, self.method, self.seed, selection=self.selection,
+                                  lora_target_modules=self.config.lora_target_modules)
         return self.job.precision.apply(model)
 
     def _train(self) -> tuple[torch.nn.Module, dict[str, Any]]:

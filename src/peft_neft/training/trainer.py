@@ -56,6 +56,7 @@ class TrainingSettings:
     batch_size: int = 8  # examples per micro-batch
     gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
     warmup_ratio: float = 0.1  # linear warmup over this share of the steps, then linear decay
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay
     eval_every: int = 25  # validation loss every N optimizer steps (and at the last one)
     patience: int | None = 3  # stop after N evaluations without a lower validation loss (None: never)
     eval_batch_size: int = 16  # sequences per validation batch
@@ -70,6 +71,8 @@ class TrainingSettings:
             raise ValueError(f"epochs must be positive, got {self.epochs}.")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be at least 1 (or None), got {self.patience}.")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must not be negative, got {self.weight_decay}.")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}.")
 
@@ -230,7 +233,7 @@ def _arguments(settings: TrainingSettings, output_dir: str, *, steps: int, learn
         output_dir=output_dir, max_steps=steps, per_device_train_batch_size=settings.batch_size,
         per_device_eval_batch_size=settings.eval_batch_size,
         gradient_accumulation_steps=settings.gradient_accumulation_steps, learning_rate=learning_rate,
-        weight_decay=0.0, lr_scheduler_type="linear", warmup_steps=int(settings.warmup_ratio * steps),
+        weight_decay=settings.weight_decay, lr_scheduler_type="linear", warmup_steps=int(settings.warmup_ratio * steps),
         max_grad_norm=0.0, eval_strategy="steps", eval_steps=settings.eval_every, logging_steps=settings.eval_every,
         save_strategy="steps" if checkpoints else "no", save_steps=settings.eval_every, save_total_limit=2,
         report_to=settings.report_to, bf16=precision.dtype == torch.bfloat16,
