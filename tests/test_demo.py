@@ -1,6 +1,8 @@
 """`peft-neft demo`, the README's first command, end to end on the embedded SmolLM2 (shortened)."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -31,3 +33,17 @@ def test_demo_runs_end_to_end_and_resumes(smollm2_dir, tmp_path, capsys):
     assert all((out / "outputs" / f"{k.replace(':', '_')}.jsonl.gz").is_file() for k in stored["runs"])
     assert main(args) == 0
     assert capsys.readouterr().err.count("already done, skipped") == 3
+    # What the demo trained is kept: each method's best adapter loads in a fresh process, and NeFT's exports.
+    adapters = out / "adapters"
+    assert sorted(p.name for p in adapters.iterdir()) == ["lora_2", "neft_match-lora_2"]
+    assert f"{out}/adapters/" in printed and (adapters / "neft_match-lora_2" / "selection.safetensors").is_file()
+    code = ("import sys, peft_neft; from peft import AutoPeftModelForCausalLM\n"
+            "for folder in sys.argv[1:]:\n"
+            "    model = AutoPeftModelForCausalLM.from_pretrained(folder)\n"
+            "    print(type(model).__name__, model.peft_config['default'].peft_type)")
+    loaded = subprocess.run([sys.executable, "-c", code, *(str(adapters / n) for n in ("lora_2", "neft_match-lora_2"))],
+                            capture_output=True, text=True, timeout=600)
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    assert loaded.stdout.split("\n")[:2] == ["PeftModelForCausalLM PeftType.LORA", "PeftModelForCausalLM PeftType.NEFT"]
+    assert main(["export-lora", str(adapters / "neft_match-lora_2"), str(tmp_path / "exported")]) == 0
+    assert json.loads((tmp_path / "exported" / "adapter_config.json").read_text())["peft_type"] == "LORA"

@@ -116,3 +116,43 @@ def test_the_calibration_and_so_the_selection_do_not_depend_on_the_training_dtyp
         selection = NeuronSelection.load(tmp_path / dtype / "adapters" / "neft_match-lora_2" / "selection.safetensors")
         rows[dtype] = {k: v.tolist() for k, v in selection.rows.items()}
     assert rows["float32"] == rows["bfloat16"]
+
+
+def _tiny_model_folder(path, seed=0):
+    from conftest import make_tiny_tokenizer
+
+    make_tiny_llama(seed=seed).save_pretrained(path)
+    make_tiny_tokenizer().save_pretrained(path)
+    return path
+
+
+def test_calibrate_and_analyze_commands_run_in_both_dtypes(tmp_path, capsys):
+    """calibrate: the cosine selection is the same whatever --dtype (float32 calibration), the gradient score runs
+    under bf16 autocast; analyze runs the two models in bf16."""
+    import json
+
+    from peft_neft.cli import main
+    from peft_neft.selection import NeuronSelection
+
+    model = _tiny_model_folder(tmp_path / "tiny")
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"source": f"n{s} n{s + 1}", "target": f"n{s + 2}"}) + "\n"
+                            for s in range(10, 60, 3)))
+    selections = {}
+    for method in ("cosine", "gradient"):
+        for dtype in ("float32", "bfloat16"):
+            out = tmp_path / f"{method}-{dtype}.safetensors"
+            assert main(["calibrate", "--model", str(model), "--data", str(data), "--method", method, "--steps", "2",
+                         "--lr", "1e-2", "--batch-size", "4", "--num-neurons", "8", "--dtype", dtype,
+                         "--out", str(out)]) == 0
+            selections[method, dtype] = NeuronSelection.load(out)
+    same = selections["cosine", "float32"], selections["cosine", "bfloat16"]
+    assert {k: v.tolist() for k, v in same[0].rows.items()} == {k: v.tolist() for k, v in same[1].rows.items()}
+    assert selections["gradient", "bfloat16"].num_neurons == 8
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(f"n{s} n{s + 1} n{s + 2}" for s in range(10, 40)) + "\n")
+    other = _tiny_model_folder(tmp_path / "other", seed=1)
+    capsys.readouterr()
+    assert main(["analyze", "--model-a", str(model), "--model-b", str(other), "--data", str(texts),
+                 "--dtype", "bfloat16", "--out", str(tmp_path / "report")]) == 0
+    assert (tmp_path / "report" / "report.md").is_file() and "Avg(|ΔRank|)" in capsys.readouterr().out
