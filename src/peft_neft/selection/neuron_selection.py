@@ -20,7 +20,7 @@ from torch import nn
 from .._shapes import module_shapes
 from .._targets import layer_index
 from ..atomic import atomic_path
-from ..tuner.config import normalize_module_names
+from ..tuner.config import check_rows, normalize_module_names
 from ..tuner.fingerprint import check_fingerprint
 from .plot import plot_selection
 
@@ -222,12 +222,7 @@ def _digest(metadata: str, tensors: dict[str, torch.Tensor]) -> str:
 def _check_loaded(rows: dict[str, torch.Tensor], scores: dict[str, torch.Tensor]) -> None:
     normalize_module_names(list(rows), "it")
     for name, r in rows.items():
-        if r.ndim != 1 or r.dtype.is_floating_point or r.dtype.is_complex or r.dtype == torch.bool:
-            raise ValueError(f"the rows of module {name!r} must be a 1-D tensor of integers, got {r.dtype} {tuple(r.shape)}.")
-        if r.numel() and int(r.min()) < 0:
-            raise ValueError(f"the rows of module {name!r} contain negative indices.")
-        if r.numel() > 1 and not bool((r[1:] > r[:-1]).all()):
-            raise ValueError(f"the rows of module {name!r} are not sorted and unique.")
+        check_rows(r, name)
     for name, s in scores.items():
         if s.ndim != 1 or not s.dtype.is_floating_point:
             raise ValueError(f"the scores of module {name!r} must be a 1-D float tensor, got {s.dtype} {tuple(s.shape)}.")

@@ -42,20 +42,28 @@ def normalize_rows(module: str, rows: Any) -> torch.Tensor:
             f"NeFT rows for module {module!r} must be integers, got dtype {tensor.dtype}. "
             "Pass output-neuron indices as ints (e.g. [3, 17, 512])."
         )
-    tensor = tensor.to(torch.int64).flatten().cpu()
-    if (tensor < 0).any():
-        raise ValueError(
-            f"NeFT rows for module {module!r} contain negative indices {tensor[tensor < 0][:5].tolist()}; "
-            "rows are output-neuron indices in [0, out_features)."
-        )
-    tensor, _ = torch.sort(tensor)
-    duplicated = tensor[1:][tensor[1:] == tensor[:-1]]
-    if duplicated.numel():
-        raise ValueError(
-            f"NeFT rows for module {module!r} contain duplicates {duplicated.unique()[:5].tolist()}; "
-            "each row may be selected once."
-        )
+    tensor, _ = torch.sort(tensor.to(torch.int64).flatten().cpu())
+    check_rows(tensor, module)
     return tensor
+
+
+def check_rows(rows: torch.Tensor, module: str, out_features: int | None = None) -> None:
+    """The one check of a module's row indices, wherever they come from (a config, a checkpoint, a selection file).
+
+    1-D integers, sorted and unique (as NeFT stores them), in ``[0, out_features)`` when ``out_features`` is known.
+    """
+    if rows.ndim != 1 or rows.dtype.is_floating_point or rows.dtype.is_complex or rows.dtype == torch.bool:
+        raise ValueError(f"NeFT rows of module {module!r} must be a 1-D tensor of integers, got {rows.dtype} "
+                         f"{tuple(rows.shape)}.")
+    if rows.numel() and (int(rows.min()) < 0 or (out_features is not None and int(rows.max()) >= out_features)):
+        bound = f"[0, {out_features}) (its out_features)" if out_features is not None else "[0, out_features)"
+        negative = "; negative indices are not rows" if int(rows.min()) < 0 else ""
+        raise ValueError(f"NeFT rows of module {module!r} must lie in {bound}, got min {int(rows.min())} and max "
+                         f"{int(rows.max())}{negative}. Was the selection made for another model?")
+    if rows.numel() > 1 and not bool((rows[1:] > rows[:-1]).all()):
+        repeated = rows[1:][rows[1:] == rows[:-1]].unique()[:5].tolist()
+        detail = f"contain duplicates {repeated}" if repeated else "are not in increasing order"
+        raise ValueError(f"NeFT rows of module {module!r} {detail}: they must be sorted and unique (each row once).")
 
 
 def normalize_module_names(names: Sequence[str], owner: str) -> dict[str, str]:

@@ -23,6 +23,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer, _get_in_out_features, check
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from .config import check_rows
 from .row_update import add_rows_, linear_with_rows
 
 
@@ -70,7 +71,7 @@ class NeFTLayer(BaseTunerLayer):
             rows = torch.full((num_rows,), -1, dtype=torch.int64)
             self._rows_awaiting_load.add(adapter_name)
         else:
-            self._check_rows_in_range(rows)
+            check_rows(rows, self.module_name, self.out_features)
         device = self._base_device()
         self.neft_rows[adapter_name] = rows.to(device=device, dtype=torch.int64)
         self.neft_delta[adapter_name] = nn.Parameter(self._initial_delta(num_rows, init_weights, delta_dtype, device))
@@ -89,18 +90,6 @@ class NeFTLayer(BaseTunerLayer):
     def _base_device(self) -> torch.device:
         weight = getattr(self.get_base_layer(), "weight", None)
         return weight.device if weight is not None and weight.device.type != "meta" else torch.device("cpu")
-
-    def _check_rows_in_range(self, rows: torch.Tensor) -> None:
-        if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= self.out_features):
-            raise ValueError(
-                f"NeFT rows for module {self.module_name!r} must lie in [0, {self.out_features}) "
-                f"(its out_features), got min {int(rows.min())} and max {int(rows.max())}. "
-                "Was the selection made for another model?"
-            )
-        if rows.numel() > 1 and not bool((rows[1:] > rows[:-1]).all()):
-            raise ValueError(
-                f"NeFT rows for module {self.module_name!r} must be sorted and unique; the checkpoint is corrupt."
-            )
 
     def _check_incoming_state(self, state_dict: dict[str, torch.Tensor], prefix: str) -> None:
         """Validate a checkpoint's rows and deltas for this layer before ``load_state_dict`` copies them.
@@ -131,7 +120,7 @@ class NeFTLayer(BaseTunerLayer):
                         f"The NeFT rows of module {self.module_name!r} ('{prefix}neft_rows') must be integers, "
                         f"got {str(incoming.dtype).removeprefix('torch.')}: the adapter file is corrupt. Save it again."
                     )
-                self._check_rows_in_range(incoming)
+                check_rows(incoming, self.module_name, self.out_features)
                 self._rows_awaiting_load.discard(adapter_name)
             if delta_key in state_dict and not state_dict[delta_key].dtype.is_floating_point:
                 raise ValueError(
@@ -231,7 +220,7 @@ class NeFTLayer(BaseTunerLayer):
             return
         rows = self.neft_rows[adapter_name]
         if rows.numel() and bool((rows >= 0).all()):  # filled by a loader that bypasses _load_from_state_dict
-            self._check_rows_in_range(rows)  # (transformers' load_adapter): the -1 placeholders are gone
+            check_rows(rows, self.module_name, self.out_features)  # (transformers' load_adapter): the -1 placeholders are gone
             self._rows_awaiting_load.discard(adapter_name)
         else:
             raise RuntimeError(
