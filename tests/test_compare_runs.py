@@ -39,7 +39,16 @@ def _config_long(**overrides):
     return _config(max_steps=6, eval_every=2, patience=None, **overrides)
 
 
-def test_a_run_is_the_same_alone_after_other_runs_and_in_worker_processes(tokenizer, data, tmp_path):
+@pytest.fixture
+def one_thread():
+    """One torch thread, as each of two workers gets on two cores: float sums depend on the thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_a_run_is_the_same_alone_after_other_runs_and_in_worker_processes(tokenizer, data, tmp_path, one_thread):
     methods = ["lora:2", "neft:match-lora:2"]
     compare(_loader(tokenizer), tokenizer, data, methods, [0], tmp_path / "alone", _config_long(), progress=False)
     torch.manual_seed(1234)

@@ -64,7 +64,7 @@ class CompareSettings:
                           choices=("auto", "float32", "bfloat16"))
     report_to: str = _setting("none", "where Trainer logs training (OUT/runs/<training>/): none, tensorboard, wandb, all")
     workers: int = _setting(1, "trainings side by side in separate processes, torch's threads shared out among them "
-                               "(results do not depend on it)")
+                               "(at equal threads per training, results do not depend on it)")
     checkpoint_dir: str | None = _setting(None, "where trainings checkpoint at each evaluation, to resume after an "
                                                 "interruption (default: OUT/checkpoints)")
     save_adapters: str = _setting("best", "adapters kept in OUT/adapters: each method's best run on validation loss, "
