@@ -341,6 +341,8 @@ def machine() -> dict:
                            if l.startswith("model name"))
     except (OSError, StopIteration):
         pass
+    info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    info["native_bf16_cpu"] = bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     import peft

@@ -4,13 +4,16 @@ fine-tuning, interleaved in one run on SmolLM2-135M with Multi30k-shaped batches
 - old: float32 weights, the loss over full-vocabulary logits at every position (``model(**batch).loss``);
 - new: the engine's settings, frozen weights in the compute dtype (bfloat16 where the hardware runs it
   natively), trainable tensors in float32 under autocast (full fine-tuning keeps float32 master weights),
-  and the LM head run only on labelled positions.
+  and the LM head run only on labelled positions;
+- new32 (only when the new dtype is bfloat16): the engine's settings in float32, so the bf16/fp32 step
+  ratio is measured side by side in the same run.
 
 A Multi30k en->fr example in SmolLM2's chat format is 60.5 tokens on average, 24.8 of them target tokens
 (first 400 training pairs), so a batch is 8 rows of 60 tokens whose last 25 carry labels.
 
     python benchmarks/engine.py                      # CPU, dtype auto
     python benchmarks/engine.py --device cuda --batch 8
+    python benchmarks/engine.py --attn-implementation eager   # attention as plain matmuls instead of SDPA
 """
 
 from __future__ import annotations
@@ -65,12 +68,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--dtype", default="auto", help="the new engine's compute dtype: auto, bfloat16 or float32")
     add_step_arguments(parser)
+    parser.add_argument("--attn-implementation", default="sdpa", choices=["sdpa", "eager"],
+                        help="transformers' attention for every setting (default: sdpa, transformers' own default)")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default docs/performance/engine_<device>.json)")
     args = parser.parse_args(argv)
     precision = Precision.resolve(args.device, args.dtype)
     device, dtype = precision.device, precision.dtype
     bf16 = "native" if precision.native else "emulated (no AVX512-BF16/AMX: slow but correct)"
     base32 = bc.load_base(str(device), torch.float32, random_weights=False)
+    base32.set_attn_implementation(args.attn_implementation)
     base16 = bc.shared_copy(base32).to(dtype) if dtype != torch.float32 else base32
     batch = multi30k_batch(base32.config.vocab_size, args.batch, args.seq, args.target, device)
     targets = bc.target_names(base32, bc.DEFAULT_TARGET_MODULES)
@@ -78,9 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     budget = args.lora_rank * sum(modules[n].in_features + modules[n].out_features for n in targets)
 
     settings = {"old": (None, False), "new": (dtype if dtype != torch.float32 else None, True)}
+    if dtype != torch.float32:
+        settings["new32"] = (None, True)
     builders = {}
     for name, (autocast, target_only) in settings.items():
-        base = base32 if name == "old" else base16
+        base = base16 if name == "new" else base32
         built = {
             "neft": lambda b=base: bc.build_neft(b, "neft", targets, budget),
             "lora": lambda b=base: bc.build_lora(b, "lora", targets, budget),
@@ -108,13 +116,18 @@ def main(argv: list[str] | None = None) -> int:
         "neft/floor (new)": med["neft_new"] / med["floor_new"],
         "neft/lora (old)": med["neft_old"] / med["lora_old"],
     }
-    print(f"\nSmolLM2-135M, {device}, new dtype {precision.name} ({bf16 if precision.name == 'bfloat16' else 'float32'}), batch {args.batch} x {args.seq} tokens "
+    if "new32" in settings:
+        ratios.update({f"{m} bf16/fp32 (new)": med[f"{m}_new"] / med[f"{m}_new32"] for m in ("neft", "lora", "full", "floor")})
+        ratios["neft/lora (new32)"] = med["neft_new32"] / med["lora_new32"]
+    print(f"\nSmolLM2-135M, {device}, new dtype {precision.name} ({bf16 if precision.name == 'bfloat16' else 'float32'}), "
+          f"{args.attn_implementation} attention, batch {args.batch} x {args.seq} tokens "
           f"({args.target} labelled), {args.repeats} repeats after {args.warmup} warm-up, medians")
     print(bc.table(["method", "trainable", "step ms"], [[n, r["trainable"], r["median_s"] * 1e3] for n, r in results.items()]))
     print("\n" + bc.table(["ratio", "value"], [[k, v] for k, v in ratios.items()]))
     out = args.out or bc.RESULTS_DIR / f"engine_{device.type}.json"
     bc.write_json(out, {"command": bc.command_line(), "machine": bc.machine(), "batch": args.batch, "seq": args.seq,
-                        "target_tokens": args.target, "new_dtype": str(dtype), "bf16": bf16, "lora_rank": args.lora_rank,
+                        "target_tokens": args.target, "new_dtype": str(dtype), "bf16": bf16,
+                        "attn_implementation": args.attn_implementation, "lora_rank": args.lora_rank,
                         "results": results, "ratios": ratios})
     return 0
 

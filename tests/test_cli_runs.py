@@ -64,7 +64,7 @@ def test_compare_with_a_config_file_and_flags_over_it_runs_quietly(setup, tmp_pa
     assert len(lines) == len(set(lines)), lines  # nothing shown twice ...
     logged = [line.split("] ", 1)[1] for line in lines if line.startswith("[peft_neft.")]
     assert not set(logged) & set(lines), lines  # ... not even once bare and once with the logger's name
-    assert sum("precision: float32 on cpu" in line for line in lines) == 1  # the choice made, shown once
+    assert sum("precision: " in line for line in lines) == 1  # the choice made (whatever this CPU picks), shown once
 
 
 def test_a_json_config_file_and_its_errors(setup, tmp_path, capsys):
