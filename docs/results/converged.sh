@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # The converged NeFT-vs-LoRA comparison on Multi30k en->fr (protocol: docs/results/PLAN.md). Resumable: rerun a
 # phase after an interruption; finished trainings are never redone, an unfinished one continues from its last
-# checkpoint (in $CKPT, outside git; a new machine starts that training again). Commit each folder as runs land.
+# checkpoint in $CKPT. Commit each results folder as trainings land, and before a session ends copy the state
+# into the repository with `keep` and commit it, so the next session (a new machine) continues from there.
 # float32 on every machine: the grid spans sessions on CPUs with and without native bf16, and a folder keeps one dtype.
 #   docs/results/converged.sh search                          # seed 0: three rates per method
 #   LORA_LR=... NEFT_LR=... docs/results/converged.sh seeds     # seeds 1 and 2 at the rates seed 0 chose
 #   NEFT_LR=... docs/results/converged.sh ablations             # random and reversed rows at NeFT's rate, seed 0
 #   docs/results/converged.sh report                          # the three folders as one table
+#   docs/results/converged.sh keep DEST                       # $CKPT's resumable state, copied to DEST
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DATA=${DATA:-../shared/data}
-CKPT=${CKPT:-$HOME/.cache/peft-neft-grid}
+CKPT=${CKPT:-docs/results/converged-state}
 PEFT_NEFT=${PEFT_NEFT:-.venv/bin/peft-neft}
 OUT=docs/results/converged-multi30k-en-fr
 common=(compare --task translation --source-lang en --target-lang fr
@@ -31,5 +33,15 @@ case "${1:-search}" in
                --lr neft="${NEFT_LR:?give the rate seed 0 chose}" \
                --checkpoint-dir "$CKPT/ablations" --out "$OUT-ablations" ;;
   report) "$PEFT_NEFT" report "$OUT-search" "$OUT-seeds" "$OUT-ablations" --out "$OUT" ;;
-  *) echo "usage: $0 search|seeds|ablations|report" >&2; exit 2 ;;
+  keep) # Stop the phase first. Keeps the calibrations, finished trainings and each unfinished training's
+        # newest complete checkpoint (one that holds keep_best.safetensors); DEST is replaced as a whole.
+    dest=${2:?give DEST, e.g. /path/to/checkout/docs/results/converged-state}
+    rm -rf "$dest.partial" && mkdir -p "$dest.partial"
+    (cd "$CKPT" && find . -name 'calibration@*.safetensors' -o -name finished.safetensors) | while read -r f; do
+      mkdir -p "$dest.partial/$(dirname "$f")" && cp "$CKPT/$f" "$dest.partial/$f"; done
+    (cd "$CKPT" && find . -path '*/checkpoint-*/keep_best.safetensors' | sed 's|/keep_best.safetensors$||' | sort -V |
+      awk '{training=$0; sub(/\/checkpoint-[0-9]+$/, "", training); newest[training]=$0} END {for (t in newest) print newest[t]}') |
+      while read -r c; do mkdir -p "$dest.partial/$(dirname "$c")" && cp -r "$CKPT/$c" "$dest.partial/$c"; done
+    rm -rf "$dest" && mv "$dest.partial" "$dest" && du -sh "$dest" ;;
+  *) echo "usage: $0 search|seeds|ablations|report|keep DEST" >&2; exit 2 ;;
 esac
