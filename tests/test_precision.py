@@ -156,3 +156,28 @@ def test_calibrate_and_analyze_commands_run_in_both_dtypes(tmp_path, capsys):
     assert main(["analyze", "--model-a", str(model), "--model-b", str(other), "--data", str(texts),
                  "--dtype", "bfloat16", "--out", str(tmp_path / "report")]) == 0
     assert (tmp_path / "report" / "report.md").is_file() and "Avg(|ΔRank|)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decoding_feeds_the_lm_head_a_contiguous_input(tokenizer, dtype):  # noqa: F811
+    """A strided bf16 input sends torch's CPU linear to a batched matmul that copies the head weight per row
+    (seconds per batch); the compare's greedy decoding hands the head a contiguous input, and the same text."""
+    from peft_neft.compare.evaluate import contiguous_head_input, generate
+
+    model = make_tiny_llama(vocab=len(tokenizer)).to(dtype).eval()
+    seen: list[bool] = []
+    model.get_output_embeddings().register_forward_hook(lambda _m, args, _out: seen.append(args[0].is_contiguous()))
+    prompts = [tokenizer("Hello there, my friend")["input_ids"], tokenizer("Save")["input_ids"]]
+    ids = torch.tensor([[tokenizer.pad_token_id] * (len(prompts[0]) - len(p)) + p for p in prompts])
+    plain = model.generate(input_ids=ids, max_new_tokens=3, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    assert not all(seen)  # transformers gives the head a strided view of the last position
+    seen.clear()
+    with contiguous_head_input(model):
+        hooked = model.generate(input_ids=ids, max_new_tokens=3, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    assert seen and all(seen) and torch.equal(hooked, plain)
+    seen.clear()
+    generate(model, tokenizer, prompts, max_new_tokens=3, batch_size=2, progress=False)
+    assert seen and all(seen)
+    seen.clear()
+    model.generate(input_ids=ids, max_new_tokens=1, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    assert not all(seen)  # the hook is gone afterwards
