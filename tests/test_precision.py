@@ -181,3 +181,20 @@ def test_decoding_feeds_the_lm_head_a_contiguous_input(tokenizer, dtype):  # noq
     seen.clear()
     model.generate(input_ids=ids, max_new_tokens=1, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     assert not all(seen)  # the hook is gone afterwards
+
+
+def test_bf16_training_batches_are_padded_to_reusable_lengths_and_the_loss_does_not_change(tokenizer):  # noqa: F811
+    """bf16 kernels are prepared per shape: its batches round their length up to 16; padding is masked out."""
+    from peft_neft.tasks import encode_for_training, make_collator
+    from peft_neft.training.loss import causal_lm_target_loss
+
+    assert Precision(torch.device("cpu"), torch.bfloat16, True).pad_to_multiple_of == 16
+    assert Precision(torch.device("cpu"), torch.float32, True).pad_to_multiple_of is None
+    rows = [encode_for_training(tokenizer, "Translate.", s, t) for s, t in (("Save", "Enregistrer"), ("Hello there", "Bonjour"))]
+    exact, rounded = make_collator(tokenizer)(rows), make_collator(tokenizer, 16)(rows)
+    longest = max(len(r["input_ids"]) for r in rows)
+    assert exact["input_ids"].shape[1] == longest and longest % 16
+    assert rounded["input_ids"].shape[1] == -(-longest // 16) * 16
+    model = make_tiny_llama(vocab=len(tokenizer)).eval()
+    with torch.no_grad():
+        assert torch.allclose(causal_lm_target_loss(model, **exact), causal_lm_target_loss(model, **rounded), atol=1e-6)

@@ -105,7 +105,7 @@ def compare(
     results["model_id"] = model_id
     _reopen_widened_runs(results, config)
     instruction = get_task(config.task).instruction_for(config.source_lang, config.target_lang)
-    collator = make_collator(tokenizer)
+    collator = make_collator(tokenizer)  # the calibration's (float32 whatever --dtype); training pads for the dtype
 
     def encode(table: Dataset) -> list[dict]:
         return encode_pairs(tokenizer, instruction, table["source"], table["target"], config.max_source_tokens,
@@ -118,8 +118,9 @@ def compare(
     calibrations = {seed: _calibration(checkpoints, load_model, train_rows, collator, config, seed, precision.device,
                                        progress)
                     for seed in sorted({s for s, m in pending if _calibrated(m)})}
-    jobs = [_Job(load_model, tokenizer, method, seed, lr, config, precision, collator, train_rows, val_rows, prompts,
-                 list(data["test"]["target"]), calibrations.get(seed) if _calibrated(method) else None,
+    training_collator = make_collator(tokenizer, precision.pad_to_multiple_of)
+    jobs = [_Job(load_model, tokenizer, method, seed, lr, config, precision, training_collator, train_rows, val_rows,
+                 prompts, list(data["test"]["target"]), calibrations.get(seed) if _calibrated(method) else None,
                  checkpoints / _safe(training_key(method.spec, seed, lr)), total_params, progress and config.workers == 1,
                  out / "runs" / _safe(training_key(method.spec, seed, lr)))
             for seed, method in pending for lr in _rates(config, method)

@@ -74,8 +74,10 @@ def encode_pairs(
             for s, t in zip(sources, targets)]
 
 
-def make_collator(tokenizer: PreTrainedTokenizerBase) -> DataCollatorForSeq2Seq:
-    """Pads ``input_ids`` (pad token; EOS where there is none), ``attention_mask`` (0) and ``labels`` (-100)."""
+def make_collator(tokenizer: PreTrainedTokenizerBase, pad_to_multiple_of: int | None = None) -> DataCollatorForSeq2Seq:
+    """Pads ``input_ids`` (pad token; EOS where there is none), ``attention_mask`` (0) and ``labels`` (-100) to the
+    longest row, rounded up to ``pad_to_multiple_of`` if given (see :attr:`Precision.pad_to_multiple_of`)."""
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX, return_tensors="pt")
+    return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX, return_tensors="pt",
+                                  pad_to_multiple_of=pad_to_multiple_of)

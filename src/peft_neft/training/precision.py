@@ -98,6 +98,17 @@ class Precision:
         return cls(resolved, DTYPES[name], native or name == "float32")
 
     @property
+    def pad_to_multiple_of(self) -> int | None:
+        """Training batches' padded length is rounded up to this (``None``: the longest row, as float32 does).
+
+        bf16 matrix kernels are prepared once per shape, so batches of ever-new lengths pay that again and again;
+        with lengths rounded to 16 they reuse them: a NeFT demo step took 0.68 s instead of 0.85 s in bf16 on an
+        AVX512-BF16 Xeon (float32: 0.87-0.91 s either way; docs/precision.md). Padding is masked: the loss is
+        unchanged.
+        """
+        return 16 if self.dtype == torch.bfloat16 else None
+
+    @property
     def name(self) -> str:
         """The dtype as ``--dtype`` spells it: ``"float32"`` or ``"bfloat16"``."""
         return dtype_name(self.dtype)
