@@ -33,11 +33,12 @@ case "${1:-search}" in
                --lr neft="${NEFT_LR:?give the rate seed 0 chose}" \
                --checkpoint-dir "$CKPT/ablations" --out "$OUT-ablations" ;;
   report) "$PEFT_NEFT" report "$OUT-search" "$OUT-seeds" "$OUT-ablations" --out "$OUT" ;;
-  keep) # Stop the phase first. Keeps the calibrations, finished trainings and each unfinished training's
-        # newest complete checkpoint (one that holds keep_best.safetensors); DEST is replaced as a whole.
+  keep) # Stop the phase first. Keeps the calibrations and each unfinished training's newest complete checkpoint
+        # (one that holds keep_best.safetensors); a finished training is in the committed results.json already.
+        # DEST is replaced as a whole.
     dest=${2:?give DEST, e.g. /path/to/checkout/docs/results/converged-state}
     rm -rf "$dest.partial" && mkdir -p "$dest.partial"
-    (cd "$CKPT" && find . -name 'calibration@*.safetensors' -o -name finished.safetensors) | while read -r f; do
+    (cd "$CKPT" && find . -name 'calibration@*.safetensors') | while read -r f; do
       mkdir -p "$dest.partial/$(dirname "$f")" && cp "$CKPT/$f" "$dest.partial/$f"; done
     (cd "$CKPT" && find . -path '*/checkpoint-*/keep_best.safetensors' | sed 's|/keep_best.safetensors$||' | sort -V |
       awk '{training=$0; sub(/\/checkpoint-[0-9]+$/, "", training); newest[training]=$0} END {for (t in newest) print newest[t]}') |
