@@ -42,7 +42,8 @@ case "${1:-search}" in
       mkdir -p "$dest.partial/$(dirname "$f")" && cp "$CKPT/$f" "$dest.partial/$f"; done
     (cd "$CKPT" && find . -path '*/checkpoint-*/keep_best.safetensors' | sed 's|/keep_best.safetensors$||' | sort -V |
       awk '{training=$0; sub(/\/checkpoint-[0-9]+$/, "", training); newest[training]=$0} END {for (t in newest) print newest[t]}') |
-      while read -r c; do mkdir -p "$dest.partial/$(dirname "$c")" && cp -r "$CKPT/$c" "$dest.partial/$c"; done
+      while read -r c; do mkdir -p "$dest.partial/$(dirname "$c")" && cp -r "$CKPT/$c" "$dest.partial/$c"
+        rm -f "$dest.partial/$c"/tokenizer* "$dest.partial/$c"/chat_template.jinja; done  # the model's own, 3.5 MB
     rm -rf "$dest" && mv "$dest.partial" "$dest" && du -sh "$dest" ;;
   *) echo "usage: $0 search|seeds|ablations|report|keep DEST" >&2; exit 2 ;;
 esac

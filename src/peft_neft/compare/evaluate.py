@@ -31,7 +31,7 @@ def contiguous_head_input(model: torch.nn.Module) -> Iterator[None]:
     same input made contiguous (docs/precision.md).
     """
     head = model.get_output_embeddings()
-    handle = head.register_forward_pre_hook(lambda _, args: (args[0].contiguous(), *args[1:])) if head else None
+    handle = head.register_forward_pre_hook(lambda _, args: (args[0].contiguous(), *args[1:])) if head is not None else None
     try:
         yield
     finally:
