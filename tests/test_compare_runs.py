@@ -12,6 +12,7 @@ from peft import AutoPeftModelForCausalLM, PeftModel
 
 from conftest import make_tiny_llama
 from peft_neft.compare import compare, read_outputs
+from peft_neft.compare.report import bracketing
 from peft_neft.selection import NeuronSelection
 from peft_neft.training.trainer import KeepBestCallback
 from test_compare import _config, data, tokenizer  # noqa: F401  (fixtures)
@@ -204,7 +205,18 @@ def test_report_rerenders_a_folder_and_merges_folders_with_paired_tests_across_t
     merged = json.loads((tmp_path / "both" / "results.json").read_text())
     assert set(merged["runs"]) == {"lora:2@seed0", "neft:match-lora:2@seed0"}
     assert list(merged["paired"]) == ["neft:match-lora:2@seed0"]
-    assert "| neft:match-lora:2 | lora:2 | 0 |" in (tmp_path / "both" / "results.md").read_text()
+    report = (tmp_path / "both" / "results.md").read_text()
+    assert "| neft:match-lora:2 | lora:2 | 0 |" in report
+    search = merged["runs"]["neft:match-lora:2@seed0"]["lr_search"]  # two rates: the chosen one is at an end
+    chosen = merged["runs"]["neft:match-lora:2@seed0"]["lr"]
+    assert len(search) == 2 and "## Learning-rate search" in report
+    assert f"| neft:match-lora:2 | 0 | **{chosen:g}** |" in report
+    side = "highest" if chosen == max(t["lr"] for t in search) else "lowest"
+    assert f"neft:match-lora:2 seed 0: {chosen:g}, not bracketed: the {side} rate tried" in report
+    lr_section = report.split("## Learning-rate search")[1].split("## Paired tests")[0]
+    assert "| lora:2 |" not in lr_section  # one rate: no search to show
+    assert (tmp_path / "both" / "results-lr.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (lora / "results-lr.png").exists()
     other = dict(data, test=data["test"].select(range(3)))
     compare(_loader(tokenizer), tokenizer, other, ["base"], [0], tmp_path / "other", _config(), progress=False)
     capsys.readouterr()
@@ -213,6 +225,13 @@ def test_report_rerenders_a_folder_and_merges_folders_with_paired_tests_across_t
     assert main(["report", str(lora), str(neft)]) != 0 and "give --out" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "nothing")]) != 0
     assert "results.json does not exist" in capsys.readouterr().err
+
+
+def test_a_chosen_rate_is_bracketed_only_with_a_worse_rate_on_both_sides():
+    search = [{"lr": lr} for lr in (3e-4, 1e-3, 3e-3)]
+    assert bracketing({"lr": 1e-3, "lr_search": search}) == "bracketed"
+    assert "highest rate tried; add a larger factor" in bracketing({"lr": 3e-3, "lr_search": search})
+    assert "lowest rate tried; add a smaller factor" in bracketing({"lr": 3e-4, "lr_search": search})
 
 
 @pytest.mark.parametrize("damage, message", [

@@ -1,7 +1,8 @@
 """Side-by-side comparison of fine-tuning methods on one task: NeFT vs LoRA vs full and partial FT.
 
-``results.json`` holds every finished (method, seed) run, ``results.md`` the table and paired tests,
-``results.png`` a point per method per metric with paired-bootstrap intervals, ``outputs/`` the
+``results.json`` holds every finished (method, seed) run, ``results.md`` the table, rate searches and paired
+tests, ``results.png`` a point per method per metric with paired-bootstrap intervals (``results-lr.png``: validation
+loss against the rate), ``outputs/`` the
 per-sentence outputs. Modules: :mod:`.methods` (names, trainable models), :mod:`.config`,
 :mod:`.run` (the grid), :mod:`.evaluate` (generation, size, memory), :mod:`.results` (folder I/O),
 :mod:`.report` (table, plot) and :mod:`.significance` (paired tests, intervals).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import statistics
 from collections.abc import Sequence
@@ -10,6 +11,8 @@ from typing import Any
 
 from ..atomic import atomic_path
 from .significance import metric_names, paired_table, run_intervals
+
+logger = logging.getLogger(__name__)
 
 # Fixed colours per method family, so a method looks the same in every plot.
 COLOURS = {"base": "#7f7f7f", "lora": "#1f77b4", "neft": "#ff7f0e", "neft-random": "#9467bd",
@@ -70,6 +73,19 @@ def _family(run: dict[str, Any]) -> str:
     return run["kind"]
 
 
+def _pyplot(path: str | os.PathLike) -> Any:
+    """matplotlib's pyplot on the file backend, or None (logged) where the optional matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        logger.debug("%s not drawn: matplotlib is not installed", path)
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def plot(results: dict[str, Any], out_dir: str | os.PathLike, path: str | os.PathLike,
          order: Sequence[str] = ()) -> None:
     """One point per method per metric with its 95% paired-bootstrap interval, a fixed colour per method family.
@@ -77,17 +93,9 @@ def plot(results: dict[str, Any], out_dir: str | os.PathLike, path: str | os.Pat
     With several seeds a point is the mean over seeds and its bar the mean of the seeds' half-widths.
     Without matplotlib (an optional dependency: the ``plot`` and ``demo`` extras) nothing is drawn.
     """
-    try:
-        import matplotlib
-    except ImportError:
-        import logging
-
-        logging.getLogger(__name__).debug("%s not drawn: matplotlib is not installed", path)
+    plt = _pyplot(path)
+    if plt is None:
         return
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     metrics = metric_names(results["identity"]["config"]["task"])
     intervals = run_intervals(results)
     groups = summarize(results, order)
@@ -117,13 +125,73 @@ def plot(results: dict[str, Any], out_dir: str | os.PathLike, path: str | os.Pat
     plt.close(fig)
 
 
+def bracketing(run: dict[str, Any]) -> str:
+    """Whether a run's chosen rate has a worse neighbour on both sides in its search, said with the fix if not."""
+    rates = sorted(t["lr"] for t in run["lr_search"])
+    if run["lr"] == rates[-1]:
+        return "not bracketed: the highest rate tried; add a larger factor to --lr-grid"
+    if run["lr"] == rates[0]:
+        return "not bracketed: the lowest rate tried; add a smaller factor to --lr-grid"
+    return "bracketed"
+
+
+def lr_search_table(results: dict[str, Any], order: Sequence[str] = ()) -> str:
+    """Markdown of each run's learning-rate search (runs that tried more than one rate), empty when there is none."""
+    runs = [r for g in summarize(results, order) for r in g["runs"] if len(r.get("lr_search", ())) > 1]
+    if not runs:
+        return ""
+    header = ["method", "seed", "lr", "best val loss", "steps (best)", "end"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    verdicts = []
+    for run in runs:
+        for t in sorted(run["lr_search"], key=lambda t: t["lr"]):
+            bold = "**" if t["lr"] == run["lr"] else ""
+            cells = [run["method"], str(run["seed"]), f"{bold}{t['lr']:g}{bold}", f"{bold}{t['best_val_loss']:.4f}{bold}",
+                     f"{t['steps_run']} ({t['best_step']})", t["stop_reason"] or "-"]
+            lines.append("| " + " | ".join(cells) + " |")
+        verdicts.append(f"{run['method']} seed {run['seed']}: {run['lr']:g}, {bracketing(run)}")
+    return ("\n## Learning-rate search\n\nEach run keeps the rate of lowest validation loss (bold); a chosen rate "
+            "counts as found when a worse rate lies on both sides of it.\n\n" + "\n".join(lines) + "\n\n"
+            + "\n".join(f"- {v}" for v in verdicts) + "\n")
+
+
+def plot_lr_search(results: dict[str, Any], path: str | os.PathLike, order: Sequence[str] = ()) -> bool:
+    """Best validation loss against the learning rate, a line per run that tried several rates (log rate axis).
+
+    Returns whether it drew (nothing without such runs or without matplotlib).
+    """
+    runs = [r for g in summarize(results, order) for r in g["runs"] if len(r.get("lr_search", ())) > 1]
+    plt = _pyplot(path) if runs else None
+    if plt is None:
+        return False
+    fig, ax = plt.subplots(figsize=(5.5, 4.0))
+    for run in runs:
+        search = sorted(run["lr_search"], key=lambda t: t["lr"])
+        colour = COLOURS.get(_family(run), "black")
+        ax.plot([t["lr"] for t in search], [t["best_val_loss"] for t in search], "o-", color=colour,
+                alpha=1.0 if run["seed"] == 0 else 0.5, label=f"{run['method']} seed {run['seed']}")
+        ax.plot([run["lr"]], [run["best_val_loss"]], "*", color=colour, markersize=14)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("best validation loss (star: chosen)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    return True
+
+
 def write_report(results: dict[str, Any], out_dir: str | os.PathLike, order: Sequence[str] = ()) -> str:
-    """Write ``results.md`` (table and paired tests) and ``results.png`` next to ``results.json``; return the text."""
+    """Write ``results.md`` (table, learning-rate search, paired tests), ``results.png`` and, after a rate search,
+    ``results-lr.png`` next to ``results.json``; return the text."""
     out = Path(out_dir)
     if not results["runs"]:
         return ""
-    table = markdown_table(results, order) + paired_table(results)
+    table = markdown_table(results, order) + lr_search_table(results, order) + paired_table(results)
     with atomic_path(out / "results.md") as tmp:
         tmp.write_text(table)
     plot(results, out, out / "results.png", order)
+    plot_lr_search(results, out / "results-lr.png", order)
     return table
