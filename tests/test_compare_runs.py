@@ -303,6 +303,42 @@ def test_a_learning_rate_grid_extended_on_resume_trains_only_the_new_rates(token
     assert set(wider["paired"]) == {"neft:match-lora:2@seed0"}
     again = compare(_loader(tokenizer), tokenizer, data, ["lora:2"], [0], out, _config(lr_grid=(1.0,)), progress=False)
     assert again["runs"]["lora:2@seed0"]["lr_search"] == wider["runs"]["lora:2@seed0"]["lr_search"]  # not narrowed
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="peft_neft"):  # one method's grid widened alone
+        alone = compare(_loader(tokenizer), tokenizer, data, ["neft:match-lora:2"], [0], out,
+                        _config(lr_grid=(1.0, 30.0, 0.1)), progress=False)
+    trained = [r.getMessage() for r in caplog.records if "training at lr" in r.getMessage()]
+    assert trained == [f"neft:match-lora:2 seed 0: training at lr {0.1 * 5e-4:g}"]
+    assert alone["runs"]["lora:2@seed0"] == wider["runs"]["lora:2@seed0"]
+    assert len(alone["runs"]["neft:match-lora:2@seed0"]["lr_search"]) == 3
+
+
+def test_a_run_stopped_after_its_last_training_is_chosen_on_resume_without_training(tokenizer, data, tmp_path,
+                                                                                      monkeypatch, caplog):
+    from peft_neft.compare import run as compare_run
+
+    grid = _config(lr_grid=(1.0, 3.0))
+    whole = compare(_loader(tokenizer), tokenizer, data, ["lora:2"], [0], tmp_path / "whole", grid, progress=False)
+    finish = compare_run._finish_run
+
+    def killed_before_choosing(method, seed, config, results, *rest):
+        if len(results["trainings"]) == 2:  # both rates recorded
+            raise KeyboardInterrupt
+        return finish(method, seed, config, results, *rest)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(compare_run, "_finish_run", killed_before_choosing)
+        with pytest.raises(KeyboardInterrupt):
+            compare(_loader(tokenizer), tokenizer, data, ["lora:2"], [0], tmp_path / "killed", grid, progress=False)
+    stored = json.loads((tmp_path / "killed" / "results.json").read_text())
+    assert len(stored["trainings"]) == 2 and stored["runs"] == {}
+    with caplog.at_level(logging.INFO, logger="peft_neft"):
+        resumed = compare(_loader(tokenizer), tokenizer, data, ["lora:2"], [0], tmp_path / "killed", grid,
+                          progress=False)
+    assert "training at lr" not in caplog.text
+    assert _without_timing(resumed["runs"]) == _without_timing(whole["runs"])
+    assert (tmp_path / "killed" / "adapters" / "lora_2" / "adapter_model.safetensors").read_bytes() == (
+        tmp_path / "whole" / "adapters" / "lora_2" / "adapter_model.safetensors").read_bytes()
 
 
 def test_lora_targets_and_weight_decay_are_settings_and_older_folders_resume(tokenizer, data, tmp_path):

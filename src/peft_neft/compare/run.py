@@ -103,7 +103,7 @@ def compare(
     del base
     results = load_results(out / "results.json", identity, _NOT_IDENTITY, _SETTINGS_DEFAULTS)
     results["model_id"] = model_id
-    _reopen_widened_runs(results, config)
+    _reopen_widened_runs(results, config, methods, seeds)
     instruction = get_task(config.task).instruction_for(config.source_lang, config.target_lang)
     collator = make_collator(tokenizer)  # the calibration's (float32 whatever --dtype); training pads for the dtype
 
@@ -114,7 +114,10 @@ def compare(
     train_rows, val_rows = encode(data["train"]), encode(data["validation"])
     prompts = [encode_for_generation(tokenizer, instruction, s, config.max_source_tokens) for s in data["test"]["source"]]
     results.setdefault("trainings", {})
-    pending = _pending(results, methods, seeds)
+    pending = []
+    for seed, method in _pending(results, methods, seeds):  # a run stopped after its last training is chosen now
+        if not _finish_run(method, seed, config, results, out, checkpoints):
+            pending.append((seed, method))
     calibrations = {seed: _calibration(checkpoints, load_model, train_rows, collator, config, seed, precision.device,
                                        progress)
                     for seed in sorted({s for s, m in pending if _calibrated(m)})}
@@ -134,7 +137,7 @@ def compare(
         save_results(out / "results.json", results)
         logger.info("%s: validation loss %.4f, %s", name, row["best_val_loss"],
                     ", ".join(f"{k}={row['scores'][k]:.2f}" for k in metric_names(config.task)))
-        _finish_run(job, results, out, checkpoints)
+        _finish_run(job.method, job.seed, config, results, out, checkpoints)
         _report(results, out, methods)
         bar.update()
     bar.close()
@@ -146,10 +149,15 @@ def compare(
     return results
 
 
-def _reopen_widened_runs(results: dict[str, Any], config: CompareConfig) -> None:
-    """A finished run whose rate search lacks a rate of today's grid is reopened: its new rates train, and the run is
-    chosen again among all of them (the trainings it had are kept)."""
+def _reopen_widened_runs(results: dict[str, Any], config: CompareConfig, methods: Sequence[Method],
+                         seeds: Sequence[int]) -> None:
+    """A finished run of this call whose rate search lacks a rate of today's grid is reopened: its new rates train,
+    and the run is chosen again among all of them (the trainings it had are kept). Runs of methods or seeds not in
+    this call stay as they are, so one method's grid can be widened alone."""
+    called = {run_key(m.spec, s) for m in methods for s in seeds}
     for key, run in list(results["runs"].items()):
+        if key not in called:
+            continue
         tried = {round(t["lr"], 12) for t in run.get("lr_search", [])}
         missing = [lr for lr in _rates(config, parse_method(run["method"])) if round(lr, 12) not in tried]
         if run["kind"] != "base" and missing:
@@ -166,12 +174,12 @@ def _rates(config: CompareConfig, method: Method) -> list[float]:
     return [0.0] if method.kind == "base" else [config.lr(method.kind) * f for f in config.lr_grid]
 
 
-def _finish_run(job: "_Job", results: dict[str, Any], out: Path, checkpoints: Path) -> None:
+def _finish_run(method: Method, seed: int, config: CompareConfig, results: dict[str, Any], out: Path,
+                checkpoints: Path) -> bool:
     """Once every rate of the grid has trained: the run is its rate of lowest validation loss among all it trained at
-    (an earlier, narrower grid's too), with the search beside it."""
-    method, seed = job.method, job.seed
-    if any(training_key(method.spec, seed, lr) not in results["trainings"] for lr in _rates(job.config, method)):
-        return
+    (an earlier, narrower grid's too), with the search beside it. Returns whether the run is finished."""
+    if any(training_key(method.spec, seed, lr) not in results["trainings"] for lr in _rates(config, method)):
+        return False
     names = sorted((n for n, t in results["trainings"].items() if t["method"] == method.spec and t["seed"] == seed),
                    key=lambda n: results["trainings"][n]["lr"])
     trainings = [results["trainings"][n] for n in names]
@@ -181,11 +189,12 @@ def _finish_run(job: "_Job", results: dict[str, Any], out: Path, checkpoints: Pa
     shutil.copyfile(outputs_path(out, names[best]), outputs_path(out, key))
     results["runs"][key] = row
     save_results(out / "results.json", results)
-    _keep_adapter(checkpoints / _safe(names[best]) / "adapter", job.config.save_adapters, method.spec, seed, row,
+    _keep_adapter(checkpoints / _safe(names[best]) / "adapter", config.save_adapters, method.spec, seed, row,
                   results, out)
     for name in names:
         shutil.rmtree(checkpoints / _safe(name), ignore_errors=True)
-    logger.info("%s: %s", key, ", ".join(f"{k}={row['scores'][k]:.2f}" for k in metric_names(job.config.task)))
+    logger.info("%s: %s", key, ", ".join(f"{k}={row['scores'][k]:.2f}" for k in metric_names(config.task)))
+    return True
 
 
 _SEARCH = ("lr", "best_val_loss", "best_step", "steps_run", "stop_reason")
