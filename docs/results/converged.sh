@@ -5,6 +5,7 @@
 # into the repository with `keep` and commit it, so the next session (a new machine) continues from there.
 # float32 on every machine: the grid spans sessions on CPUs with and without native bf16, and a folder keeps one dtype.
 #   docs/results/converged.sh search                          # seed 0: three rates per method
+#   docs/results/converged.sh widen neft:match-lora:8 1,0.333333,3,9   # one method's seed-0 grid, widened alone
 #   LORA_LR=... NEFT_LR=... docs/results/converged.sh seeds     # seeds 1 and 2 at the rates seed 0 chose
 #   NEFT_LR=... docs/results/converged.sh ablations             # random and reversed rows at NeFT's rate, seed 0
 #   docs/results/converged.sh report                          # the three folders as one table
@@ -26,6 +27,9 @@ case "${1:-search}" in
   search) "$PEFT_NEFT" "${common[@]}" --methods base,lora:8,neft:match-lora:8 --seeds 0 \
             --lr lora=1.5e-3 --lr neft=1.5e-3 --lr-grid 1,0.333333,3 \
             --checkpoint-dir "$CKPT/search" --out "$OUT-search" ;;
+  widen) "$PEFT_NEFT" "${common[@]}" --methods "${2:?give the method, e.g. neft:match-lora:8}" --seeds 0 \
+           --lr lora=1.5e-3 --lr neft=1.5e-3 --lr-grid "${3:?give every factor: the search ones and the new ones}" \
+           --checkpoint-dir "$CKPT/search" --out "$OUT-search" ;;
   seeds) "$PEFT_NEFT" "${common[@]}" --methods lora:8,neft:match-lora:8 --seeds 1,2 \
            --lr lora="${LORA_LR:?give the rate seed 0 chose}" --lr neft="${NEFT_LR:?give the rate seed 0 chose}" \
            --checkpoint-dir "$CKPT/seeds" --out "$OUT-seeds" ;;
@@ -45,5 +49,5 @@ case "${1:-search}" in
       while read -r c; do mkdir -p "$dest.partial/$(dirname "$c")" && cp -r "$CKPT/$c" "$dest.partial/$c"
         rm -f "$dest.partial/$c"/tokenizer* "$dest.partial/$c"/chat_template.jinja; done  # the model's own, 3.5 MB
     rm -rf "$dest" && mv "$dest.partial" "$dest" && du -sh "$dest" ;;
-  *) echo "usage: $0 search|seeds|ablations|report|keep DEST" >&2; exit 2 ;;
+  *) echo "usage: $0 search|widen METHOD FACTORS|seeds|ablations|report|keep DEST" >&2; exit 2 ;;
 esac
