@@ -6,9 +6,11 @@
 # float32 on every machine: the grid spans sessions on CPUs with and without native bf16, and a folder keeps one dtype.
 #   docs/results/converged.sh search                          # seed 0: three rates per method
 #   docs/results/converged.sh widen neft:match-lora:8 1,0.333333,3,9   # one method's seed-0 grid, widened alone
-#   LORA_LR=... NEFT_LR=... docs/results/converged.sh seeds     # seeds 1 and 2 at the rates seed 0 chose
-#   NEFT_LR=... docs/results/converged.sh ablations             # random and reversed rows at NeFT's rate, seed 0
-#   docs/results/converged.sh report                          # the three folders as one table
+#   docs/results/converged.sh seeds METHOD RATE                # seeds 1 and 2 of one method, at the rate seed 0 chose
+#   docs/results/converged.sh ablations RATE                   # random and reversed rows at NeFT's rate, seed 0
+#   docs/results/converged.sh report                          # the folders as one table
+# A method's seeds start as soon as its own search is bracketed; its folder is its own, so the phases that
+# can run do (each with two workers: seeds 1 and 2 side by side).
 #   docs/results/converged.sh keep DEST                       # $CKPT's resumable state, copied to DEST
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -30,13 +32,13 @@ case "${1:-search}" in
   widen) "$PEFT_NEFT" "${common[@]}" --methods "${2:?give the method, e.g. neft:match-lora:8}" --seeds 0 \
            --lr lora=1.5e-3 --lr neft=1.5e-3 --lr-grid "${3:?give every factor: the search ones and the new ones}" \
            --checkpoint-dir "$CKPT/search" --out "$OUT-search" ;;
-  seeds) "$PEFT_NEFT" "${common[@]}" --methods lora:8,neft:match-lora:8 --seeds 1,2 \
-           --lr lora="${LORA_LR:?give the rate seed 0 chose}" --lr neft="${NEFT_LR:?give the rate seed 0 chose}" \
-           --checkpoint-dir "$CKPT/seeds" --out "$OUT-seeds" ;;
+  seeds) method=${2:?give lora:8 or neft:match-lora:8}; kind=${method%%:*}
+         "$PEFT_NEFT" "${common[@]}" --methods "$method" --seeds 1,2 --lr "$kind=${3:?give the rate seed 0 chose}" \
+           --checkpoint-dir "$CKPT/seeds-$kind" --out "$OUT-seeds-$kind" ;;
   ablations) "$PEFT_NEFT" "${common[@]}" --methods neft-random:match-lora:8,neft-reversed:match-lora:8 --seeds 0 \
-               --lr neft="${NEFT_LR:?give the rate seed 0 chose}" \
+               --lr neft="${2:?give the rate seed 0 of NeFT chose}" \
                --checkpoint-dir "$CKPT/ablations" --out "$OUT-ablations" ;;
-  report) "$PEFT_NEFT" report "$OUT-search" "$OUT-seeds" "$OUT-ablations" --out "$OUT" ;;
+  report) "$PEFT_NEFT" report "$OUT-search" "$OUT-seeds-lora" "$OUT-seeds-neft" "$OUT-ablations" --out "$OUT" ;;
   keep) # Stop the phase first. Keeps the calibrations and each unfinished training's newest complete checkpoint
         # (one that holds keep_best.safetensors); a finished training is in the committed results.json already.
         # DEST is replaced as a whole.
