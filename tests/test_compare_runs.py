@@ -153,6 +153,23 @@ def test_a_failing_report_never_stops_the_runs(tokenizer, data, tmp_path, monkey
     assert "could not be written" in caplog.text and "coerce" in caplog.text
 
 
+def _chatty_loader(vocab):
+    """The tiny model, loaded as transformers loads a model where torchao is installed: with a line of import chatter."""
+    logging.getLogger("torchao").warning("Failed to load a GPU kernel (import chatter)")
+    return make_tiny_llama(seed=0, vocab=vocab)
+
+
+def test_workers_hide_the_library_chatter_the_command_hides(tokenizer, data, tmp_path, capfd):
+    from peft_neft.cli import command_logging
+
+    with command_logging("INFO"):
+        compare(functools.partial(_chatty_loader, vocab=len(tokenizer)), tokenizer, data, ["lora:2", "neft:match-lora:2"],
+                [0], tmp_path, _config(workers=2), progress=False)
+    err = capfd.readouterr().err
+    assert "[worker " in err and "training at lr" in err  # the workers' own records are shown
+    assert "import chatter" not in err
+
+
 def test_workers_need_a_picklable_loader(tokenizer, data, tmp_path):
     with pytest.raises(ValueError, match="picklable"):
         compare(lambda: make_tiny_llama(vocab=len(tokenizer)), tokenizer, data, ["lora:2"], [0], tmp_path / "x",

@@ -300,17 +300,22 @@ def _executed(jobs: list[_Job], workers: int) -> Iterator[tuple[_Job, dict[str, 
         return
     threads = max(1, torch.get_num_threads() // workers)
     level = logging.getLogger("peft_neft").getEffectiveLevel()
+    levels = {name: log.level for name, log in logging.root.manager.loggerDict.items()
+              if isinstance(log, logging.Logger) and log.level != logging.NOTSET}
     with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=get_context("spawn"), initializer=_start_worker,
-                             initargs=(threads, level, list(warnings.filters))) as pool:
+                             initargs=(threads, level, list(warnings.filters), levels)) as pool:
         futures = {pool.submit(_execute, job): job for job in jobs}
         for future in as_completed(futures):
             yield futures[future], future.result()
 
 
-def _start_worker(threads: int, level: int, filters: list) -> None:
-    """A worker process: its share of torch's threads, the parent's warning filters and log level (on stderr)."""
+def _start_worker(threads: int, level: int, filters: list, levels: dict[str, int]) -> None:
+    """A worker process: its share of torch's threads, the parent's warning filters and loggers' levels (so the
+    libraries' import chatter the command hides stays hidden), peft_neft's records on stderr."""
     torch.set_num_threads(threads)
     warnings.filters[:] = filters
+    for name, logger_level in levels.items():
+        logging.getLogger(name).setLevel(logger_level)
     package = logging.getLogger("peft_neft")
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter(f"[worker {os.getpid()}] %(message)s"))
