@@ -224,6 +224,8 @@ def test_report_rerenders_a_folder_and_merges_folders_with_paired_tests_across_t
     assert list(merged["paired"]) == ["neft:match-lora:2@seed0"]
     report = (tmp_path / "both" / "results.md").read_text()
     assert "| neft:match-lora:2 | lora:2 | 0 |" in report
+    assert "| BLEU | chrf | best val loss |" in report
+    assert f"| {merged['runs']['lora:2@seed0']['best_val_loss']:.4f} | 0 |" in report
     search = merged["runs"]["neft:match-lora:2@seed0"]["lr_search"]  # two rates: the chosen one is at an end
     chosen = merged["runs"]["neft:match-lora:2@seed0"]["lr"]
     assert len(search) == 2 and "## Learning-rate search" in report

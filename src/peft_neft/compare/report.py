@@ -21,10 +21,10 @@ MARKERS = "osD^v<>p*h"
 LABELS = {"bleu": "BLEU", "chrf": "chrF", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L"}
 
 
-def _mean_std(values: list[float]) -> str:
+def _mean_std(values: list[float], digits: int = 2) -> str:
     if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def summarize(results: dict[str, Any], order: Sequence[str] = ()) -> list[dict[str, Any]]:
@@ -41,7 +41,7 @@ def markdown_table(results: dict[str, Any], order: Sequence[str] = ()) -> str:
     identity = results["identity"]
     metrics = metric_names(identity["config"]["task"])
     header = ["method", "trainable params", "% of model", *[m.upper() if m == "bleu" else m for m in metrics],
-              "seeds", "lr", "steps (best)", "end", "train s/step", "memory MB", "adapter MB", "calib. steps"]
+              "best val loss", "seeds", "lr", "steps (best)", "end", "train s/step", "memory MB", "adapter MB", "calib. steps"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for group in summarize(results, order):
         runs = group["runs"]
@@ -49,6 +49,7 @@ def markdown_table(results: dict[str, Any], order: Sequence[str] = ()) -> str:
         calib = first.get("calibration")
         cells = [group["method"], f"{first['trainable_params']:,}", f"{first['trainable_pct']:.3f}",
                  *[_mean_std([r["scores"][m] for r in runs]) for m in metrics],
+                 _mean_std([r["best_val_loss"] for r in runs], digits=4),
                  ",".join(str(r["seed"]) for r in runs), ",".join(sorted({f"{r['lr']:g}" for r in runs})),
                  ",".join(f"{r.get('steps_run', r.get('steps', 0))} ({r['best_step']})" for r in runs),
                  ",".join(sorted({r.get("stop_reason") or "-" for r in runs})),
