@@ -23,7 +23,7 @@ common=(compare --task translation --source-lang en --target-lang fr
   --validation "$DATA/multi30k/val.en.gz" "$DATA/multi30k/val.fr.gz" --limit-validation 200
   --eval "$DATA/multi30k/test_2016_flickr.en.gz" "$DATA/multi30k/test_2016_flickr.fr.gz" --limit-eval 1000
   --batch-size 8 --epochs 4 --steps 1500 --eval-every 94 --patience 3 --calibration-steps 94
-  --max-new-tokens 40 --eval-batch-size 32 --workers 2 --save-adapters none --no-progress
+  --max-new-tokens 40 --eval-batch-size 32 --workers "${WORKERS:-2}" --save-adapters none --no-progress
   --device cpu --dtype float32)
 case "${1:-search}" in
   search) "$PEFT_NEFT" "${common[@]}" --methods base,lora:8,neft:match-lora:8 --seeds 0 \
