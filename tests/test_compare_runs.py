@@ -229,9 +229,9 @@ def test_report_rerenders_a_folder_and_merges_folders_with_paired_tests_across_t
     search = merged["runs"]["neft:match-lora:2@seed0"]["lr_search"]  # two rates: the chosen one is at an end
     chosen = merged["runs"]["neft:match-lora:2@seed0"]["lr"]
     assert len(search) == 2 and "## Learning-rate search" in report
-    assert f"| neft:match-lora:2 | 0 | **{chosen:g}** |" in report
+    assert f"| neft:match-lora:2 | 0 | **{chosen:.3g}** |" in report
     side = "highest" if chosen == max(t["lr"] for t in search) else "lowest"
-    assert f"neft:match-lora:2 seed 0: {chosen:g}, not bracketed: the {side} rate tried" in report
+    assert f"neft:match-lora:2 seed 0: {chosen:.3g}, not bracketed: the {side} rate tried" in report
     lr_section = report.split("## Learning-rate search")[1].split("## Paired tests")[0]
     assert "| lora:2 |" not in lr_section  # one rate: no search to show
     assert (tmp_path / "both" / "results-lr.png").read_bytes()[:4] == b"\x89PNG"

@@ -50,7 +50,7 @@ def markdown_table(results: dict[str, Any], order: Sequence[str] = ()) -> str:
         cells = [group["method"], f"{first['trainable_params']:,}", f"{first['trainable_pct']:.3f}",
                  *[_mean_std([r["scores"][m] for r in runs]) for m in metrics],
                  _mean_std([r["best_val_loss"] for r in runs], digits=4),
-                 ",".join(str(r["seed"]) for r in runs), ",".join(sorted({f"{r['lr']:g}" for r in runs})),
+                 ",".join(str(r["seed"]) for r in runs), ",".join(sorted({f"{r['lr']:.3g}" for r in runs})),
                  ",".join(f"{r.get('steps_run', r.get('steps', 0))} ({r['best_step']})" for r in runs),
                  ",".join(sorted({r.get("stop_reason") or "-" for r in runs})),
                  f"{statistics.mean(r['time_per_step_s'] for r in runs):.3f}",
@@ -147,10 +147,11 @@ def lr_search_table(results: dict[str, Any], order: Sequence[str] = ()) -> str:
     for run in runs:
         for t in sorted(run["lr_search"], key=lambda t: t["lr"]):
             bold = "**" if t["lr"] == run["lr"] else ""
-            cells = [run["method"], str(run["seed"]), f"{bold}{t['lr']:g}{bold}", f"{bold}{t['best_val_loss']:.4f}{bold}",
-                     f"{t['steps_run']} ({t['best_step']})", t["stop_reason"] or "-"]
+            cells = [run["method"], str(run["seed"]), f"{bold}{t['lr']:.3g}{bold}",
+                     f"{bold}{t['best_val_loss']:.4f}{bold}", f"{t['steps_run']} ({t['best_step']})",
+                     t["stop_reason"] or "-"]
             lines.append("| " + " | ".join(cells) + " |")
-        verdicts.append(f"{run['method']} seed {run['seed']}: {run['lr']:g}, {bracketing(run)}")
+        verdicts.append(f"{run['method']} seed {run['seed']}: {run['lr']:.3g}, {bracketing(run)}")
     return ("\n## Learning-rate search\n\nEach run keeps the rate of lowest validation loss (bold); a chosen rate "
             "counts as found when a worse rate lies on both sides of it.\n\n" + "\n".join(lines) + "\n\n"
             + "\n".join(f"- {v}" for v in verdicts) + "\n")
