@@ -103,13 +103,18 @@ def test_ctrl_c_keeps_the_finished_runs_and_says_how_to_resume(setup, tmp_path):
     args = ["compare", "--model", str(setup / "tiny"), "--train", str(setup / "train.en"), str(setup / "train.fr"),
             "--eval", str(setup / "test.en"), str(setup / "test.fr"), "--methods", "base,lora:2", "--steps", "100000",
             "--eval-every", "100000", "--patience", "0", "--batch-size", "2", "--max-new-tokens", "2", "--out", str(out)]
-    process = _cli(*args)
-    deadline = time.monotonic() + 600
-    while not (out / "results.json").is_file() and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.5)
-    time.sleep(3)  # into lora:2's training
-    process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=300)
+    # Ctrl-C as a terminal delivers it, whatever launched the tests: a shell's background job ignores SIGINT, and
+    # its children inherit that.
+    process = _cli(*args, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 600
+        while not (out / "results.json").is_file() and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.5)
+        time.sleep(3)  # into lora:2's training
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=300)
+    finally:
+        process.kill()  # never left training (for 100,000 steps) after a failure
     assert process.returncode == 130, stderr[-3000:]
     assert "Traceback" not in stderr
     assert stderr.splitlines()[-1] == (f"peft-neft compare: interrupted; the finished runs are kept in {out}/results.json;"
