@@ -87,6 +87,14 @@ def _pyplot(path: str | os.PathLike) -> Any:
     return plt
 
 
+def _save_figure(plt: Any, fig: Any, path: str | os.PathLike) -> None:
+    """Write a figure as PNG, atomically, and free it."""
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
 def plot(results: dict[str, Any], out_dir: str | os.PathLike, path: str | os.PathLike,
          order: Sequence[str] = ()) -> None:
     """One point per method per metric with its 95% paired-bootstrap interval, a fixed colour per method family.
@@ -120,10 +128,7 @@ def plot(results: dict[str, Any], out_dir: str | os.PathLike, path: str | os.Pat
     ax.set_ylabel("score (95% paired-bootstrap interval)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    _save_figure(plt, fig, path)
 
 
 def bracketing(run: dict[str, Any]) -> str:
@@ -136,9 +141,14 @@ def bracketing(run: dict[str, Any]) -> str:
     return "bracketed"
 
 
+def _searched_runs(results: dict[str, Any], order: Sequence[str]) -> list[dict[str, Any]]:
+    """The runs that tried more than one learning rate, in the table's order."""
+    return [r for g in summarize(results, order) for r in g["runs"] if len(r.get("lr_search", ())) > 1]
+
+
 def lr_search_table(results: dict[str, Any], order: Sequence[str] = ()) -> str:
     """Markdown of each run's learning-rate search (runs that tried more than one rate), empty when there is none."""
-    runs = [r for g in summarize(results, order) for r in g["runs"] if len(r.get("lr_search", ())) > 1]
+    runs = _searched_runs(results, order)
     if not runs:
         return ""
     header = ["method", "seed", "lr", "best val loss", "steps (best)", "end"]
@@ -157,15 +167,13 @@ def lr_search_table(results: dict[str, Any], order: Sequence[str] = ()) -> str:
             + "\n".join(f"- {v}" for v in verdicts) + "\n")
 
 
-def plot_lr_search(results: dict[str, Any], path: str | os.PathLike, order: Sequence[str] = ()) -> bool:
-    """Best validation loss against the learning rate, a line per run that tried several rates (log rate axis).
-
-    Returns whether it drew (nothing without such runs or without matplotlib).
-    """
-    runs = [r for g in summarize(results, order) for r in g["runs"] if len(r.get("lr_search", ())) > 1]
+def plot_lr_search(results: dict[str, Any], path: str | os.PathLike, order: Sequence[str] = ()) -> None:
+    """Best validation loss against the learning rate, a line per run that tried several rates (log rate axis);
+    nothing without such runs or without matplotlib."""
+    runs = _searched_runs(results, order)
     plt = _pyplot(path) if runs else None
     if plt is None:
-        return False
+        return
     fig, ax = plt.subplots(figsize=(5.5, 4.0))
     for run in runs:
         search = sorted(run["lr_search"], key=lambda t: t["lr"])
@@ -178,11 +186,7 @@ def plot_lr_search(results: dict[str, Any], path: str | os.PathLike, order: Sequ
     ax.set_ylabel("best validation loss (star: chosen)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-    return True
+    _save_figure(plt, fig, path)
 
 
 def write_report(results: dict[str, Any], out_dir: str | os.PathLike, order: Sequence[str] = ()) -> str:
