@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import logging
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -155,19 +157,33 @@ def test_a_failing_report_never_stops_the_runs(tokenizer, data, tmp_path, monkey
 
 def _chatty_loader(vocab):
     """The tiny model, loaded as transformers loads a model where torchao is installed: with a line of import chatter."""
+    from transformers.utils import logging as hf_logging
+
     logging.getLogger("torchao").warning("Failed to load a GPU kernel (import chatter)")
+    logging.getLogger("peft_neft.tests").info("transformers' bars shown: %s", hf_logging.is_progress_bar_enabled())
     return make_tiny_llama(seed=0, vocab=vocab)
 
 
-def test_workers_hide_the_library_chatter_the_command_hides(tokenizer, data, tmp_path, capfd):
-    from peft_neft.cli import command_logging
+def test_workers_hide_the_library_chatter_and_bars_the_command_hides(tokenizer, data, tmp_path, capfd):
+    from peft_neft.cli import _transformers_bars, command_logging
 
-    with command_logging("INFO"):
+    with command_logging("INFO"), _transformers_bars(False):  # as `compare --no-progress` runs
         compare(functools.partial(_chatty_loader, vocab=len(tokenizer)), tokenizer, data, ["lora:2", "neft:match-lora:2"],
                 [0], tmp_path, _config(workers=2), progress=False)
     err = capfd.readouterr().err
     assert "[worker " in err and "training at lr" in err  # the workers' own records are shown
     assert "import chatter" not in err
+    in_workers = [line for line in err.splitlines() if line.startswith("[worker ") and "bars shown" in line]
+    assert len(in_workers) == 2 and all(line.endswith("False") for line in in_workers)  # no "Loading weights" bars
+
+
+def test_a_worker_starts_before_the_libraries_whose_import_chatter_it_hides():
+    # A spawned worker imports its initializer's module before running it, so that module must not import torch,
+    # transformers or torchao (whose import prints) before the initializer has set the command's logger levels.
+    code = ("import sys; from peft_neft.compare.workers import start_worker; "
+            "print(sorted(m for m in ('torch', 'transformers', 'peft', 'torchao') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
 
 
 def test_workers_need_a_picklable_loader(tokenizer, data, tmp_path):

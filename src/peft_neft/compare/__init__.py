@@ -5,18 +5,32 @@ tests, ``results.png`` a point per method per metric with paired-bootstrap inter
 loss against the rate), ``outputs/`` the
 per-sentence outputs. Modules: :mod:`.methods` (names, trainable models), :mod:`.config`,
 :mod:`.run` (the grid), :mod:`.evaluate` (generation, size, memory), :mod:`.results` (folder I/O),
-:mod:`.report` (table, plot) and :mod:`.significance` (paired tests, intervals).
+:mod:`.report` (table, plot), :mod:`.significance` (paired tests, intervals) and :mod:`.workers` (the
+start of a worker process). The public names load on first use, so a worker process starts cheaply.
 """
 
-from .config import CompareConfig
-from .methods import DEFAULT_LR, Method, paired_baseline, parse_method, parse_methods, prepare_model, select_for
-from .report import markdown_table, plot, summarize, write_report
-from .results import RESULTS_FORMAT, read_outputs, run_key
-from .run import compare
-from .significance import paired_table, paired_tests, run_intervals
+from __future__ import annotations
 
-__all__ = [
-    "DEFAULT_LR", "RESULTS_FORMAT", "CompareConfig", "Method", "compare",
-    "markdown_table", "paired_baseline", "paired_table", "paired_tests", "parse_method", "parse_methods", "plot",
-    "prepare_model", "read_outputs", "run_intervals", "run_key", "select_for", "summarize", "write_report",
-]
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from .config import CompareConfig
+    from .methods import DEFAULT_LR, Method, paired_baseline, parse_method, parse_methods, prepare_model, select_for
+    from .report import markdown_table, plot, summarize, write_report
+    from .results import RESULTS_FORMAT, read_outputs, run_key
+    from .run import compare
+    from .significance import paired_table, paired_tests, run_intervals
+
+_HOME = {
+    "CompareConfig": "config", "compare": "run",
+    **dict.fromkeys(["DEFAULT_LR", "Method", "paired_baseline", "parse_method", "parse_methods", "prepare_model",
+                     "select_for"], "methods"),
+    **dict.fromkeys(["markdown_table", "plot", "summarize", "write_report"], "report"),
+    **dict.fromkeys(["RESULTS_FORMAT", "read_outputs", "run_key"], "results"),
+    **dict.fromkeys(["paired_table", "paired_tests", "run_intervals"], "significance"),
+}
+__all__ = sorted(_HOME)
+
+__getattr__, __dir__ = lazy_exports(__name__, _HOME, globals())

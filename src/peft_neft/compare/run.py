@@ -28,6 +28,7 @@ import torch
 from datasets import Dataset
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 from ..atomic import atomic_dir
 from ..saving import save_pretrained_atomically
@@ -44,6 +45,7 @@ from .report import write_report
 from .results import (data_fingerprint, load_results, load_scores, outputs_path, run_key, save_results, save_scores,
                       training_key, weights_fingerprint, write_outputs)
 from .significance import metric_names, store_figures
+from .workers import start_worker
 
 logger = logging.getLogger(__name__)
 
@@ -302,26 +304,12 @@ def _executed(jobs: list[_Job], workers: int) -> Iterator[tuple[_Job, dict[str, 
     level = logging.getLogger("peft_neft").getEffectiveLevel()
     levels = {name: log.level for name, log in logging.root.manager.loggerDict.items()
               if isinstance(log, logging.Logger) and log.level != logging.NOTSET}
-    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=get_context("spawn"), initializer=_start_worker,
-                             initargs=(threads, level, list(warnings.filters), levels)) as pool:
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=get_context("spawn"), initializer=start_worker,
+                             initargs=(threads, level, list(warnings.filters), levels,
+                                       hf_logging.is_progress_bar_enabled())) as pool:
         futures = {pool.submit(_execute, job): job for job in jobs}
         for future in as_completed(futures):
             yield futures[future], future.result()
-
-
-def _start_worker(threads: int, level: int, filters: list, levels: dict[str, int]) -> None:
-    """A worker process: its share of torch's threads, the parent's warning filters and loggers' levels (so the
-    libraries' import chatter the command hides stays hidden), peft_neft's records on stderr."""
-    torch.set_num_threads(threads)
-    warnings.filters[:] = filters
-    for name, logger_level in levels.items():
-        logging.getLogger(name).setLevel(logger_level)
-    package = logging.getLogger("peft_neft")
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter(f"[worker {os.getpid()}] %(message)s"))
-    package.addHandler(handler)
-    package.setLevel(level)
-    package.propagate = False
 
 
 def _execute(job: _Job) -> dict[str, Any]:
