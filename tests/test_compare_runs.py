@@ -269,6 +269,15 @@ def test_a_chosen_rate_is_bracketed_only_with_a_worse_rate_on_both_sides():
     assert "lowest rate tried; add a smaller factor" in bracketing({"lr": 3e-4, "lr_search": search})
 
 
+def test_a_chosen_rate_whose_training_hit_max_steps_is_said_not_converged():
+    search = [{"lr": lr} for lr in (3e-4, 1e-3, 3e-3)]
+    assert bracketing({"lr": 1e-3, "lr_search": search, "stop_reason": "plateau"}) == "bracketed"
+    said = bracketing({"lr": 1e-3, "lr_search": search, "stop_reason": "max_steps"})
+    assert said.startswith("bracketed") and "max_steps" in said and "not converged" in said and "--epochs" in said
+    said = bracketing({"lr": 3e-3, "lr_search": search, "stop_reason": "max_steps"})
+    assert "add a larger factor" in said and "not converged" in said
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda f: (f / "results.json").write_text("{not json"), "results.json is not valid UTF-8 JSON"),
     (lambda f: (f / "results.json").write_bytes(b'{"format": "\xff"}'), "results.json is not valid UTF-8 JSON"),

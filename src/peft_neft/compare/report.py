@@ -132,13 +132,19 @@ def plot(results: dict[str, Any], out_dir: str | os.PathLike, path: str | os.Pat
 
 
 def bracketing(run: dict[str, Any]) -> str:
-    """Whether a run's chosen rate has a worse neighbour on both sides in its search, said with the fix if not."""
+    """Whether a run's chosen rate has a worse neighbour on both sides in its search, and whether its training
+    reached a plateau, each said with the fix if not."""
     rates = sorted(t["lr"] for t in run["lr_search"])
     if run["lr"] == rates[-1]:
-        return "not bracketed: the highest rate tried; add a larger factor to --lr-grid"
-    if run["lr"] == rates[0]:
-        return "not bracketed: the lowest rate tried; add a smaller factor to --lr-grid"
-    return "bracketed"
+        verdict = "not bracketed: the highest rate tried; add a larger factor to --lr-grid"
+    elif run["lr"] == rates[0]:
+        verdict = "not bracketed: the lowest rate tried; add a smaller factor to --lr-grid"
+    else:
+        verdict = "bracketed"
+    if run.get("stop_reason") == "max_steps":
+        verdict += ("; its training reached max_steps before a plateau, so it is not converged (a larger --steps or"
+                    " --epochs would tell whether it had)")
+    return verdict
 
 
 def _searched_runs(results: dict[str, Any], order: Sequence[str]) -> list[dict[str, Any]]:
