@@ -25,17 +25,21 @@ common=(compare --task translation --source-lang en --target-lang fr
   --batch-size 8 --epochs 4 --steps 1500 --eval-every 94 --patience 3 --calibration-steps 94
   --max-new-tokens 40 --eval-batch-size 32 --workers "${WORKERS:-2}" --save-adapters none --no-progress
   --device cpu --dtype float32)
+# compare deletes a folder's calibrations once its runs are done, but a widened search and the ablations need seed
+# 0's again: the pristine copy in $CKPT (committed) spares the 12-minute recomputation (the same scores).
+calibration() { [ -e "$CKPT/$1/calibration@seed0.safetensors" ] || { [ -e "$CKPT/calibration@seed0.safetensors" ] &&
+  mkdir -p "$CKPT/$1" && cp "$CKPT/calibration@seed0.safetensors" "$CKPT/$1/"; } || true; }
 case "${1:-search}" in
-  search) "$PEFT_NEFT" "${common[@]}" --methods base,lora:8,neft:match-lora:8 --seeds 0 \
+  search) calibration search; "$PEFT_NEFT" "${common[@]}" --methods base,lora:8,neft:match-lora:8 --seeds 0 \
             --lr lora=1.5e-3 --lr neft=1.5e-3 --lr-grid 1,0.333333,3 \
             --checkpoint-dir "$CKPT/search" --out "$OUT-search" ;;
-  widen) "$PEFT_NEFT" "${common[@]}" --methods "${2:?give the method, e.g. neft:match-lora:8}" --seeds 0 \
+  widen) calibration search; "$PEFT_NEFT" "${common[@]}" --methods "${2:?give the method, e.g. neft:match-lora:8}" --seeds 0 \
            --lr lora=1.5e-3 --lr neft=1.5e-3 --lr-grid "${3:?give every factor: the search ones and the new ones}" \
            --checkpoint-dir "$CKPT/search" --out "$OUT-search" ;;
   seeds) method=${2:?give lora:8 or neft:match-lora:8}; kind=${method%%:*}
          "$PEFT_NEFT" "${common[@]}" --methods "$method" --seeds 1,2 --lr "$kind=${3:?give the rate seed 0 chose}" \
            --checkpoint-dir "$CKPT/seeds-$kind" --out "$OUT-seeds-$kind" ;;
-  ablations) "$PEFT_NEFT" "${common[@]}" --methods neft-random:match-lora:8,neft-reversed:match-lora:8 --seeds 0 \
+  ablations) calibration ablations; "$PEFT_NEFT" "${common[@]}" --methods neft-random:match-lora:8,neft-reversed:match-lora:8 --seeds 0 \
                --lr neft="${2:?give the rate seed 0 of NeFT chose}" \
                --checkpoint-dir "$CKPT/ablations" --out "$OUT-ablations" ;;
   report) "$PEFT_NEFT" report "$OUT-search" "$OUT-seeds-lora" "$OUT-seeds-neft" "$OUT-ablations" --out "$OUT" ;;
