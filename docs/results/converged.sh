@@ -27,8 +27,9 @@ common=(compare --task translation --source-lang en --target-lang fr
   --device cpu --dtype float32)
 # compare deletes a folder's calibrations once its runs are done, but a widened search and the ablations need seed
 # 0's again: the pristine copy in $CKPT (committed) spares the 12-minute recomputation (the same scores).
-calibration() { [ -e "$CKPT/$1/calibration@seed0.safetensors" ] || { [ -e "$CKPT/calibration@seed0.safetensors" ] &&
-  mkdir -p "$CKPT/$1" && cp "$CKPT/calibration@seed0.safetensors" "$CKPT/$1/"; } || true; }
+calibration() { local pristine="$CKPT/calibration@seed0.safetensors"
+  if [ -e "$pristine" ] && [ ! -e "$CKPT/$1/calibration@seed0.safetensors" ]; then
+    mkdir -p "$CKPT/$1" && cp "$pristine" "$CKPT/$1/"; fi; }
 case "${1:-search}" in
   search) calibration search; "$PEFT_NEFT" "${common[@]}" --methods base,lora:8,neft:match-lora:8 --seeds 0 \
             --lr lora=1.5e-3 --lr neft=1.5e-3 --lr-grid 1,0.333333,3 \
