@@ -14,7 +14,7 @@ from peft import AutoPeftModelForCausalLM, PeftModel
 
 from conftest import make_tiny_llama
 from peft_neft.compare import compare, read_outputs
-from peft_neft.compare.report import bracketing
+from peft_neft.compare.report import bracketing, markdown_table
 from peft_neft.selection import NeuronSelection
 from peft_neft.training.trainer import KeepBestCallback
 from test_compare import _config, data, tokenizer  # noqa: F401  (fixtures)
@@ -276,6 +276,18 @@ def test_a_chosen_rate_whose_training_hit_max_steps_is_said_not_converged():
     assert said.startswith("bracketed") and "max_steps" in said and "not converged" in said and "--epochs" in said
     said = bracketing({"lr": 3e-3, "lr_search": search, "stop_reason": "max_steps"})
     assert "add a larger factor" in said and "not converged" in said
+
+
+def test_the_table_gives_each_seed_its_own_end_beside_its_steps():
+    def run(seed, steps, best, end):
+        return {"method": "lora:8", "seed": seed, "lr": 4.5e-3, "steps_run": steps, "best_step": best,
+                "stop_reason": end, "scores": {"bleu": 30.0 + seed, "chrf": 50.0}, "best_val_loss": 1.0,
+                "trainable_params": 10, "trainable_pct": 1.0, "time_per_step_s": 2.0, "memory_mb": 1.0,
+                "adapter_bytes": 0, "memory_kind": "weights", "signatures": {}, "calibration": None}
+    results = {"identity": {"config": {"task": "translation"}, "device": "cpu", "dtype": "float32"},
+               "runs": {"a": run(2, 1500, 1500, "max_steps"), "b": run(1, 1410, 1128, "plateau")}}
+    row = next(line for line in markdown_table(results).splitlines() if line.startswith("| lora:8 |"))
+    assert "| 1,2 | 0.0045 | 1410 (1128),1500 (1500) | plateau,max_steps |" in row
 
 
 @pytest.mark.parametrize("damage, message", [

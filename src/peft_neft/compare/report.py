@@ -52,7 +52,7 @@ def markdown_table(results: dict[str, Any], order: Sequence[str] = ()) -> str:
                  _mean_std([r["best_val_loss"] for r in runs], digits=4),
                  ",".join(str(r["seed"]) for r in runs), ",".join(sorted({f"{r['lr']:.3g}" for r in runs})),
                  ",".join(f"{r.get('steps_run', r.get('steps', 0))} ({r['best_step']})" for r in runs),
-                 ",".join(sorted({r.get("stop_reason") or "-" for r in runs})),
+                 ",".join(r.get("stop_reason") or "-" for r in runs),
                  f"{statistics.mean(r['time_per_step_s'] for r in runs):.3f}",
                  f"{first['memory_mb']:.0f}", f"{first['adapter_bytes'] / 2**20:.2f}",
                  str(calib["steps"]) if calib else "-"]
@@ -63,7 +63,7 @@ def markdown_table(results: dict[str, Any], order: Sequence[str] = ()) -> str:
     if "device" in identity:
         notes.append(f"device {identity['device']}, dtype {identity['dtype']}; steps (best): optimizer steps run "
                      "(the step whose validation loss was lowest, whose weights were evaluated); end: plateau "
-                     "(validation loss stopped improving) or max_steps.")
+                     "(validation loss stopped improving) or max_steps; both per seed, in the seeds' order.")
     notes.append(f"memory MB: {', '.join(mem_kinds)}; adapter MB: the stored adapter (peft) or the trained tensors.")
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
 
