@@ -9,6 +9,8 @@
 #   docs/results/converged.sh seeds METHOD RATE                # seeds 1 and 2 of one method, at the rate seed 0 chose
 #   docs/results/converged.sh ablations RATE                   # random and reversed rows at NeFT's rate, seed 0
 #   docs/results/converged.sh report                          # the folders as one table
+#   docs/results/converged.sh long LORA_RATE NEFT_RATE          # amendment 2: both methods' chosen rates, seeds 0-2,
+#                                                             # at most 8 epochs (LoRA ran to the 4-epoch limit)
 # A method's seeds start as soon as its own search is bracketed; its folder is its own, so the phases that
 # can run do (each with two workers: seeds 1 and 2 side by side).
 #   docs/results/converged.sh keep DEST                       # $CKPT's resumable state, copied to DEST
@@ -22,27 +24,35 @@ common=(compare --task translation --source-lang en --target-lang fr
   --train "$DATA/multi30k/train.en.gz" "$DATA/multi30k/train.fr.gz" --limit-train 3000
   --validation "$DATA/multi30k/val.en.gz" "$DATA/multi30k/val.fr.gz" --limit-validation 200
   --eval "$DATA/multi30k/test_2016_flickr.en.gz" "$DATA/multi30k/test_2016_flickr.fr.gz" --limit-eval 1000
-  --batch-size 8 --epochs 4 --steps 1500 --eval-every 94 --patience 3 --calibration-steps 94
+  --batch-size 8 --eval-every 94 --patience 3 --calibration-steps 94
   --max-new-tokens 40 --eval-batch-size 32 --workers "${WORKERS:-2}" --save-adapters none --no-progress
   --device cpu --dtype float32)
-# compare deletes a folder's calibrations once its runs are done, but a widened search and the ablations need seed
-# 0's again: the pristine copy in $CKPT (committed) spares the 12-minute recomputation (the same scores).
-calibration() { local pristine="$CKPT/calibration@seed0.safetensors"
-  if [ -e "$pristine" ] && [ ! -e "$CKPT/$1/calibration@seed0.safetensors" ]; then
-    mkdir -p "$CKPT/$1" && cp "$pristine" "$CKPT/$1/"; fi; }
+length=(--epochs 4 --steps 1500)
+# compare deletes a folder's calibrations once its runs are done, but a widened search, the ablations and the long
+# runs need them again: the pristine copies in $CKPT (committed) spare the recomputation (the same scores).
+# calibration DIR SEED...: copies each seed's pristine calibration into $CKPT/DIR where it lacks one.
+calibration() { local dir=$1 seed; shift
+  for seed in "$@"; do local pristine="$CKPT/calibration@seed$seed.safetensors"
+    if [ -e "$pristine" ] && [ ! -e "$CKPT/$dir/${pristine##*/}" ]; then
+      mkdir -p "$CKPT/$dir" && cp "$pristine" "$CKPT/$dir/"; fi; done; }
 case "${1:-search}" in
-  search) calibration search; "$PEFT_NEFT" "${common[@]}" --methods base,lora:8,neft:match-lora:8 --seeds 0 \
+  search) calibration search 0; "$PEFT_NEFT" "${common[@]}" "${length[@]}" --methods base,lora:8,neft:match-lora:8 --seeds 0 \
             --lr lora=1.5e-3 --lr neft=1.5e-3 --lr-grid 1,0.333333,3 \
             --checkpoint-dir "$CKPT/search" --out "$OUT-search" ;;
-  widen) calibration search; "$PEFT_NEFT" "${common[@]}" --methods "${2:?give the method, e.g. neft:match-lora:8}" --seeds 0 \
+  widen) calibration search 0; "$PEFT_NEFT" "${common[@]}" "${length[@]}" --methods "${2:?give the method, e.g. neft:match-lora:8}" --seeds 0 \
            --lr lora=1.5e-3 --lr neft=1.5e-3 --lr-grid "${3:?give every factor: the search ones and the new ones}" \
            --checkpoint-dir "$CKPT/search" --out "$OUT-search" ;;
   seeds) method=${2:?give lora:8 or neft:match-lora:8}; kind=${method%%:*}
-         "$PEFT_NEFT" "${common[@]}" --methods "$method" --seeds 1,2 --lr "$kind=${3:?give the rate seed 0 chose}" \
+         if [ "$kind" = neft ]; then calibration seeds-neft 1 2; fi
+         "$PEFT_NEFT" "${common[@]}" "${length[@]}" --methods "$method" --seeds 1,2 --lr "$kind=${3:?give the rate seed 0 chose}" \
            --checkpoint-dir "$CKPT/seeds-$kind" --out "$OUT-seeds-$kind" ;;
-  ablations) calibration ablations; "$PEFT_NEFT" "${common[@]}" --methods neft-random:match-lora:8,neft-reversed:match-lora:8 --seeds 0 \
+  ablations) calibration ablations 0; "$PEFT_NEFT" "${common[@]}" "${length[@]}" --methods neft-random:match-lora:8,neft-reversed:match-lora:8 --seeds 0 \
                --lr neft="${2:?give the rate seed 0 of NeFT chose}" \
                --checkpoint-dir "$CKPT/ablations" --out "$OUT-ablations" ;;
+  long) calibration long 0 1 2
+        "$PEFT_NEFT" "${common[@]}" --epochs 8 --steps 3000 --methods lora:8,neft:match-lora:8 --seeds 0,1,2 \
+          --lr lora="${2:?give the rate LoRA chose}" --lr neft="${3:?give the rate NeFT chose}" \
+          --checkpoint-dir "$CKPT/long" --out "$OUT-long" ;;
   report) "$PEFT_NEFT" report "$OUT-search" "$OUT-seeds-lora" "$OUT-seeds-neft" "$OUT-ablations" --out "$OUT" ;;
   keep) # Stop the phase first. Keeps the calibrations and each unfinished training's newest complete checkpoint
         # (one that holds keep_best.safetensors); a finished training is in the committed results.json already.
@@ -56,5 +66,5 @@ case "${1:-search}" in
       while read -r c; do mkdir -p "$dest.partial/$(dirname "$c")" && cp -r "$CKPT/$c" "$dest.partial/$c"
         rm -f "$dest.partial/$c"/tokenizer* "$dest.partial/$c"/chat_template.jinja; done  # the model's own, 3.5 MB
     rm -rf "$dest" && mv "$dest.partial" "$dest" && du -sh "$dest" ;;
-  *) echo "usage: $0 search|widen METHOD FACTORS|seeds|ablations|report|keep DEST" >&2; exit 2 ;;
+  *) echo "usage: $0 search|widen METHOD FACTORS|seeds METHOD RATE|ablations RATE|report|long LORA_RATE NEFT_RATE|keep DEST" >&2; exit 2 ;;
 esac
