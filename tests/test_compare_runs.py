@@ -290,6 +290,21 @@ def test_the_table_gives_each_seed_its_own_end_beside_its_steps():
     assert "| 1,2 | 0.0045 | 1410 (1128),1500 (1500) | plateau,max_steps |" in row
 
 
+def test_the_table_gives_the_span_of_a_count_that_differs_between_seeds():
+    """NeFT's rows are chosen per seed, so its parameter count at a budget moves with the up/down mix."""
+    def run(seed, params, adapter_bytes):
+        return {"method": "neft:match-lora:8", "seed": seed, "lr": 1e-2, "steps_run": 9, "best_step": 9,
+                "stop_reason": "plateau", "scores": {"bleu": 30.0, "chrf": 50.0}, "best_val_loss": 1.0,
+                "trainable_params": params, "trainable_pct": params / 1e6, "time_per_step_s": 2.0,
+                "memory_mb": 1.0, "adapter_bytes": adapter_bytes, "memory_kind": "weights", "signatures": {},
+                "calibration": None}
+    results = {"identity": {"config": {"task": "translation"}, "device": "cpu", "dtype": "float32"},
+               "runs": {"a": run(0, 2442432, 9805728), "b": run(1, 2442048, 9804440), "c": run(2, 2442432, 9805912)}}
+    row = next(line for line in markdown_table(results).splitlines() if line.startswith("| neft:match-lora:8 |"))
+    assert row.startswith("| neft:match-lora:8 | 2,442,048-2,442,432 | 2.442 |")  # the shares round to one figure
+    assert "| 9.35 |" in row  # as do the adapter sizes
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda f: (f / "results.json").write_text("{not json"), "results.json is not valid UTF-8 JSON"),
     (lambda f: (f / "results.json").write_bytes(b'{"format": "\xff"}'), "results.json is not valid UTF-8 JSON"),

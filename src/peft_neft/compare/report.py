@@ -27,6 +27,12 @@ def _mean_std(values: list[float], digits: int = 2) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
+def _span(values: list[float], form: str) -> str:
+    """One value as ``form`` gives it, or the lowest and highest where they print differently."""
+    low, high = format(min(values), form), format(max(values), form)
+    return low if low == high else f"{low}-{high}"
+
+
 def summarize(results: dict[str, Any], order: Sequence[str] = ()) -> list[dict[str, Any]]:
     """One entry per method: its runs over seeds, with the per-seed values kept for mean ± std."""
     groups: dict[str, list[dict]] = {}
@@ -45,16 +51,16 @@ def markdown_table(results: dict[str, Any], order: Sequence[str] = ()) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for group in summarize(results, order):
         runs = group["runs"]
-        first = runs[0]
-        calib = first.get("calibration")
-        cells = [group["method"], f"{first['trainable_params']:,}", f"{first['trainable_pct']:.3f}",
+        calib = runs[0].get("calibration")
+        cells = [group["method"], _span([r["trainable_params"] for r in runs], ","),
+                 _span([r["trainable_pct"] for r in runs], ".3f"),
                  *[_mean_std([r["scores"][m] for r in runs]) for m in metrics],
                  _mean_std([r["best_val_loss"] for r in runs], digits=4),
                  ",".join(str(r["seed"]) for r in runs), ",".join(sorted({f"{r['lr']:.3g}" for r in runs})),
                  ",".join(f"{r.get('steps_run', r.get('steps', 0))} ({r['best_step']})" for r in runs),
                  ",".join(r.get("stop_reason") or "-" for r in runs),
                  f"{statistics.mean(r['time_per_step_s'] for r in runs):.3f}",
-                 f"{first['memory_mb']:.0f}", f"{first['adapter_bytes'] / 2**20:.2f}",
+                 _span([r["memory_mb"] for r in runs], ".0f"), _span([r["adapter_bytes"] / 2**20 for r in runs], ".2f"),
                  str(calib["steps"]) if calib else "-"]
         lines.append("| " + " | ".join(cells) + " |")
     signatures = {k: v for r in results["runs"].values() for k, v in r["signatures"].items()}
