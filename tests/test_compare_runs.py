@@ -278,29 +278,27 @@ def test_a_chosen_rate_whose_training_hit_max_steps_is_said_not_converged():
     assert "add a larger factor" in said and "not converged" in said
 
 
-def test_the_table_gives_each_seed_its_own_end_beside_its_steps():
-    def run(seed, steps, best, end):
-        return {"method": "lora:8", "seed": seed, "lr": 4.5e-3, "steps_run": steps, "best_step": best,
-                "stop_reason": end, "scores": {"bleu": 30.0 + seed, "chrf": 50.0}, "best_val_loss": 1.0,
-                "trainable_params": 10, "trainable_pct": 1.0, "time_per_step_s": 2.0, "memory_mb": 1.0,
-                "adapter_bytes": 0, "memory_kind": "weights", "signatures": {}, "calibration": None}
+def _table_row(runs: list[dict]) -> str:
+    """The table's row for ``runs``: result rows of one method, each a default row with the given fields."""
+    default = {"method": "neft:match-lora:8", "lr": 4.5e-3, "steps_run": 9, "best_step": 9, "stop_reason": "plateau",
+               "scores": {"bleu": 30.0, "chrf": 50.0}, "best_val_loss": 1.0, "trainable_params": 10,
+               "trainable_pct": 1.0, "time_per_step_s": 2.0, "memory_mb": 1.0, "adapter_bytes": 0,
+               "memory_kind": "weights", "signatures": {}, "calibration": None}
     results = {"identity": {"config": {"task": "translation"}, "device": "cpu", "dtype": "float32"},
-               "runs": {"a": run(2, 1500, 1500, "max_steps"), "b": run(1, 1410, 1128, "plateau")}}
-    row = next(line for line in markdown_table(results).splitlines() if line.startswith("| lora:8 |"))
+               "runs": {str(i): {**default, **run} for i, run in enumerate(runs)}}
+    return next(line for line in markdown_table(results).splitlines() if line.startswith("| neft:match-lora:8 |"))
+
+
+def test_the_table_gives_each_seed_its_own_end_beside_its_steps():
+    row = _table_row([{"seed": 2, "steps_run": 1500, "best_step": 1500, "stop_reason": "max_steps"},
+                      {"seed": 1, "steps_run": 1410, "best_step": 1128, "stop_reason": "plateau"}])
     assert "| 1,2 | 0.0045 | 1410 (1128),1500 (1500) | plateau,max_steps |" in row
 
 
 def test_the_table_gives_the_span_of_a_count_that_differs_between_seeds():
     """NeFT's rows are chosen per seed, so its parameter count at a budget moves with the up/down mix."""
-    def run(seed, params, adapter_bytes):
-        return {"method": "neft:match-lora:8", "seed": seed, "lr": 1e-2, "steps_run": 9, "best_step": 9,
-                "stop_reason": "plateau", "scores": {"bleu": 30.0, "chrf": 50.0}, "best_val_loss": 1.0,
-                "trainable_params": params, "trainable_pct": params / 1e6, "time_per_step_s": 2.0,
-                "memory_mb": 1.0, "adapter_bytes": adapter_bytes, "memory_kind": "weights", "signatures": {},
-                "calibration": None}
-    results = {"identity": {"config": {"task": "translation"}, "device": "cpu", "dtype": "float32"},
-               "runs": {"a": run(0, 2442432, 9805728), "b": run(1, 2442048, 9804440), "c": run(2, 2442432, 9805912)}}
-    row = next(line for line in markdown_table(results).splitlines() if line.startswith("| neft:match-lora:8 |"))
+    row = _table_row([{"seed": seed, "trainable_params": params, "trainable_pct": params / 1e6, "adapter_bytes": size}
+                      for seed, params, size in [(0, 2442432, 9805728), (1, 2442048, 9804440), (2, 2442432, 9805912)]])
     assert row.startswith("| neft:match-lora:8 | 2,442,048-2,442,432 | 2.442 |")  # the shares round to one figure
     assert "| 9.35 |" in row  # as do the adapter sizes
 
