@@ -1,0 +1,4 @@
+# Amendment 2 (docs/results/PLAN.md): the 4-epoch chosen rates at most 8 epochs. Run from the repository root
+# with DATA=../shared/data, 2026-12-03, float32, 2-core Intel Xeon (AVX512-BF16, AMX). Stopped at the
+# session's end with NeFT seeds 1 and 2 unfinished; the rates failed at this length (LoRA broke down).
+docs/results/converged.sh long 0.0045 0.0135
