@@ -9,8 +9,10 @@
 #   docs/results/converged.sh seeds METHOD RATE                # seeds 1 and 2 of one method, at the rate seed 0 chose
 #   docs/results/converged.sh ablations RATE                   # random and reversed rows at NeFT's rate, seed 0
 #   docs/results/converged.sh report                          # the folders as one table
-#   docs/results/converged.sh long LORA_RATE NEFT_RATE          # amendment 2: both methods' chosen rates, seeds 0-2,
-#                                                             # at most 8 epochs (LoRA ran to the 4-epoch limit)
+#   docs/results/converged.sh long LORA_RATE NEFT_RATE        # amendment 2: both chosen rates, seeds 0-2, at most
+#                                                             # 8 epochs. Ran once and failed: the 4-epoch rates do not
+#                                                             # carry over (LoRA broke down); a longer schedule needs
+#                                                             # its own rate search (PLAN.md)
 # A method's seeds start as soon as its own search is bracketed; its folder is its own, so the phases that
 # can run do (each with two workers: seeds 1 and 2 side by side).
 #   docs/results/converged.sh keep DEST                       # $CKPT's resumable state, copied to DEST
