@@ -13,6 +13,9 @@
 #                                                             # 8 epochs. Ran once and failed: the 4-epoch rates do not
 #                                                             # carry over (LoRA broke down); a longer schedule needs
 #                                                             # its own rate search (PLAN.md)
+#   docs/results/converged.sh long-search                     # amendment 3: that rate search, seed 0, in the long
+#                                                             # folder: factors 1, 1/3, 1/9 of amendment 2's rates
+#   docs/results/converged.sh long-seeds METHOD FACTOR        # amendment 3: seeds 1 and 2 at the factor seed 0 chose
 # A method's seeds start as soon as its own search is bracketed; its folder is its own, so the phases that
 # can run do (each with two workers: seeds 1 and 2 side by side).
 #   docs/results/converged.sh keep DEST                       # $CKPT's resumable state, copied to DEST
@@ -30,6 +33,8 @@ common=(compare --task translation --source-lang en --target-lang fr
   --max-new-tokens 40 --eval-batch-size 32 --workers "${WORKERS:-2}" --save-adapters none --no-progress
   --device cpu --dtype float32)
 length=(--epochs 4 --steps 1500)
+# Amendment 3: the 8-epoch schedule of the long folder, whose identity holds amendment 2's rates; a rate is a factor of them.
+long=(--epochs 8 --steps 3000 --lr lora=0.0045 --lr neft=0.0135)
 # compare deletes a folder's calibrations once its runs are done, but a widened search, the ablations and the long
 # runs need them again: the pristine copies in $CKPT (committed) spare the recomputation (the same scores).
 # calibration DIR SEED...: copies each seed's pristine calibration into $CKPT/DIR where it lacks one.
@@ -55,6 +60,13 @@ case "${1:-search}" in
         "$PEFT_NEFT" "${common[@]}" --epochs 8 --steps 3000 --methods lora:8,neft:match-lora:8 --seeds 0,1,2 \
           --lr lora="${2:?give the rate LoRA chose}" --lr neft="${3:?give the rate NeFT chose}" \
           --checkpoint-dir "$CKPT/long" --out "$OUT-long" ;;
+  long-search) calibration long 0
+        "$PEFT_NEFT" "${common[@]}" "${long[@]}" --methods lora:8,neft:match-lora:8 --seeds 0 --lr-grid 1,0.333333,0.111111 \
+          --checkpoint-dir "$CKPT/long" --out "$OUT-long" ;;
+  long-seeds) method=${2:?give lora:8 or neft:match-lora:8}
+        if [ "${method%%:*}" = neft ]; then calibration long 1 2; fi
+        "$PEFT_NEFT" "${common[@]}" "${long[@]}" --methods "$method" --seeds 1,2 \
+          --lr-grid "${3:?give the factor seed 0 chose, e.g. 0.333333}" --checkpoint-dir "$CKPT/long" --out "$OUT-long" ;;
   report) "$PEFT_NEFT" report "$OUT-search" "$OUT-seeds-lora" "$OUT-seeds-neft" "$OUT-ablations" --out "$OUT" ;;
   keep) # Stop the phase first. Keeps the calibrations and each unfinished training's newest complete checkpoint
         # (one that holds keep_best.safetensors); a finished training is in the committed results.json already.
@@ -68,5 +80,5 @@ case "${1:-search}" in
       while read -r c; do mkdir -p "$dest.partial/$(dirname "$c")" && cp -r "$CKPT/$c" "$dest.partial/$c"
         rm -f "$dest.partial/$c"/tokenizer* "$dest.partial/$c"/chat_template.jinja; done  # the model's own, 3.5 MB
     rm -rf "$dest" && mv "$dest.partial" "$dest" && du -sh "$dest" ;;
-  *) echo "usage: $0 search|widen METHOD FACTORS|seeds METHOD RATE|ablations RATE|report|long LORA_RATE NEFT_RATE|keep DEST" >&2; exit 2 ;;
+  *) echo "usage: $0 search|widen METHOD FACTORS|seeds METHOD RATE|ablations RATE|report|long LORA_RATE NEFT_RATE|long-search|long-seeds METHOD FACTOR|keep DEST" >&2; exit 2 ;;
 esac
