@@ -61,7 +61,7 @@ case "${1:-search}" in
           --lr lora="${2:?give the rate LoRA chose}" --lr neft="${3:?give the rate NeFT chose}" \
           --checkpoint-dir "$CKPT/long" --out "$OUT-long" ;;
   long-search) calibration long 0
-        "$PEFT_NEFT" "${common[@]}" "${long[@]}" --methods lora:8,neft:match-lora:8 --seeds 0 --lr-grid 1,0.333333,0.111111 \
+        "$PEFT_NEFT" "${common[@]}" "${long[@]}" --methods lora:8,neft:match-lora:8 --seeds 0 --lr-grid 1,0.333333,0.1111111 \
           --checkpoint-dir "$CKPT/long" --out "$OUT-long" ;;
   long-seeds) method=${2:?give lora:8 or neft:match-lora:8}
         if [ "${method%%:*}" = neft ]; then calibration long 1 2; fi
