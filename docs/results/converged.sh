@@ -11,7 +11,7 @@
 #   docs/results/converged.sh report                          # the folders as one table
 #   docs/results/converged.sh long LORA_RATE NEFT_RATE        # amendment 2: both chosen rates, seeds 0-2, at most
 #                                                             # 8 epochs. Ran once and failed: the 4-epoch rates do not
-#                                                             # carry over (LoRA broke down); a longer schedule needs
+#                                                             # carry over (LoRA stopped early); a longer schedule needs
 #                                                             # its own rate search (PLAN.md)
 #   docs/results/converged.sh long-search                     # amendment 3: that rate search, seed 0, in the long
 #                                                             # folder: factors 1, 1/3, 1/9 of amendment 2's rates
