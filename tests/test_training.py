@@ -1,5 +1,7 @@
 """The Trainer-based engine: same batches for every method, best checkpoint restored, plateau stops, bf16."""
 
+import logging
+
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
@@ -148,6 +150,23 @@ def test_patience_counts_from_the_last_improvement_worse_better_worse():
             break
     assert stopped_at == 50  # not 30: the improvement at step 30 reset the count after one worse evaluation
     assert callback.best_step == 30 and callback.best_loss == 0.9 and callback.best[0].tolist() == [30.0, 30.0]
+
+
+def test_each_evaluation_logs_its_loss_and_the_best_so_far(caplog):
+    """A run in the background (workers, --no-progress) shows a line per evaluation, not silence for an hour."""
+    from transformers import TrainerControl, TrainerState
+
+    from peft_neft.training import KeepBestCallback
+
+    callback = KeepBestCallback([torch.nn.Parameter(torch.zeros(2))], patience=3)
+    state, control = TrainerState(max_steps=40), TrainerControl()
+    with caplog.at_level(logging.INFO, logger="peft_neft.training.trainer"):
+        for step, loss in zip((10, 20), (2.0, 2.5)):
+            state.global_step = step
+            callback.on_evaluate(None, state, control, metrics={"eval_loss": loss})
+    assert [r.getMessage() for r in caplog.records] == [
+        "step 10 of 40: validation loss 2.0000 (best 2.0000 at step 10)",
+        "step 20 of 40: validation loss 2.5000 (best 2.0000 at step 10; 1 of 3 evaluations without improvement)"]
 
 
 def test_epochs_end_a_run_before_max_steps():

@@ -126,6 +126,10 @@ class KeepBestCallback(TrainerCallback):
             if self.patience is not None and self.evaluations_since_best >= self.patience:
                 control.should_training_stop = True
                 self.stop_reason = "plateau"  # also when it coincides with the last step: the loss had flattened
+        waiting = (f"; {self.evaluations_since_best} of {self.patience} evaluations without improvement"
+                   if self.evaluations_since_best and self.patience is not None else "")
+        logger.info("step %d of %d: validation loss %.4f (best %.4f at step %d%s)", state.global_step, state.max_steps,
+                    loss, self.best_loss, self.best_step, waiting)
 
     def state(self) -> dict[str, Any]:
         """The evaluation history and counters (JSON), without the tensors."""
