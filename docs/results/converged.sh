@@ -33,8 +33,9 @@ common=(compare --task translation --source-lang en --target-lang fr
   --max-new-tokens 40 --eval-batch-size 32 --workers "${WORKERS:-2}" --save-adapters none --no-progress
   --device cpu --dtype float32)
 length=(--epochs 4 --steps 1500)
-# Amendment 3: the 8-epoch schedule of the long folder, whose identity holds amendment 2's rates; a rate is a factor of them.
-long=(--epochs 8 --steps 3000 --lr lora=0.0045 --lr neft=0.0135)
+# The long folder's 8-epoch schedule; its identity holds amendment 2's rates, so amendment 3 gives a rate as a factor of them.
+long_length=(--epochs 8 --steps 3000)
+long=("${long_length[@]}" --lr lora=0.0045 --lr neft=0.0135)
 # compare deletes a folder's calibrations once its runs are done, but a widened search, the ablations and the long
 # runs need them again: the pristine copies in $CKPT (committed) spare the recomputation (the same scores).
 # calibration DIR SEED...: copies each seed's pristine calibration into $CKPT/DIR where it lacks one.
@@ -57,7 +58,7 @@ case "${1:-search}" in
                --lr neft="${2:?give the rate seed 0 of NeFT chose}" \
                --checkpoint-dir "$CKPT/ablations" --out "$OUT-ablations" ;;
   long) calibration long 0 1 2
-        "$PEFT_NEFT" "${common[@]}" --epochs 8 --steps 3000 --methods lora:8,neft:match-lora:8 --seeds 0,1,2 \
+        "$PEFT_NEFT" "${common[@]}" "${long_length[@]}" --methods lora:8,neft:match-lora:8 --seeds 0,1,2 \
           --lr lora="${2:?give the rate LoRA chose}" --lr neft="${3:?give the rate NeFT chose}" \
           --checkpoint-dir "$CKPT/long" --out "$OUT-long" ;;
   long-search) calibration long 0
