@@ -4,3 +4,5 @@
 docs/results/converged.sh long 0.0045 0.0135
 # amendment 3, 2026-12-03, same machine and dtype: the 8-epoch rate search of seed 0 (1/3 and 1/9 of the rates above)
 docs/results/converged.sh long-search
+# amendment 3, 2026-12-03 (second session), same machine and dtype: LoRA seeds 1 and 2 at 1/3 of the rate above
+docs/results/converged.sh long-seeds lora:8 0.333333
