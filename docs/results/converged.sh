@@ -16,6 +16,7 @@
 #   docs/results/converged.sh long-search                     # amendment 3: that rate search, seed 0, in the long
 #                                                             # folder: factors 1, 1/3, 1/9 of amendment 2's rates
 #   docs/results/converged.sh long-seeds METHOD FACTOR        # amendment 3: seeds 1 and 2 at the factor seed 0 chose
+#   docs/results/converged.sh long-ablations FACTOR          # optional: random and reversed rows at NeFT's 8-epoch rate
 # A method's seeds start as soon as its own search is bracketed; its folder is its own, so the phases that
 # can run do (each with two workers: seeds 1 and 2 side by side).
 #   docs/results/converged.sh keep DEST                       # $CKPT's resumable state, copied to DEST
@@ -68,6 +69,9 @@ case "${1:-search}" in
         if [ "${method%%:*}" = neft ]; then calibration long 1 2; fi
         "$PEFT_NEFT" "${common[@]}" "${long[@]}" --methods "$method" --seeds 1,2 \
           --lr-grid "${3:?give the factor seed 0 chose, e.g. 0.333333}" --checkpoint-dir "$CKPT/long" --out "$OUT-long" ;;
+  long-ablations) calibration long 0
+        "$PEFT_NEFT" "${common[@]}" "${long[@]}" --methods neft-random:match-lora:8,neft-reversed:match-lora:8 --seeds 0 \
+          --lr-grid "${2:?give the factor seed 0 of NeFT chose, e.g. 0.333333}" --checkpoint-dir "$CKPT/long" --out "$OUT-long" ;;
   report) "$PEFT_NEFT" report "$OUT-search" "$OUT-seeds-lora" "$OUT-seeds-neft" "$OUT-ablations" --out "$OUT" ;;
   keep) # Stop the phase first. Keeps the calibrations and each unfinished training's newest complete checkpoint
         # (one that holds keep_best.safetensors); a finished training is in the committed results.json already.
@@ -81,5 +85,5 @@ case "${1:-search}" in
       while read -r c; do mkdir -p "$dest.partial/$(dirname "$c")" && cp -r "$CKPT/$c" "$dest.partial/$c"
         rm -f "$dest.partial/$c"/tokenizer* "$dest.partial/$c"/chat_template.jinja; done  # the model's own, 3.5 MB
     rm -rf "$dest" && mv "$dest.partial" "$dest" && du -sh "$dest" ;;
-  *) echo "usage: $0 search|widen METHOD FACTORS|seeds METHOD RATE|ablations RATE|report|long LORA_RATE NEFT_RATE|long-search|long-seeds METHOD FACTOR|keep DEST" >&2; exit 2 ;;
+  *) echo "usage: $0 search|widen METHOD FACTORS|seeds METHOD RATE|ablations RATE|report|long LORA_RATE NEFT_RATE|long-search|long-seeds METHOD FACTOR|long-ablations FACTOR|keep DEST" >&2; exit 2 ;;
 esac
