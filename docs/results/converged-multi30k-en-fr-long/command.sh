@@ -7,3 +7,5 @@ docs/results/converged.sh long 0.0045 0.0135
 docs/results/converged.sh long-search
 # amendment 3, 2026-12-03 (second session), same machine and dtype: LoRA seeds 1 and 2 at 1/3 of the rate above
 docs/results/converged.sh long-seeds lora:8 0.333333
+# amendment 3, 2026-12-03 (second session), same machine and dtype: NeFT seeds 1 and 2 at 1/3 of the rate above
+docs/results/converged.sh long-seeds neft:match-lora:8 0.333333
