@@ -16,7 +16,7 @@
 #   docs/results/converged.sh long-search                     # amendment 3: that rate search, seed 0, in the long
 #                                                             # folder: factors 1, 1/3, 1/9 of amendment 2's rates
 #   docs/results/converged.sh long-seeds METHOD FACTOR        # amendment 3: seeds 1 and 2 at the factor seed 0 chose
-#   docs/results/converged.sh long-ablations FACTOR          # optional: random and reversed rows at NeFT's 8-epoch rate
+#   docs/results/converged.sh long-ablations FACTOR           # optional: random and reversed rows at NeFT's 8-epoch rate
 # A method's seeds start as soon as its own search is bracketed; its folder is its own, so the phases that
 # can run do (each with two workers: seeds 1 and 2 side by side).
 #   docs/results/converged.sh keep DEST                       # $CKPT's resumable state, copied to DEST
