@@ -11,7 +11,7 @@ import sacrebleu
 from peft_neft.tasks import TASKS, django_translation_pairs, get_task
 from peft_neft.tasks.significance import resamples
 
-METRICS = [("translation", ("bleu", "chrf")), ("summarization", ("rouge1", "rouge2", "rougeL"))]
+METRICS = [("translation", ("bleu", "chrf")), ("summarization", ("rouge1", "rouge2", "rougeL", "chrf"))]
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +92,21 @@ def test_reproducible_and_bad_input_refused(references):
         summarization.paired_test(system, references, references, samples=100)
     with pytest.raises(ValueError, match="119 hypotheses but 120 references"):
         TASKS["translation"].paired_test(references[:-1], references, references)
+
+
+def test_a_summarization_folder_scored_before_chrf_joined_still_renders(tmp_path):
+    # The committed DialogSumX folder was scored with ROUGE only; chrF joined the task later.
+    import shutil
+    from pathlib import Path
+
+    from peft_neft.compare.report import write_report
+    from peft_neft.compare.results import read_results
+    from peft_neft.compare.significance import store_figures, stored_metric_names
+
+    folder = shutil.copytree(Path(__file__).parents[1] / "docs/results/tuned-dialogsumx-en-fr", tmp_path / "folder")
+    results = read_results(folder / "results.json")
+    store_figures(results, folder)  # as `peft-neft report` does: the figures an older folder lacks
+    assert stored_metric_names(results) == ("rouge1", "rouge2", "rougeL")
+    table = write_report(results, folder)
+    assert "rougeL" in table and "chrf" not in table
+    assert "chrf" in get_task("summarization").score(["Le chat dort."], ["Le chat dort."])

@@ -26,7 +26,7 @@ def _setting(default: Any, text: str, **cli: Any) -> Any:
 class CompareSettings:
     """Everything that makes two comparisons comparable, with the help text of its flag."""
 
-    task: str = _setting("translation", "translation: BLEU and chrF; summarization: ROUGE",
+    task: str = _setting("translation", "translation: BLEU and chrF; summarization: ROUGE-1/2/L and chrF",
                          choices=("translation", "summarization"))
     source_lang: str = _setting("en", "source language code, used in the prompt")
     target_lang: str = _setting("fr", "target language code, used in the prompt")

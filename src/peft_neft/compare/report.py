@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_path
-from .significance import metric_names, paired_table, run_intervals
+from .significance import paired_table, run_intervals, stored_metric_names
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def summarize(results: dict[str, Any], order: Sequence[str] = ()) -> list[dict[s
 def markdown_table(results: dict[str, Any], order: Sequence[str] = ()) -> str:
     """The comparison table: mean ± sample std over seeds where there is more than one."""
     identity = results["identity"]
-    metrics = metric_names(identity["config"]["task"])
+    metrics = stored_metric_names(results)
     header = ["method", "trainable params", "% of model", *[m.upper() if m == "bleu" else m for m in metrics],
               "best val loss", "seeds", "lr", "steps (best)", "end", "train s/step", "memory MB", "adapter MB", "calib. steps"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -111,7 +111,8 @@ def plot(results: dict[str, Any], out_dir: str | os.PathLike, path: str | os.Pat
     plt = _pyplot(path)
     if plt is None:
         return
-    metrics = metric_names(results["identity"]["config"]["task"])
+    metrics = tuple(m for m in stored_metric_names(results)
+                    if all(m in run.get("intervals", {}) for run in results["runs"].values()))
     intervals = run_intervals(results)
     groups = summarize(results, order)
     fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(metrics) + 0.5 * len(groups)), 4.2))
@@ -170,8 +171,8 @@ def lr_search_table(results: dict[str, Any], order: Sequence[str] = ()) -> str:
         for t in sorted(run["lr_search"], key=lambda t: t["lr"]):
             bold = "**" if t["lr"] == run["lr"] else ""
             cells = [run["method"], str(run["seed"]), f"{bold}{t['lr']:.3g}{bold}",
-                     f"{bold}{t['best_val_loss']:.4f}{bold}", f"{t['steps_run']} ({t['best_step']})",
-                     t["stop_reason"] or "-"]
+                     f"{bold}{t['best_val_loss']:.4f}{bold}", f"{t.get('steps_run', '?')} ({t.get('best_step', '?')})",
+                     t.get("stop_reason") or "-"]  # folders from before steps and ends were recorded lack them
             lines.append("| " + " | ".join(cells) + " |")
         verdicts.append(f"{run['method']} seed {run['seed']}: {run['lr']:.3g}, {bracketing(run)}")
     return ("\n## Learning-rate search\n\nEach run keeps the rate of lowest validation loss (bold); a chosen rate "

@@ -17,6 +17,14 @@ def metric_names(task: str) -> tuple[str, ...]:
     return get_task(task).metric_names
 
 
+def stored_metric_names(results: dict[str, Any]) -> tuple[str, ...]:
+    """The task's metrics that every stored run of ``results`` was scored with, in table order: a folder made before
+    a metric joined its task (chrF joined summarization on 2026-12-06) still renders, without that metric."""
+    names = metric_names(results["identity"]["config"]["task"])
+    runs = list(results.get("runs", {}).values())
+    return tuple(m for m in names if all(m in run.get("scores", {}) for run in runs))
+
+
 def store_figures(results: dict[str, Any], out_dir: str | os.PathLike) -> bool:
     """Add to ``results`` what the report shows and is not stored yet; return whether anything was added.
 
@@ -60,7 +68,7 @@ def paired_table(results: dict[str, Any]) -> str:
     rows = paired_tests(results)
     if not rows:
         return ""
-    metrics = metric_names(results["identity"]["config"]["task"])
+    metrics = tuple(m for m in stored_metric_names(results) if all(m in row["tests"] for row in rows))
     header = ["system", "baseline", "seed", *[f"Δ {m} (p)" for m in metrics]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in sorted(rows, key=lambda r: (r["system"], r["seed"])):

@@ -78,10 +78,14 @@ def _translation_metrics(char_level: bool) -> tuple[Metric, ...]:
 
 
 def _summarization_metrics(char_level: bool) -> tuple[Metric, ...]:
-    """ROUGE-1, ROUGE-2 and ROUGE-L F1 on lowercase words (or on characters)."""
-    from .metrics import RougeMetric
+    """ROUGE-1, ROUGE-2 and ROUGE-L F1 on lowercase words (or on characters), and chrF at sacrebleu's defaults
+    (character n-grams: no word tokenizer to choose, so it reads French, Chinese and English alike)."""
+    import sacrebleu
 
-    return tuple(RougeMetric(name, char_level) for name in ("rouge1", "rouge2", "rougeL"))
+    from .metrics import RougeMetric, SacrebleuMetric
+
+    return (*(RougeMetric(name, char_level) for name in ("rouge1", "rouge2", "rougeL")),
+            SacrebleuMetric("chrf", sacrebleu.metrics.CHRF()))
 
 
 TASKS = {task.name: task for task in (
@@ -89,7 +93,7 @@ TASKS = {task.name: task for task in (
          ("bleu", "chrf"), _translation_metrics),
     Task("summarization", "document", "summary",
          "Summarize this {source_lang} dialogue in {target_lang}, in one or two sentences.",
-         ("rouge1", "rouge2", "rougeL"), _summarization_metrics),
+         ("rouge1", "rouge2", "rougeL", "chrf"), _summarization_metrics),
 )}
 
 

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The converged NeFT-vs-LoRA comparison on DialogSumX en->fr (protocol: docs/results/PLAN-dialogsumx.md). Resumable:
+# rerun a phase after an interruption; finished trainings are never redone, an unfinished one continues from its
+# last checkpoint in $CKPT. Commit the folder as trainings land; before a session ends, stop the phase and copy the
+# state into the repository with `keep`, and commit it.
+#   docs/results/dialogsumx.sh search                  # seed 0: base, and three rates each for LoRA and NeFT
+#   docs/results/dialogsumx.sh widen METHOD FACTORS    # one method's seed-0 grid widened: every factor, old and new
+#   docs/results/dialogsumx.sh seeds METHOD FACTOR     # seeds 1 and 2 at the factor seed 0 chose
+#   docs/results/dialogsumx.sh random FACTOR           # random rows at NeFT's chosen factor, seed 0
+#   docs/results/dialogsumx.sh keep DEST               # $CKPT's resumable state, copied to DEST (DEST is replaced)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DATA=${DATA:-../shared/data}
+CKPT=${CKPT:-docs/results/dialogsumx-state}
+PEFT_NEFT=${PEFT_NEFT:-.venv/bin/peft-neft}
+OUT=docs/results/converged-dialogsumx-en-fr
+D=$DATA/dialogsumx
+# The identity holds the centre rates; a phase names its rates as factors of them.
+common=(compare --task summarization --source-lang en --target-lang fr --source-field en_dialogue --target-field fr_summary
+  --train "$D/dialogsumx.train.jsonl.gz" --validation "$D/dialogsumx.dev.jsonl.gz" --eval "$D/dialogsumx.test.jsonl.gz"
+  --max-source-tokens 512 --max-target-tokens 128 --max-new-tokens 128
+  --batch-size 8 --eval-every 12 --patience 3 --epochs 8 --steps 400 --calibration-steps 12
+  --eval-batch-size 16 --workers "${WORKERS:-2}" --save-adapters none --no-progress --device cpu --dtype float32
+  --lr lora=1.5e-3 --lr neft=4.5e-3 --checkpoint-dir "$CKPT" --out "$OUT")
+case "${1:-search}" in
+  search) "$PEFT_NEFT" "${common[@]}" --methods base,lora:8,neft:match-lora:8 --seeds 0 --lr-grid 1,0.333333,3 ;;
+  widen) "$PEFT_NEFT" "${common[@]}" --methods "${2:?give the method, e.g. neft:match-lora:8}" --seeds 0 \
+           --lr-grid "${3:?give every factor: the search ones and the new ones}" ;;
+  seeds) "$PEFT_NEFT" "${common[@]}" --methods "${2:?give lora:8 or neft:match-lora:8}" --seeds 1,2 \
+           --lr-grid "${3:?give the factor seed 0 chose, e.g. 1}" ;;
+  random) "$PEFT_NEFT" "${common[@]}" --methods neft-random:match-lora:8 --seeds 0 \
+            --lr-grid "${2:?give the factor seed 0 of NeFT chose, e.g. 1}" ;;
+  keep) # Stop the phase first. The calibrations and each unfinished training's newest complete checkpoint.
+    dest=${2:?give DEST, e.g. /path/to/checkout/docs/results/dialogsumx-state}
+    rm -rf "$dest.partial" && mkdir -p "$dest.partial"
+    (cd "$CKPT" && find . -name 'calibration@*.safetensors') | while read -r f; do
+      mkdir -p "$dest.partial/$(dirname "$f")" && cp "$CKPT/$f" "$dest.partial/$f"; done
+    (cd "$CKPT" && find . -path '*/checkpoint-*/keep_best.safetensors' | sed 's|/keep_best.safetensors$||' | sort -V |
+      awk '{training=$0; sub(/\/checkpoint-[0-9]+$/, "", training); newest[training]=$0} END {for (t in newest) print newest[t]}') |
+      while read -r c; do mkdir -p "$dest.partial/$(dirname "$c")" && cp -r "$CKPT/$c" "$dest.partial/$c"
+        rm -f "$dest.partial/$c"/tokenizer* "$dest.partial/$c"/chat_template.jinja; done  # the model's own, 3.5 MB
+    rm -rf "$dest" && mv "$dest.partial" "$dest" && du -sh "$dest" ;;
+  *) echo "usage: $0 search|widen METHOD FACTORS|seeds METHOD FACTOR|random FACTOR|keep DEST" >&2; exit 2 ;;
+esac
