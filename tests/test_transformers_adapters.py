@@ -50,3 +50,13 @@ def test_save_and_load_adapter_round_trip_with_model_card(tmp_path):
     fresh = make_tiny_llama()
     fresh.load_adapter(str(tmp_path / "adapter"))
     assert torch.equal(fresh(ids).logits, expected)
+
+
+def test_deltas_take_the_base_dtype_as_loras_do_unless_delta_dtype_is_given():
+    # transformers' add_adapter calls no autocast_adapter_dtype: peft's adapters take the base's dtype there.
+    model = make_tiny_llama().to(torch.bfloat16)
+    model.add_adapter(NeFTConfig(neurons={"model.layers.0.mlp.up_proj": [1, 2]}), adapter_name="follows")
+    model.add_adapter(NeFTConfig(neurons={"model.layers.0.mlp.up_proj": [3]}, delta_dtype="float32"),
+                      adapter_name="explicit")
+    deltas = model.model.layers[0].mlp.up_proj.neft_delta
+    assert deltas["follows"].dtype == torch.bfloat16 and deltas["explicit"].dtype == torch.float32
