@@ -49,8 +49,11 @@ def fetch_tests(version: str | None = None) -> tuple[Path | None, str]:
         unpacked = Path(scratch) / f"peft-{version}"
         if not (unpacked / "tests" / "testing_common.py").is_file():
             return None, f"peft {version}'s source distribution has no tests/testing_common.py"
-        if not target.parent.exists():
+        try:
             unpacked.rename(target.parent)  # atomic: a half-unpacked folder is never found
+        except OSError:  # another process unpacked it first
+            if not (target / "testing_common.py").is_file():
+                raise
     return target, ""
 
 
