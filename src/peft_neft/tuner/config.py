@@ -146,6 +146,8 @@ class NeFTConfig(PeftConfig):
             module's name instead, so each module's start is reproducible whatever else is selected.
         modules_to_save (`list[str]`, *optional*):
             Modules apart from the NeFT layers to train fully and save in the checkpoint, as in other peft methods.
+            As peft never adapts a module it trains fully, a selected module named here (peft's suffix match) is
+            refused.
         selection_fingerprint (`str`, *optional*):
             Fingerprint of the weight shapes of the base model the selection was made on
             ([`peft_neft.tuner.fingerprint.model_fingerprint`]). Set by [`NeFTConfig.from_selection`];
