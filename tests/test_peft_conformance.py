@@ -65,7 +65,7 @@ DECODER_ROWS = [
 # Tests of peft's matrix that cannot apply to NeFT: (test, row name or None for every row, reason).
 SKIPS: list[tuple[str, str | None, str]] = [
     # The row's explicit delta_dtype="bfloat16" is the override of autocast_adapter_dtype the config offers (it
-    # wins on every path, tested in test_precision.py); peft's expectation is for adapters without one.
+    # wins on every path, tested in test_tuner.py); peft's expectation is for adapters without one.
     ("test_adapter_dtype_autocast", "NeFT MLP bf16 deltas", "an explicit delta_dtype overrides autocast_adapter_dtype"),
     # FSDP flattens a unit's parameters into one tensor of one dtype; bf16 deltas in a float32 model are two
     # dtypes by the user's explicit choice (as LoRA's float32 adapters on a bf16 base are); delta_dtype=None is
@@ -155,3 +155,13 @@ TestNeFTMultipleActiveAdapters = _neft_class(custom.TestMultipleActiveAdapters, 
 TestNeFTDecoderModels = _neft_class(decoder.TestDecoderModels, {
     ("model_id", "config_cls", "config_kwargs"): (DECODER_ROWS, [r[0] for r in DECODER_ROWS])},
     (decoder.PEFT_DECODER_MODELS_TO_TEST, decoder.ALL_CONFIGS), transformers_class=TinyDecoders)
+
+
+def test_every_skip_names_a_test_and_a_row_of_the_matrix():
+    """A stale entry (a renamed peft test or NeFT row) would skip nothing and hide nothing: refuse it."""
+    classes = (TestNeFTPeftCustomModel, TestNeFTPeftFsdpStateDict, TestNeFTMultipleActiveAdapters,
+               TestNeFTDecoderModels)
+    rows = {row[0] for row in CUSTOM_ROWS + MULTI_ROWS} | {row[0] for row in DECODER_ROWS}
+    for name, row, _ in SKIPS:
+        assert any(callable(getattr(cls, name, None)) for cls in classes), name
+        assert row is None or row in rows, row
