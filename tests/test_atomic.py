@@ -26,8 +26,8 @@ B = {"model.layers.1.mlp.down_proj": [4, 7]}
 
 
 def _two_adapter_model(seed=0):
-    model = get_peft_model(make_tiny_llama(), NeFTConfig(neurons=A, init_weights=2 * seed + 1))
-    model.add_adapter("other", NeFTConfig(neurons=B, init_weights=2 * seed + 2))
+    model = get_peft_model(make_tiny_llama(), NeFTConfig(neurons=A, init_weights=False, init_seed=2 * seed + 1))
+    model.add_adapter("other", NeFTConfig(neurons=B, init_weights=False, init_seed=2 * seed + 2))
     return model
 
 

@@ -63,7 +63,7 @@ def folders(tmp_path_factory):
     base = make_tiny_llama()
     base.save_pretrained(root / "base")
     neft = get_peft_model(make_tiny_llama(), NeFTConfig(neurons={"model.layers.0.mlp.up_proj": [1, 2, 3]},
-                                                      init_weights=1))
+                                                      init_weights=False, init_seed=1))
     neft.save_pretrained(root / "neft")
     lora = get_peft_model(make_tiny_llama(), LoraConfig(r=2, target_modules=["model.layers.0.mlp.up_proj"]))
     with torch.no_grad():
@@ -122,7 +122,7 @@ def test_a_broken_selection_file_gets_one_line_naming_it(folders, tmp_path, corr
 def test_tensors_of_a_module_missing_from_neuron_counts_are_refused_not_dropped(folders, tmp_path):
     """Drop a module's entry from neuron_counts while its tensors stay: loading would silently lose its delta."""
     neft = get_peft_model(make_tiny_llama(), NeFTConfig(neurons={"model.layers.0.mlp.up_proj": [1, 2],
-                                                                 "model.layers.1.mlp.down_proj": [4]}, init_weights=1))
+                                                                 "model.layers.1.mlp.down_proj": [4]}, init_weights=False, init_seed=1))
     neft.save_pretrained(tmp_path / "neft")
     config = json.loads((tmp_path / "neft" / CONFIG).read_text())
     for key in ("neuron_counts", "module_shapes"):

@@ -27,7 +27,7 @@ NEURONS = {
 
 
 def _model(seed: int = 0):
-    return get_peft_model(make_tiny_llama(seed), NeFTConfig(neurons=NEURONS, init_weights=seed))
+    return get_peft_model(make_tiny_llama(seed), NeFTConfig(neurons=NEURONS, init_weights=False, init_seed=seed))
 
 
 def _forward_backward(model, ids, run=None):

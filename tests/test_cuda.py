@@ -32,7 +32,7 @@ def test_adapter_follows_the_model_to_cuda_and_trains_in_bf16():
 
 
 def test_merge_unmerge_is_bit_exact_on_cuda_and_adapter_loads_on_cpu(tmp_path):
-    model = get_peft_model(make_tiny_llama().to(torch.bfloat16), NeFTConfig(neurons=ROWS, init_weights=0)).to("cuda")
+    model = get_peft_model(make_tiny_llama().to(torch.bfloat16), NeFTConfig(neurons=ROWS, init_weights=False, init_seed=0)).to("cuda")
     before = {n: p.detach().clone() for n, p in model.named_parameters() if "neft_" not in n}
     unmerged = model(input_ids=_ids("cuda")).logits
     model.merge_adapter()

@@ -56,7 +56,7 @@ def neft_adapter(tmp_path, make_base, rows, name="m"):
     """A base saved to disk and a trained-looking NeFT adapter on it; returns (base_dir, adapter_dir, model)."""
     base_dir, adapter_dir = tmp_path / f"{name}_base", tmp_path / f"{name}_neft"
     make_base().save_pretrained(base_dir)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), NeFTConfig(neurons=rows, init_weights=7))
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), NeFTConfig(neurons=rows, init_weights=False, init_seed=7))
     model.eval().save_pretrained(adapter_dir)
     return base_dir, adapter_dir, model
 
@@ -149,7 +149,7 @@ def test_round_trip_neft_lora_neft_is_bit_exact(exported, tmp_path):
 
 
 def test_bfloat16_deltas_round_trip_bit_exact(tmp_path):
-    model = get_peft_model(make_tiny_llama(), NeFTConfig(neurons=LLAMA_ROWS, delta_dtype="bfloat16", init_weights=7))
+    model = get_peft_model(make_tiny_llama(), NeFTConfig(neurons=LLAMA_ROWS, delta_dtype="bfloat16", init_weights=False, init_seed=7))
     model.save_pretrained(tmp_path / "neft")
     export_lora(tmp_path / "neft", tmp_path / "lora", base=make_tiny_llama())
     lora = safetensors.torch.load_file(tmp_path / "lora" / "adapter_model.safetensors")
@@ -193,8 +193,8 @@ def test_dense_lora_is_refused_as_not_row_sparse(tmp_path):
 
 def test_several_adapters_one_or_all(tmp_path):
     base = make_tiny_llama()
-    model = get_peft_model(base, NeFTConfig(neurons={"model.layers.0.mlp.up_proj": [1, 2]}, init_weights=1))
-    model.add_adapter("second", NeFTConfig(neurons={"model.layers.1.mlp.down_proj": [4]}, init_weights=2))
+    model = get_peft_model(base, NeFTConfig(neurons={"model.layers.0.mlp.up_proj": [1, 2]}, init_weights=False, init_seed=1))
+    model.add_adapter("second", NeFTConfig(neurons={"model.layers.1.mlp.down_proj": [4]}, init_weights=False, init_seed=2))
     model.save_pretrained(tmp_path / "neft")
     everything = export_lora(tmp_path / "neft", tmp_path / "all", adapter_name="all", base=make_tiny_llama())
     assert (everything / "adapter_config.json").is_file() and (everything / "second" / "adapter_config.json").is_file()
@@ -366,7 +366,7 @@ class Nested(torch.nn.Module):
 def test_names_that_are_suffixes_of_other_names(tmp_path):
     """``proj`` is also the ``.``-suffix of ``sub.proj``: the export must adapt and rank each exactly."""
     both = {"proj": [2], "sub.proj": [0, 3, 7]}
-    neft = get_peft_model(Nested(), NeFTConfig(neurons=both, init_weights=7)).eval()
+    neft = get_peft_model(Nested(), NeFTConfig(neurons=both, init_weights=False, init_seed=7)).eval()
     neft.save_pretrained(tmp_path / "both")
     x = torch.randn(5, 8, generator=torch.Generator().manual_seed(0))
     # The same adapter with "proj" only, written by hand (the list rule would catch "sub.proj" too).
@@ -451,7 +451,7 @@ def test_export_refuses_an_lm_head_adapter_for_a_base_that_ties_it_as_loading_do
     untied = AutoModelForCausalLM.from_pretrained(tmp_path / "tied")  # untied in memory, then trained
     untied.lm_head.weight = torch.nn.Parameter(untied.lm_head.weight.detach().clone())
     untied.config.tie_word_embeddings = False
-    model = get_peft_model(untied, NeFTConfig(neurons={"lm_head": [3, 7]}, init_weights=1))
+    model = get_peft_model(untied, NeFTConfig(neurons={"lm_head": [3, 7]}, init_weights=False, init_seed=1))
     model.save_pretrained(tmp_path / "neft")
     with pytest.raises(ValueError, match="'lm_head'.*tied to 'model.embed_tokens.weight'"):
         PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tmp_path / "tied"), tmp_path / "neft")

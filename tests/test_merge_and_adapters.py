@@ -22,7 +22,7 @@ def _weights(model):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_merge_adds_the_deltas_in_the_weight_dtype_and_unmerge_restores_the_base_bit_for_bit(dtype):
-    model = get_peft_model(make_tiny_llama().to(dtype), NeFTConfig(neurons=A, init_weights=1))
+    model = get_peft_model(make_tiny_llama().to(dtype), NeFTConfig(neurons=A, init_weights=False, init_seed=1))
     before = _weights(model)
     model.merge_adapter()
     for name, rows in A.items():
@@ -40,7 +40,7 @@ def test_merge_adds_the_deltas_in_the_weight_dtype_and_unmerge_restores_the_base
 
 
 def test_merged_outputs_equal_unmerged_outputs():
-    model = get_peft_model(make_tiny_llama(), NeFTConfig(neurons=A, init_weights=2))
+    model = get_peft_model(make_tiny_llama(), NeFTConfig(neurons=A, init_weights=False, init_seed=2))
     ids = _ids()
     unmerged = model(input_ids=ids).logits
     model.merge_adapter()
@@ -64,8 +64,8 @@ def test_safe_merge_refuses_non_finite_results():
 
 
 def test_overlapping_adapters_compose_additively_and_merge_in_any_order():
-    model = get_peft_model(make_tiny_llama(), NeFTConfig(neurons=A, init_weights=3), adapter_name="a")
-    model.add_adapter("b", NeFTConfig(neurons=B, init_weights=4))
+    model = get_peft_model(make_tiny_llama(), NeFTConfig(neurons=A, init_weights=False, init_seed=3), adapter_name="a")
+    model.add_adapter("b", NeFTConfig(neurons=B, init_weights=False, init_seed=4))
     layer = model.base_model.model.model.layers[0].mlp.up_proj
     weight = layer.base_layer.weight.detach().clone()
     expected = weight.clone()
@@ -86,8 +86,8 @@ def test_overlapping_adapters_compose_additively_and_merge_in_any_order():
 
 def test_set_disable_and_delete_adapter():
     base_logits = make_tiny_llama()(input_ids=_ids()).logits
-    model = get_peft_model(make_tiny_llama(), NeFTConfig(neurons=A, init_weights=5), adapter_name="a")
-    model.add_adapter("b", NeFTConfig(neurons=B, init_weights=6))
+    model = get_peft_model(make_tiny_llama(), NeFTConfig(neurons=A, init_weights=False, init_seed=5), adapter_name="a")
+    model.add_adapter("b", NeFTConfig(neurons=B, init_weights=False, init_seed=6))
     ids = _ids()
 
     model.set_adapter("a")
@@ -118,7 +118,7 @@ def test_merge_refuses_a_quantized_weight_with_a_clear_message():
 
 
 def test_get_delta_weight_is_the_dense_difference_a_merge_makes():
-    model = get_peft_model(make_tiny_llama(), NeFTConfig(neurons=A, init_weights=7))
+    model = get_peft_model(make_tiny_llama(), NeFTConfig(neurons=A, init_weights=False, init_seed=7))
     layer = model.base_model.model.model.layers[0].mlp.up_proj
     original = layer.base_layer.weight.detach().clone()
     delta = layer.get_delta_weight("default")
@@ -135,7 +135,7 @@ def _modules(model):
 
 
 def test_failed_safe_merge_and_unload_leaves_the_model_untouched():
-    model = get_peft_model(make_tiny_llama(), NeFTConfig(neurons=A, init_weights=8))
+    model = get_peft_model(make_tiny_llama(), NeFTConfig(neurons=A, init_weights=False, init_seed=8))
     late = model.base_model.model.model.layers[1].mlp.down_proj  # merged after layer 0's up_proj
     with torch.no_grad():
         late.neft_delta["default"][0, 3] = float("nan")
@@ -157,7 +157,7 @@ def test_failed_safe_merge_and_unload_leaves_the_model_untouched():
 
 
 def test_failed_safe_merge_adapter_leaves_every_layer_unmerged():
-    model = get_peft_model(make_tiny_llama(), NeFTConfig(neurons=A, init_weights=9))
+    model = get_peft_model(make_tiny_llama(), NeFTConfig(neurons=A, init_weights=False, init_seed=9))
     with torch.no_grad():
         model.base_model.model.model.layers[1].mlp.down_proj.neft_delta["default"][1, 0] = float("inf")
     before = _weights(model)
@@ -185,7 +185,7 @@ def test_safe_merge_checks_overlapping_adapters_together():
 
 
 def test_merge_of_a_layer_whose_rows_were_never_loaded_changes_no_other_layer():
-    model = get_peft_model(make_tiny_llama(), NeFTConfig(neurons=A, init_weights=10))
+    model = get_peft_model(make_tiny_llama(), NeFTConfig(neurons=A, init_weights=False, init_seed=10))
     unloaded = model.base_model.model.model.layers[1].mlp.down_proj
     unloaded._rows_awaiting_load.add("default")  # as built from counts only: placeholder rows, never loaded
     unloaded.neft_rows["default"].fill_(-1)
@@ -231,7 +231,7 @@ def test_loading_an_lm_head_adapter_onto_a_tied_base_is_refused(tmp_path):
 def test_a_weight_tied_after_get_peft_model_is_refused_before_any_merge():
     model = _tied_llama()
     model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
-    peft_model = get_peft_model(model, NeFTConfig(neurons={"lm_head": [3, 7], **A}, init_weights=12))
+    peft_model = get_peft_model(model, NeFTConfig(neurons={"lm_head": [3, 7], **A}, init_weights=False, init_seed=12))
     peft_model.base_model.model.lm_head.base_layer.weight = peft_model.base_model.model.model.embed_tokens.weight
     before = _weights(peft_model)
     for merge in (peft_model.merge_adapter, peft_model.merge_and_unload):
@@ -247,7 +247,7 @@ def test_the_untie_fix_in_the_error_message_gives_an_exact_merge():
     # The fix the error message names, verbatim:
     model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
     model.config.tie_word_embeddings = False
-    peft_model = get_peft_model(model, NeFTConfig(neurons={"lm_head": [3, 7]}, init_weights=11))
+    peft_model = get_peft_model(model, NeFTConfig(neurons={"lm_head": [3, 7]}, init_weights=False, init_seed=11))
     ids = torch.tensor([[3, 7, 1, 2, 3, 7]])
     with torch.no_grad():
         unmerged = peft_model(input_ids=ids).logits

@@ -100,7 +100,7 @@ def test_torchao_forward_uses_only_the_quantized_base_output(torchao_llama):
     assert set(_neft_layers(model)) == {"base_model.model." + name for name in NEURONS}
     with torch.no_grad():
         assert torch.equal(model(input_ids).logits, base_logits)  # zero deltas: the quantized model itself
-    model.add_adapter("random", peft_neft.NeFTConfig(neurons=NEURONS, init_weights=0))
+    model.add_adapter("random", peft_neft.NeFTConfig(neurons=NEURONS, init_weights=False, init_seed=0))
     model.set_adapter("random")
     _check_forward_adds_rows_to_base_output(model, "cpu", "random")
     with torch.no_grad():
@@ -151,7 +151,7 @@ def _check_gradients_against_the_dequantized_weight(model) -> None:
 
 
 def test_torchao_merge_is_refused_with_a_clear_message(torchao_llama):
-    model = get_peft_model(torchao_llama, peft_neft.NeFTConfig(neurons=NEURONS, init_weights=0))
+    model = get_peft_model(torchao_llama, peft_neft.NeFTConfig(neurons=NEURONS, init_weights=False, init_seed=0))
     input_ids = torch.randint(0, 128, (2, 8), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         before = model(input_ids).logits

@@ -25,7 +25,7 @@ def trained(tmp_path):
     base = make_tiny_llama()
     base_dir = tmp_path / "base"
     base.save_pretrained(base_dir)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), NeFTConfig(neurons=ROWS, init_weights=7))
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), NeFTConfig(neurons=ROWS, init_weights=False, init_seed=7))
     return model, base_dir
 
 

@@ -24,8 +24,8 @@ def test_add_set_and_disable_adapters():
     model = make_tiny_llama()
     ids = torch.randint(0, 128, (1, 8), generator=torch.Generator().manual_seed(0))
     base = model(ids).logits
-    model.add_adapter(NeFTConfig(neurons={"model.layers.0.mlp.up_proj": [1, 2]}, init_weights=1), adapter_name="a")
-    model.add_adapter(NeFTConfig(neurons={"model.layers.1.mlp.down_proj": [3]}, init_weights=2), adapter_name="b")
+    model.add_adapter(NeFTConfig(neurons={"model.layers.0.mlp.up_proj": [1, 2]}, init_weights=False, init_seed=1), adapter_name="a")
+    model.add_adapter(NeFTConfig(neurons={"model.layers.1.mlp.down_proj": [3]}, init_weights=False, init_seed=2), adapter_name="b")
     model.set_adapter("a")
     assert model.active_adapters() == ["a"]
     with_a = model(ids).logits
@@ -40,7 +40,7 @@ def test_add_set_and_disable_adapters():
 def test_save_and_load_adapter_round_trip_with_model_card(tmp_path):
     model = make_tiny_llama()
     ids = torch.randint(0, 128, (1, 8), generator=torch.Generator().manual_seed(0))
-    model.add_adapter(NeFTConfig(neurons={"model.layers.0.mlp.up_proj": [1, 2]}, init_weights=1))
+    model.add_adapter(NeFTConfig(neurons={"model.layers.0.mlp.up_proj": [1, 2]}, init_weights=False, init_seed=1))
     expected = model(ids).logits
     model.save_pretrained(tmp_path / "adapter")
     save_pretrained_atomically(model, tmp_path / "atomic")  # peft-neft's save adds the card to transformers' files
@@ -50,3 +50,13 @@ def test_save_and_load_adapter_round_trip_with_model_card(tmp_path):
     fresh = make_tiny_llama()
     fresh.load_adapter(str(tmp_path / "adapter"))
     assert torch.equal(fresh(ids).logits, expected)
+
+
+def test_deltas_take_the_base_dtype_as_loras_do_unless_delta_dtype_is_given():
+    # transformers' add_adapter calls no autocast_adapter_dtype: peft's adapters take the base's dtype there.
+    model = make_tiny_llama().to(torch.bfloat16)
+    model.add_adapter(NeFTConfig(neurons={"model.layers.0.mlp.up_proj": [1, 2]}), adapter_name="follows")
+    model.add_adapter(NeFTConfig(neurons={"model.layers.0.mlp.up_proj": [3]}, delta_dtype="float32"),
+                      adapter_name="explicit")
+    deltas = model.model.layers[0].mlp.up_proj.neft_delta
+    assert deltas["follows"].dtype == torch.bfloat16 and deltas["explicit"].dtype == torch.float32

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from peft import get_peft_model
+from peft import PeftModel, get_peft_model
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from peft_neft import NeFTConfig, NeuronSelection
@@ -32,7 +32,7 @@ def test_trainable_parameters_are_exactly_rows_times_in_features(tiny_llama):
 def test_forward_adds_x_times_delta_into_the_selected_rows_only(tiny_llama):
     base_up = tiny_llama.model.layers[0].mlp.up_proj
     weight = base_up.weight.detach().clone()
-    model = get_peft_model(tiny_llama, NeFTConfig(neurons=ROWS, init_weights=1))
+    model = get_peft_model(tiny_llama, NeFTConfig(neurons=ROWS, init_weights=False, init_seed=1))
     layer = model.base_model.model.model.layers[0].mlp.up_proj
     assert isinstance(layer, NeFTLinear)
     x = torch.randn(2, 5, 32)
@@ -83,7 +83,7 @@ def test_conv1d_neurons_are_columns_of_the_stored_weight():
     conv = gpt2.transformer.h[0].mlp.c_fc  # Conv1D: weight stored (in=32, out=128)
     weight = conv.weight.detach().clone()
     bias = conv.bias.detach().clone()
-    model = get_peft_model(gpt2, NeFTConfig(neurons={"transformer.h.0.mlp.c_fc": [2, 100]}, init_weights=1))
+    model = get_peft_model(gpt2, NeFTConfig(neurons={"transformer.h.0.mlp.c_fc": [2, 100]}, init_weights=False, init_seed=1))
     assert model.get_nb_trainable_parameters()[0] == 2 * 32
     layer = model.base_model.model.transformer.h[0].mlp.c_fc
     x = torch.randn(3, 32)
@@ -122,21 +122,46 @@ def test_one_module_spelled_twice_is_refused_whatever_the_order(spelled):
         NeFTConfig(neuron_counts={name: len(rows) for name, rows in spelled.items()})
 
 
-def test_init_weights_zeros_by_default_and_seeded_random_on_request():
-    def delta(init_weights, seed=0, rows=ROWS):
-        model = get_peft_model(make_tiny_llama(seed), NeFTConfig(neurons=rows, init_weights=init_weights))
-        return model.base_model.model.model.layers[0].mlp.up_proj.neft_delta["default"].detach().clone()
+def _up_delta(model, adapter="default"):
+    return model.base_model.model.model.layers[0].mlp.up_proj.neft_delta[adapter].detach().clone()
 
-    assert torch.count_nonzero(delta(True)) == 0
+
+def test_init_weights_zeros_by_default_and_random_from_torchs_generator():
+    assert torch.count_nonzero(_up_delta(get_peft_model(make_tiny_llama(), NeFTConfig(neurons=ROWS)))) == 0
+    torch.manual_seed(5)
+    model = get_peft_model(make_tiny_llama(), NeFTConfig(neurons=ROWS, init_weights=False), adapter_name="a")
+    model.add_adapter("b", NeFTConfig(neurons=ROWS, init_weights=False))
+    first, second = _up_delta(model, "a"), _up_delta(model, "b")
+    assert first.std().item() == pytest.approx(0.1, rel=0.5)
+    assert not torch.equal(first, second)  # two random adapters from one config differ, as peft's do
+    torch.manual_seed(5)
+    again = get_peft_model(make_tiny_llama(), NeFTConfig(neurons=ROWS, init_weights=False), adapter_name="a")
+    assert torch.equal(_up_delta(again, "a"), first)  # torch.manual_seed controls them
+
+
+def test_init_seed_gives_each_module_its_own_reproducible_start():
+    def delta(seed, base_seed=0, rows=ROWS):
+        config = NeFTConfig(neurons=rows, init_weights=False, init_seed=seed)
+        return _up_delta(get_peft_model(make_tiny_llama(base_seed), config))
+
     random = delta(7)
-    assert random.std().item() == pytest.approx(0.1, rel=0.5)
-    assert torch.equal(random, delta(7, seed=1))  # the same seed: the same start, whatever the base weights
+    assert torch.equal(random, delta(7, base_seed=1))  # whatever the base weights and torch's generator
     one_module = {"model.layers.0.mlp.up_proj": ROWS["model.layers.0.mlp.up_proj"]}
     assert torch.equal(random, delta(7, rows=one_module))  # and whatever else is selected
-    assert not torch.equal(random, delta(8)) and torch.equal(delta(False), delta(0))
-    for bad in (-1, 0.5, "zeros"):
-        with pytest.raises(ValueError, match="init_weights must be True"):
-            NeFTConfig(neurons=ROWS, init_weights=bad)
+    assert not torch.equal(random, delta(8))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"init_weights": 7}, r"init_weights must be True \(zeros\) or False \(random\), got 7\. For seeded random "
+                          r"deltas pass init_weights=False, init_seed=7"),
+    ({"init_weights": "zeros"}, "init_weights must be True"),
+    ({"init_weights": False, "init_seed": -1}, "init_seed must be a non-negative int"),
+    ({"init_weights": False, "init_seed": 0.5}, "init_seed must be a non-negative int"),
+    ({"init_seed": 3}, "init_seed seeds random deltas, but init_weights=True"),
+])
+def test_bad_init_options_are_refused_with_the_fix(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        NeFTConfig(neurons=ROWS, **kwargs)
 
 
 def test_target_modules_filters_and_rejects_outside_modules():
@@ -204,11 +229,67 @@ def test_model_follows_to_device_and_dtype_keeps_delta_dtype():
     assert layer.neft_rows["default"].device.type == "meta" and layer.neft_delta["default"].device.type == "meta"
 
 
-def test_delta_dtype_is_the_users_choice():
-    model = get_peft_model(make_tiny_llama(), NeFTConfig(neurons=ROWS, delta_dtype="bfloat16"))
-    assert model.base_model.model.model.layers[0].mlp.up_proj.neft_delta["default"].dtype == torch.bfloat16
+@pytest.mark.parametrize("base", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("autocast", [True, False])
+def test_delta_dtype_follows_peft_autocast_unless_given(base, autocast):
+    model = get_peft_model(make_tiny_llama().to(base), NeFTConfig(neurons=ROWS), autocast_adapter_dtype=autocast)
+    model.add_adapter("explicit", NeFTConfig(neurons=ROWS, delta_dtype="bfloat16"), autocast_adapter_dtype=autocast)
+    assert _up_delta(model).dtype == (torch.float32 if autocast else base)  # peft's contract
+    assert _up_delta(model, "explicit").dtype == torch.bfloat16  # the explicit choice wins
     with pytest.raises(ValueError, match="delta_dtype"):
         NeFTConfig(neurons=ROWS, delta_dtype="int8")
+
+
+@pytest.mark.parametrize("base", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("delta_dtype", [None, "float32", "bfloat16"])
+@pytest.mark.parametrize("low_cpu_mem_usage", [False, True])
+def test_loading_keeps_the_saved_deltas_bit_exact(tmp_path, base, delta_dtype, low_cpu_mem_usage):
+    torch.manual_seed(0)
+    config = NeFTConfig(neurons=ROWS, delta_dtype=delta_dtype, init_weights=False)
+    saved = get_peft_model(make_tiny_llama().to(base), config)
+    saved.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(make_tiny_llama().to(base), tmp_path, low_cpu_mem_usage=low_cpu_mem_usage)
+    for name, delta in saved.named_parameters():
+        if ".neft_delta." in name:
+            again = loaded.get_parameter(name)
+            assert again.dtype == delta.dtype == (torch.float32 if delta_dtype is None else config.torch_delta_dtype)
+            assert torch.equal(again, delta)
+
+
+def test_bf16_deltas_on_a_float32_model_compute_merged_and_unmerged_alike():
+    torch.manual_seed(0)
+    model = get_peft_model(make_tiny_llama(), NeFTConfig(neurons=ROWS, delta_dtype="bfloat16", init_weights=False))
+    with torch.no_grad():
+        unmerged = model(input_ids=_ids()).logits
+        model.merge_adapter()
+        merged = model(input_ids=_ids()).logits
+    assert unmerged.dtype == torch.float32
+    torch.testing.assert_close(unmerged, merged, atol=1e-5, rtol=1e-5)
+
+
+def test_a_module_both_selected_and_in_modules_to_save_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"NeFT selects rows of module 'model.layers.1.mlp.down_proj', which "
+                                         r"modules_to_save=\['down_proj'\] also names.*Drop it from the selection"):
+        NeFTConfig(neurons=ROWS, modules_to_save=["down_proj"])
+    NeFTConfig(neurons=ROWS, modules_to_save=["lm_head"])  # another module: fine
+
+
+def test_multihead_attention_out_proj_is_refused_with_the_reason():
+    class Attention(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mha = torch.nn.MultiheadAttention(8, 2)
+            self.head = torch.nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.head(self.mha(x, x, x)[0])
+
+    with pytest.raises(ValueError, match=r"NeFT cannot adapt module 'mha.out_proj'.*MultiheadAttention, which reads "
+                                         r"`out_proj.weight` directly.*no gradient"):
+        get_peft_model(Attention(), NeFTConfig(neurons={"mha.out_proj": [1]}))
+    model = get_peft_model(Attention(), NeFTConfig(neurons={"head": [1]}, init_weights=False))
+    model(torch.randn(4, 1, 8)).sum().backward()  # the Linear after it trains
+    assert model.base_model.model.head.neft_delta["default"].grad is not None
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():

@@ -86,7 +86,7 @@ def neft_card_section(configs: Mapping[str, Any]) -> str:
         parts += ["", f"## Selection{'' if len(configs) == 1 else f' of adapter `{name}`'}", ""]
         parts += _rows_summary(config.neuron_counts, config.module_shapes or {})
         parts += _provenance(config.selection_provenance)
-        parts.append(f"- delta dtype: {config.delta_dtype}")
+        parts.append(f"- delta dtype: {config.delta_dtype or 'float32 (peft autocast_adapter_dtype)'}")
     adapter = "" if list(configs) == ["default"] else ", adapter_name=NAME"
     parts += ["", "## Loading", "", _install_block(), "", "```python",
               "import peft_neft  # registers NeFT with peft; import it before loading",

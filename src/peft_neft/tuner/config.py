@@ -130,16 +130,24 @@ class NeFTConfig(PeftConfig):
         neuron_counts (`dict[str, int]`, *optional*):
             Rows per adapted module. Filled from ``neurons``; it is what ``adapter_config.json`` stores, so that a
             saved adapter can be rebuilt before its row indices are loaded.
-        delta_dtype (`str`, defaults to `"float32"`):
-            dtype of the trainable deltas, whatever the base model's dtype: one of ``"float32"``, ``"bfloat16"``,
-            ``"float16"``, ``"float64"``. Merging casts the delta to the weight's dtype.
-        init_weights (`Union[bool, int]`, defaults to `True`):
+        delta_dtype (`str`, *optional*):
+            dtype of the trainable deltas. ``None`` (the default) follows peft's ``autocast_adapter_dtype``: float32
+            deltas when it is ``True`` (peft's default), the base weight's dtype when it is ``False``. An explicit
+            ``"float32"``, ``"bfloat16"``, ``"float16"`` or ``"float64"`` overrides it, whatever the base model's
+            dtype and on every load path. The row update computes in the wider of the input's and the delta's
+            dtype; merging adds in float32 and rounds to the weight's dtype.
+        init_weights (`bool`, defaults to `True`):
             How to initialise the deltas. ``True``: zeros, so the adapted model computes exactly the base model
-            until it is trained. ``False`` or an int seed: random values N(0, 0.1²) drawn from a generator seeded
-            with the seed (``False`` is seed 0) and the module's name, so each module's start is reproducible
-            whatever else is selected. The random option is meant for tests.
+            until it is trained. ``False``: random values N(0, 0.1²), drawn from torch's global generator
+            (``torch.manual_seed`` controls them) unless ``init_seed`` is given. The random option is meant for
+            tests.
+        init_seed (`int`, *optional*):
+            With ``init_weights=False``: draw each module's deltas from a generator seeded with this seed and the
+            module's name instead, so each module's start is reproducible whatever else is selected.
         modules_to_save (`list[str]`, *optional*):
             Modules apart from the NeFT layers to train fully and save in the checkpoint, as in other peft methods.
+            As peft never adapts a module it trains fully, a selected module named here (peft's suffix match) is
+            refused.
         selection_fingerprint (`str`, *optional*):
             Fingerprint of the weight shapes of the base model the selection was made on
             ([`peft_neft.tuner.fingerprint.model_fingerprint`]). Set by [`NeFTConfig.from_selection`];
@@ -166,12 +174,17 @@ class NeFTConfig(PeftConfig):
     neuron_counts: Optional[dict[str, int]] = field(
         default=None, metadata={"help": "Rows per adapted module; filled from `neurons`."}
     )
-    delta_dtype: str = field(
-        default="float32", metadata={"help": "dtype of the trainable deltas: float32, bfloat16, float16 or float64."}
+    delta_dtype: Optional[str] = field(
+        default=None,
+        metadata={"help": "dtype of the trainable deltas (float32, bfloat16, float16 or float64); None follows "
+                          "peft's autocast_adapter_dtype: float32, or the base's dtype when it is False."},
     )
-    init_weights: Union[bool, int] = field(
-        default=True,
-        metadata={"help": "True: zero deltas. False or an int seed: seeded random N(0, 0.1^2) deltas, for tests."},
+    init_weights: bool = field(
+        default=True, metadata={"help": "True: zero deltas. False: random N(0, 0.1^2) deltas, for tests."}
+    )
+    init_seed: Optional[int] = field(
+        default=None,
+        metadata={"help": "With init_weights=False: seed the random deltas per module (default: torch's generator)."},
     )
     modules_to_save: Optional[list[str]] = field(
         default=None, metadata={"help": "Modules apart from the NeFT layers to train fully and save."}
@@ -192,12 +205,20 @@ class NeFTConfig(PeftConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = PeftType[PEFT_TYPE_NAME]
-        if self.delta_dtype not in _DELTA_DTYPES:
-            raise ValueError(f"delta_dtype must be one of {sorted(_DELTA_DTYPES)}, got {self.delta_dtype!r}.")
-        if not isinstance(self.init_weights, numbers.Integral) or (
-                not isinstance(self.init_weights, bool) and self.init_weights < 0):
-            raise ValueError(f"init_weights must be True (zeros), False or a non-negative int seed (random), "
-                             f"got {self.init_weights!r}.")
+        if self.delta_dtype is not None and self.delta_dtype not in _DELTA_DTYPES:
+            raise ValueError(f"delta_dtype must be None (follow peft's autocast_adapter_dtype) or one of "
+                             f"{sorted(_DELTA_DTYPES)}, got {self.delta_dtype!r}.")
+        if not isinstance(self.init_weights, bool):
+            hint = (f" For seeded random deltas pass init_weights=False, init_seed={self.init_weights}."
+                    if isinstance(self.init_weights, numbers.Integral) else "")
+            raise ValueError(f"init_weights must be True (zeros) or False (random), got {self.init_weights!r}.{hint}")
+        if self.init_seed is not None:
+            seed = self.init_seed
+            if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+                raise ValueError(f"init_seed must be a non-negative int or None, got {self.init_seed!r}.")
+            if self.init_weights:
+                raise ValueError("init_seed seeds random deltas, but init_weights=True starts them at zero. "
+                                 "Pass init_weights=False with it, or drop init_seed.")
         if self.neurons is not None:
             self.neurons = self._resolve_neurons(self.neurons)
             counts = {name: int(rows.numel()) for name, rows in self.neurons.items()}
@@ -229,6 +250,19 @@ class NeFTConfig(PeftConfig):
                     "Widen target_modules or drop those modules from the selection."
                 )
         self.target_modules = sorted(self.neuron_counts)
+        self._refuse_selected_modules_to_save()
+
+    def _refuse_selected_modules_to_save(self) -> None:
+        """peft never adapts a module it trains fully (``modules_to_save``), so a selected one is refused here,
+        before peft meets it as a NeFT layer. Matching is peft's: a module name ending with an entry."""
+        for entry in self.modules_to_save or []:
+            both = [name for name in self.neuron_counts if name.endswith(entry)]
+            if both:
+                raise ValueError(
+                    f"NeFT selects rows of module {both[0]!r}, which modules_to_save={self.modules_to_save!r} also "
+                    f"names (entry {entry!r}): a module is either trained fully (modules_to_save) or in selected "
+                    "rows (NeFT), not both. Drop it from the selection, or from modules_to_save."
+                )
 
     @classmethod
     def from_selection(cls, selection: Any, **kwargs: Any) -> "NeFTConfig":
@@ -292,9 +326,9 @@ class NeFTConfig(PeftConfig):
         return {names[name]: normalize_rows(names[name], rows) for name, rows in spec.items()}
 
     @property
-    def torch_delta_dtype(self) -> torch.dtype:
-        """``delta_dtype`` as a ``torch.dtype``."""
-        return _DELTA_DTYPES[self.delta_dtype]
+    def torch_delta_dtype(self) -> Optional[torch.dtype]:
+        """``delta_dtype`` as a ``torch.dtype`` (``None``: follow peft's ``autocast_adapter_dtype``)."""
+        return None if self.delta_dtype is None else _DELTA_DTYPES[self.delta_dtype]
 
     @property
     def num_rows(self) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 import warnings
 import zlib
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import torch
 from peft.tuners._buffer_dict import BufferDict
@@ -58,14 +58,16 @@ class NeFTLayer(BaseTunerLayer):
         adapter_name: str,
         rows: Optional[torch.Tensor],
         num_rows: int,
-        delta_dtype: torch.dtype = torch.float32,
-        init_weights: Union[bool, int] = True,
+        delta_dtype: Optional[torch.dtype] = None,
+        init_weights: bool = True,
+        init_seed: Optional[int] = None,
         inference_mode: bool = False,
     ) -> None:
         """Add an adapter with ``num_rows`` selected rows (``rows=None``: indices come from a checkpoint).
 
-        ``init_weights``: ``True`` for zero deltas, ``False`` or an int seed for seeded random ones (see
-        ``NeFTConfig.init_weights``).
+        ``delta_dtype=None`` creates the delta in the base weight's dtype, as peft's tuners create their adapters;
+        ``NeFTModel._cast_adapter_dtype`` then applies ``autocast_adapter_dtype``. ``init_weights``/``init_seed``:
+        see ``NeFTConfig``.
         """
         if rows is None:
             rows = torch.full((num_rows,), -1, dtype=torch.int64)
@@ -74,18 +76,40 @@ class NeFTLayer(BaseTunerLayer):
             check_rows(rows, self.module_name, self.out_features)
         device = self._base_device()
         self.neft_rows[adapter_name] = rows.to(device=device, dtype=torch.int64)
-        self.neft_delta[adapter_name] = nn.Parameter(self._initial_delta(num_rows, init_weights, delta_dtype, device))
+        dtype = delta_dtype or self._base_float_dtype()
+        delta = self._initial_delta(num_rows, init_weights, init_seed, dtype, device)
+        self.neft_delta[adapter_name] = nn.Parameter(delta)
         self.set_adapter(self.active_adapters, inference_mode=inference_mode)
 
     def _initial_delta(
-        self, num_rows: int, init_weights: Union[bool, int], dtype: torch.dtype, device: torch.device
+        self, num_rows: int, init_weights: bool, init_seed: Optional[int], dtype: torch.dtype, device: torch.device
     ) -> torch.Tensor:
-        """Zeros, or N(0, 0.1^2) from a generator seeded by the seed and the module's name (CPU, so any device
-        gives the same values)."""
-        if init_weights is True:
+        """Zeros, or N(0, 0.1^2) drawn on the CPU (so any device gives the same values): from torch's global
+        generator, or with ``init_seed`` from a generator seeded by the seed and the module's name."""
+        if init_weights:
             return torch.zeros(num_rows, self.in_features, dtype=dtype, device=device)
-        generator = torch.Generator().manual_seed(int(init_weights) * 1_000_003 + zlib.crc32(self.module_name.encode()))
+        generator = None
+        if init_seed is not None:
+            generator = torch.Generator().manual_seed(init_seed * 1_000_003 + zlib.crc32(self.module_name.encode()))
         return (0.1 * torch.randn(num_rows, self.in_features, generator=generator)).to(dtype=dtype, device=device)
+
+    def _base_float_dtype(self) -> torch.dtype:
+        """The base weight's dtype where it is a float (quantized weights: float32)."""
+        weight = getattr(self.get_base_layer(), "weight", None)
+        dtype = getattr(weight, "dtype", None)
+        return dtype if dtype is not None and dtype.is_floating_point else torch.float32
+
+    def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device: Optional[torch.device] = None) -> None:
+        """Move the adapter's tensors to the base layer's device, never changing their dtype.
+
+        peft's version also casts float adapters to the base dtype; on a ``low_cpu_mem_usage`` load that would
+        round the checkpoint's deltas before ``NeFTModel._cast_adapter_dtype`` settles their dtype.
+        """
+        target = device if device is not None else self._base_device()
+        for name in (*self.adapter_layer_names, *self.other_param_names):
+            tensors = getattr(self, name)
+            if adapter_name in tensors and tensors[adapter_name].device.type != "meta":
+                tensors[adapter_name] = tensors[adapter_name].to(target)
 
     def _base_device(self) -> torch.device:
         weight = getattr(self.get_base_layer(), "weight", None)
@@ -244,14 +268,15 @@ class Linear(nn.Module, NeFTLayer):
         adapter_name: str,
         rows: Optional[torch.Tensor],
         num_rows: int,
-        delta_dtype: torch.dtype = torch.float32,
-        init_weights: Union[bool, int] = True,
+        delta_dtype: Optional[torch.dtype] = None,
+        init_weights: bool = True,
+        init_seed: Optional[int] = None,
         module_name: str = "",
     ) -> None:
         super().__init__()
         NeFTLayer.__init__(self, base_layer, module_name=module_name)
         self._active_adapter = adapter_name
-        self.update_layer(adapter_name, rows, num_rows, delta_dtype, init_weights=init_weights)
+        self.update_layer(adapter_name, rows, num_rows, delta_dtype, init_weights=init_weights, init_seed=init_seed)
 
     def _load_from_state_dict(self, state_dict, prefix, *args: Any) -> None:
         self._check_incoming_state(state_dict, prefix)

@@ -37,6 +37,23 @@ def refuse_tied_weight(name: str, base: nn.Module, names_of: dict[int, list[str]
         )
 
 
+def refuse_weight_read_by_parent(name: str, modules: dict[str, nn.Module]) -> None:
+    """Raise for a Linear whose parent reads its ``.weight`` instead of calling it: a NeFT layer there never runs.
+
+    ``nn.MultiheadAttention`` passes ``out_proj.weight`` to ``F.multi_head_attention_forward``, so the row update
+    would change nothing and get no gradient until merged (peft's LoRA accepts it and trains nothing).
+    """
+    parent_name = name.rpartition(".")[0]
+    parent = modules.get(parent_name)
+    if isinstance(parent, nn.MultiheadAttention):
+        raise ValueError(
+            f"NeFT cannot adapt module {name!r}: its parent {parent_name or 'model'!r} is a "
+            f"{type(parent).__name__}, which reads `{name.rpartition('.')[2]}.weight` directly instead of calling "
+            "the module, so a NeFT layer there would never run: no effect on the output and no gradient. Remove "
+            "it from the selection (select rows of the Linear layers around the attention instead)."
+        )
+
+
 class NeFTModel(BaseTuner):
     """
     Creates a NeFT (Neuron-Level Fine-Tuning) model from a pretrained transformers model.
@@ -93,6 +110,7 @@ class NeFTModel(BaseTuner):
                     "transformers' Conv1D are supported. Remove it from the selection."
                 )
             refuse_tied_weight(name, base, names_of)
+            refuse_weight_read_by_parent(name, modules)
             in_features, out_features = _get_in_out_features(base)
             shapes[name] = [int(out_features), int(in_features)]
         recorded = config.module_shapes or {}
@@ -133,12 +151,13 @@ class NeFTModel(BaseTuner):
     ) -> None:
         rows = peft_config.neurons[current_key] if peft_config.neurons is not None else None
         num_rows = peft_config.neuron_counts[current_key]
+        init = {"init_weights": peft_config.init_weights, "init_seed": peft_config.init_seed}
         if isinstance(target, NeFTLayer):
-            target.update_layer(adapter_name, rows, num_rows, peft_config.torch_delta_dtype,
-                                init_weights=peft_config.init_weights, inference_mode=peft_config.inference_mode)
+            target.update_layer(adapter_name, rows, num_rows, peft_config.torch_delta_dtype, **init,
+                                inference_mode=peft_config.inference_mode)
             return
-        new_module = Linear(target, adapter_name, rows, num_rows, peft_config.torch_delta_dtype,
-                            init_weights=peft_config.init_weights, module_name=current_key)
+        new_module = Linear(target, adapter_name, rows, num_rows, peft_config.torch_delta_dtype, **init,
+                            module_name=current_key)
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)
@@ -171,8 +190,25 @@ class NeFTModel(BaseTuner):
             self.set_adapter(sorted(self.peft_config)[0])
 
     def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
-        # The delta dtype is an explicit config choice (`delta_dtype`), so peft's autocast does not apply.
-        return
+        """Settle the adapter's delta dtype once it is built or loaded (peft calls this on every path).
+
+        An explicit ``delta_dtype`` wins; otherwise peft's contract: float32 with ``autocast_adapter_dtype``
+        (float16/bfloat16 deltas upcast, as peft does), the base weight's dtype without. Only ever a cast of
+        the loaded values, so float32 deltas loaded onto a bf16 base stay bit-exact.
+        """
+        explicit = self.peft_config[adapter_name].torch_delta_dtype
+        for module in self.model.modules():
+            if not isinstance(module, NeFTLayer) or adapter_name not in module.neft_delta:
+                continue
+            delta = module.neft_delta[adapter_name]
+            if explicit is not None:
+                dtype = explicit
+            elif autocast_adapter_dtype:
+                dtype = torch.float32 if delta.dtype in (torch.float16, torch.bfloat16) else delta.dtype
+            else:
+                dtype = module._base_float_dtype()
+            if delta.dtype != dtype:
+                module.neft_delta[adapter_name] = nn.Parameter(delta.to(dtype), requires_grad=delta.requires_grad)
 
     def _check_merge_allowed(self) -> None:
         super()._check_merge_allowed()

@@ -12,6 +12,7 @@ of through an out-of-place ``index_add`` that copies the whole output.
 Under autocast the delta products run in the autocast dtype, as LoRA's do: ``x`` stays in bf16 and
 the float32 delta is cast down for the product, and backward computes in that same dtype. Only the
 delta's gradient is returned in float32 (the delta's own dtype), so the optimizer state stays float32.
+Without autocast they run in the wider of the input's and the delta's dtype, as a merged weight would.
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ from torch.nn import functional as F
 
 
 def _compute_dtype(x: torch.Tensor, delta: torch.Tensor) -> torch.dtype:
-    """The autocast dtype when autocast is on for ``x``'s device (and floats are involved), else the delta's."""
+    """The autocast dtype when autocast is on for ``x``'s device (and floats are involved), else the wider of
+    ``x``'s and the delta's: bf16 deltas on a float32 model compute in float32, as the merged weight does."""
     device = x.device.type
     if torch.is_autocast_enabled(device) and delta.is_floating_point():
         return torch.get_autocast_dtype(device)
-    return delta.dtype
+    return torch.promote_types(x.dtype, delta.dtype) if x.is_floating_point() else delta.dtype
 
 
 def _delta_product(x: torch.Tensor, delta: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
