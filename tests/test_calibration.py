@@ -172,13 +172,18 @@ def test_calibrate_cli_on_smollm2(smollm2_dir, shared_data, tmp_path, capsys):
 
 @pytest.mark.parametrize("flags, message", [
     (["--percent", "150"], "percent must lie in (0, 100]"),
-    (["--percent", "1", "--max-source-tokens", "0"], "--max-source-tokens must be at least 1"),
-    (["--percent", "1", "--max-target-tokens", "0"], "--max-target-tokens must be at least 1"),
-    (["--percent", "1", "--max-examples", "0"], "--max-examples must be at least 1"),
-    (["--percent", "1", "--lr", "0"], "--lr must be positive"),
-    (["--percent", "1", "--steps", "0"], "--steps must be at least 1"),
-    (["--num-neurons", "-3"], "num_neurons must be a positive integer, got -3"),
-    (["--lora-rank", "0"], "--lora-rank must be at least 1"),
+    (["--percent", "nan"], "argument --percent: must be a finite number, got 'nan'"),
+    (["--percent", "1", "--max-source-tokens", "0"], "argument --max-source-tokens/--max_source_tokens: must be at least 1"),
+    (["--percent", "1", "--max-target-tokens", "0"], "argument --max-target-tokens/--max_target_tokens: must be at least 1"),
+    (["--percent", "1", "--max-examples", "0"], "argument --max-examples/--max_examples: must be at least 1"),
+    (["--percent", "1", "--lr", "0"], "argument --lr/--learning-rate/--learning_rate: must be above 0, got 0"),
+    (["--percent", "1", "--lr", "-1e-3"], "argument --lr/--learning-rate/--learning_rate: must be above 0"),
+    (["--percent", "1", "--lr", "inf"], "argument --lr/--learning-rate/--learning_rate: must be a finite number"),
+    (["--percent", "1", "--lr", "nan"], "argument --lr/--learning-rate/--learning_rate: must be a finite number"),
+    (["--percent", "1", "--steps", "0"], "argument --steps/--max-steps/--max_steps: must be at least 1"),
+    (["--percent", "1", "--steps", "1.5"], "argument --steps/--max-steps/--max_steps: expected a whole number, got '1.5'"),
+    (["--num-neurons", "-3"], "argument --num-neurons/--num_neurons: must be at least 1, got -3"),
+    (["--lora-rank", "0"], "argument --lora-rank/--lora_rank: must be at least 1"),
 ])
 def test_calibrate_cli_refuses_bad_arguments_before_any_work(tmp_path, capsys, flags, message):
     missing = tmp_path / "not-there.jsonl"  # checked later: an argument error must come first
