@@ -26,7 +26,7 @@ from transformers.pytorch_utils import Conv1D
 
 from ._shapes import meta_model
 from .atomic import atomic_dir
-from .integrity import checksums, verify
+from .integrity import save_with_checksums, verify
 from .model_card import lora_card_section, neft_card_section, write_model_card
 from .outputs import check_output
 from .tuner import NeFTConfig
@@ -241,8 +241,7 @@ def _local_inputs(folders: dict[str, Path], base: Any, configs: list[Optional[st
 
 
 def _save_tensors(tensors: dict[str, torch.Tensor], folder: Path) -> None:
-    safetensors.torch.save_file({k: v.contiguous() for k, v in tensors.items()}, folder / SAFETENSORS_WEIGHTS_NAME,
-                                metadata={"format": "pt", **checksums(tensors)})
+    save_with_checksums(tensors, folder / SAFETENSORS_WEIGHTS_NAME, metadata={"format": "pt"})
 
 
 def _suffix_of_another(name: str, modules: list[str]) -> bool:

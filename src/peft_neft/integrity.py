@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 METADATA_KEY = "peft_neft_sha256"  # JSON: tensor name -> sha256 of its bytes
 
@@ -30,12 +31,26 @@ def checksums(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
     return {METADATA_KEY: json.dumps({name: digest(t) for name, t in sorted(tensors.items())})}
 
 
+def save_with_checksums(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
+                        metadata: dict[str, str] | None = None) -> None:
+    """``safetensors.torch.save_file`` with a checksum of each tensor in the metadata, and the metadata's keys in
+    sorted order: safetensors writes them in hash order, which differs between processes, and the same tensors
+    must give the same bytes."""
+    blob = save({k: v.contiguous() for k, v in tensors.items()}, metadata={**(metadata or {}), **checksums(tensors)})
+    (length,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8:8 + length])
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data stays 8-byte aligned, as safetensors pads it
+    with open(path, "wb") as handle:
+        handle.write(struct.pack("<Q", len(text)) + text + blob[8 + length:])
+
+
 def add_checksums(path: str | os.PathLike) -> None:
     """Rewrite the safetensors file at ``path`` (not yet in its final place) with a checksum of each tensor."""
     with safe_open(os.fspath(path), framework="pt") as handle:
         metadata = handle.metadata() or {}
-    tensors = load_file(os.fspath(path))
-    save_file(tensors, os.fspath(path), metadata={**metadata, **checksums(tensors)})
+    save_with_checksums(load_file(os.fspath(path)), path, metadata)
 
 
 def verify(path: str | os.PathLike) -> None:
