@@ -32,10 +32,12 @@ def number(kind: type, *, at_least: float | None = None, above: float | None = N
                                              f"got {text!r}") from None
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
-        for bound, holds, says in ((at_least, lambda b: value >= b, "at least"), (above, lambda b: value > b, "above"),
-                                   (below, lambda b: value < b, "below")):
-            if bound is not None and not holds(bound):
-                raise argparse.ArgumentTypeError(f"must be {says} {bound:g}, got {text}")
+        if at_least is not None and value < at_least:
+            raise argparse.ArgumentTypeError(f"must be at least {at_least:g}, got {text}")
+        if above is not None and value <= above:
+            raise argparse.ArgumentTypeError(f"must be above {above:g}, got {text}")
+        if below is not None and value >= below:
+            raise argparse.ArgumentTypeError(f"must be below {below:g}, got {text}")
         return value
 
     parse.__name__ = kind.__name__

@@ -8,7 +8,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from ._options import UsageError
+from ._options import UsageError, add_overwrite_argument
 
 logger = logging.getLogger(__name__)
 
@@ -20,8 +20,7 @@ HELP = ("Re-render results.md and results.png of comparison folders; with --out,
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("folders", nargs="+", metavar="OUT", help="folders peft-neft compare wrote")
     parser.add_argument("--out", help="merge the folders' runs into this new folder (needed for several folders)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="merge into a non-empty --out folder that is not an earlier merge (its files may be replaced)")
+    add_overwrite_argument(parser, "the merged report")
 
 
 def _merged_before(folder: Path) -> bool:
@@ -36,7 +35,6 @@ def run(args: argparse.Namespace) -> int:
     from ..compare.report import write_report
     from ..compare.results import check_scored, diverged, outputs_path, read_results, save_results
     from ..compare.significance import store_figures
-
     from ..outputs import check_output
 
     folders = [Path(f) for f in args.folders]
