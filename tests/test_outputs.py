@@ -121,3 +121,17 @@ def test_an_output_in_a_read_only_folder_is_refused(work, monkeypatch):
     with pytest.raises(ValueError, match="cannot be written: no write permission in mine"):
         check_output("mine/x.safetensors", {}, folder=False)
 
+
+
+def test_a_comparison_interrupted_before_its_first_result_resumes_without_overwrite(work):
+    """Its folder holds only what compare writes (checkpoints, a temporary of results.json), no results.json yet."""
+    from peft_neft.commands._options import check_out_folder
+
+    (work / "cut" / "checkpoints" / "lora_2@seed0@lr0.001").mkdir(parents=True)
+    (work / "cut" / ".results.json.x1y2.tmp").write_text("")
+    check_out_folder("cut", {}, overwrite=False)
+    (work / "cut" / "notes.txt").write_text("a user's")
+    with pytest.raises(ValueError, match="already holds files this command did not write"):
+        check_out_folder("cut", {}, overwrite=False)
+    (work / "cut" / "results.json").write_text("{}")  # a results folder: resumed, whatever else the user put there
+    check_out_folder("cut", {}, overwrite=False)

@@ -229,7 +229,19 @@ def check_out_folder(out: str, inputs: dict[str, str], overwrite: bool) -> None:
     if (path / "results.json").is_dir():
         raise UsageError(f"{path / 'results.json'} is a folder, so no results can be stored there; "
                          "move it away or give another --out folder.")
-    check_output(out, inputs, folder=True, overwrite=overwrite, ours=lambda p: (p / "results.json").is_file())
+    check_output(out, inputs, folder=True, overwrite=overwrite,
+                 ours=lambda p: (p / "results.json").is_file() or holds_only_results(p))
+
+
+# What a comparison writes in its folder; the first training's checkpoints come before results.json.
+_RESULTS_ENTRIES = ("results.json", "results.md", "results.png", "results-lr.png", "outputs", "checkpoints", "runs",
+                    "adapters")
+
+
+def holds_only_results(folder: Path) -> bool:
+    """Whether every entry of ``folder`` is one a comparison writes (with the hidden temporaries of its atomic
+    writes): the folder of a comparison interrupted before its first result, which the same command resumes."""
+    return all(entry.name.lstrip(".").startswith(_RESULTS_ENTRIES) for entry in folder.iterdir())
 
 
 def add_overwrite_argument(parser: argparse.ArgumentParser, what: str) -> None:

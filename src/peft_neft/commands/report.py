@@ -8,7 +8,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from ._options import UsageError, add_overwrite_argument
+from ._options import UsageError, add_overwrite_argument, holds_only_results
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _merged_before(folder: Path) -> bool:
-    """Whether ``folder`` holds a merge this command wrote (so merging again may replace it)."""
+    """Whether ``folder`` holds a merge this command wrote, whole or cut short (so merging again may replace it)."""
+    if not (folder / "results.json").exists():
+        return holds_only_results(folder)
     try:
         return "merged_from" in json.loads((folder / "results.json").read_text(encoding="utf-8"))["identity"]
     except (OSError, ValueError, KeyError, TypeError):
