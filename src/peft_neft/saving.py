@@ -32,7 +32,9 @@ def save_pretrained_atomically(model, save_directory: str | os.PathLike, **kwarg
     """``model.save_pretrained(save_directory, **kwargs)`` with a NeFT model card, and no file ever half-written.
 
     Each weights file carries a sha256 of every tensor in its metadata (:mod:`peft_neft.integrity`), which
-    loading checks. The save goes to a hidden temporary folder inside ``save_directory`` (so it is on the same file system
+    loading checks.
+
+    The save goes to a hidden temporary folder inside ``save_directory`` (so it is on the same file system
     even when the folder is a mount point or a symlink); then each file it wrote replaces its counterpart
     with one atomic rename, weights before ``adapter_config.json``. Every other file in the folder (a
     tokenizer, training arguments, other adapters' subfolders) is kept, as with plain ``save_pretrained``,

@@ -44,6 +44,11 @@ def number(kind: type, *, at_least: float | None = None, above: float | None = N
     return parse
 
 
+def _detail(err: Exception) -> str:
+    """What a :func:`number` said about a value (its bound), to follow the expected form; nothing for a bad form."""
+    return f": {err}" if isinstance(err, argparse.ArgumentTypeError) else ""
+
+
 class ListAction(argparse.Action):
     """Values given space- or comma-separated (``--seeds 0 1`` or ``--seeds 0,1``), each converted by ``element``."""
 
@@ -56,8 +61,8 @@ class ListAction(argparse.Action):
         try:
             setattr(namespace, self.dest, tuple(self.element(item) for item in items))
         except (ValueError, argparse.ArgumentTypeError) as err:
-            raise argparse.ArgumentError(self, f"expected {self.element.__name__} values, got {' '.join(values)!r}"
-                                         + (f": {err}" if isinstance(err, argparse.ArgumentTypeError) else "")) from None
+            raise argparse.ArgumentError(
+                self, f"expected {self.element.__name__} values, got {' '.join(values)!r}{_detail(err)}") from None
 
 
 class MappingAction(argparse.Action):
@@ -74,8 +79,8 @@ class MappingAction(argparse.Action):
             try:
                 merged[key.strip()] = self.element(text)
             except (ValueError, argparse.ArgumentTypeError) as err:
-                raise argparse.ArgumentError(self, f"expected KEY=VALUE such as lora=1e-3, got {value!r}"
-                                             + (f": {err}" if isinstance(err, argparse.ArgumentTypeError) else "")) from None
+                raise argparse.ArgumentError(
+                    self, f"expected KEY=VALUE such as lora=1e-3, got {value!r}{_detail(err)}") from None
         setattr(namespace, self.dest, merged)
 
 

@@ -22,7 +22,8 @@ def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
     budget.add_argument("--percent", type=number(float),  # its range: Budget's own check, one line
                         help="budget: x%% of ALL model parameters (the paper's NeFT_x%%)")
     budget.add_argument("--num-params", type=number(int, at_least=1), help="budget: this many trainable parameters")
-    budget.add_argument("--num-neurons", type=number(int, at_least=1), help="budget: this many rows, whatever they cost")
+    budget.add_argument("--num-neurons", type=number(int, at_least=1),
+                        help="budget: this many rows, whatever they cost")
     budget.add_argument("--lora-rank", type=number(int, at_least=1),
                         help="budget: as many parameters as LoRA of this rank on every block Linear")
     parser.add_argument("--strategy", default="lowest",

@@ -57,7 +57,9 @@ def _own_report(folder: Path) -> bool:
 def run(args: argparse.Namespace) -> int:
     from ..outputs import check_output
 
-    inputs = {args.data: "data file (--data)", **({args.selection: "selection (--selection)"} if args.selection else {})}
+    inputs = {args.data: "data file (--data)"}
+    if args.selection:
+        inputs[args.selection] = "selection (--selection)"
     inputs.update({m: f"model ({flag})" for m, flag in ((args.model_a, "--model-a"), (args.model_b, "--model-b"))
                    if m != "default"})
     check_output(args.out, inputs, folder=True, overwrite=args.overwrite, ours=_own_report, replaced=True)

@@ -81,7 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target-field", help="JSON field of the output (default: the task's, target / summary)")
     parser.add_argument("--source-lang", default="en", help="source language code, used in the prompt")
     parser.add_argument("--target-lang", default="fr", help="target language code, used in the prompt")
-    parser.add_argument("--steps", "--max-steps", type=number(int, at_least=1), default=800, help="fine-tuning steps K (gradient: batches)")
+    parser.add_argument("--steps", "--max-steps", type=number(int, at_least=1), default=800,
+                        help="fine-tuning steps K (gradient: batches)")
     parser.add_argument("--method", choices=sorted(SCORERS), default="cosine",
                         help="; ".join(f"{name}: {scorer.help}" for name, scorer in SCORERS.items()))
     parser.add_argument("--lr", "--learning-rate", type=number(float, above=0), default=1e-5,
