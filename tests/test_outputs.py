@@ -135,3 +135,15 @@ def test_a_comparison_interrupted_before_its_first_result_resumes_without_overwr
         check_out_folder("cut", {}, overwrite=False)
     (work / "cut" / "results.json").write_text("{}")  # a results folder: resumed, whatever else the user put there
     check_out_folder("cut", {}, overwrite=False)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["export-lora", "adapter", "lora", "--max-rank", "0"], "argument --max-rank/--max_rank: must be at least 1, got 0"),
+    (["analyze", *ANALYZE[1:], "out", "--strong-threshold", "nan"], "--strong-threshold"),
+    (["select", *SELECT[1:5], "--percent", "nan", "--out", "s.safetensors"], "argument --percent: must be a finite"),
+])
+def test_bad_numbers_are_usage_errors_naming_the_option(work, capsys, argv, message):
+    before = _snapshot(work)
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert _snapshot(work) == before
