@@ -24,7 +24,7 @@ def check_output(out: PathLike, inputs: Mapping[PathLike, str], *, folder: bool,
 
     Args:
         out: the file or folder the command is about to write.
-        inputs: ``path -> what it is`` ("the model folder (--model)") for every path the command reads; paths
+        inputs: ``path -> what it is`` ("model (--model)") for every path the command reads; paths
             that do not exist (hub ids, ``default``) are skipped.
         folder: whether ``out`` is a folder (else a file; an existing file there is replaced).
         option: how the user gave ``out``, for the message.
@@ -52,7 +52,7 @@ def check_output(out: PathLike, inputs: Mapping[PathLike, str], *, folder: bool,
         raise UsageError(f"{option} {out} is the current folder or holds it, so it cannot be replaced; "
                          "choose a new folder.")
     if path.is_dir() and not folder:
-        raise UsageError(f"{option} {out} is a folder; give a file path, e.g. {path / 'selection.safetensors'}.")
+        raise UsageError(f"{option} {out} is a folder; give the path of a file to write.")
     if path.exists() and not path.is_dir() and folder:
         raise UsageError(f"{option} {out} is a file; give a folder (it is created if missing).")
     held = sorted(p.name for p in path.iterdir()) if folder and path.is_dir() else []
