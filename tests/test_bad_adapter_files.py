@@ -134,3 +134,15 @@ def test_tensors_of_a_module_missing_from_neuron_counts_are_refused_not_dropped(
         PeftModel.from_pretrained(make_tiny_llama(), tmp_path / "neft")
     with pytest.raises(ValueError, match=message):
         export_lora(tmp_path / "neft", tmp_path / "out", base=folders / "base")
+
+
+@pytest.mark.parametrize("corruption", ["invalid JSON", "not UTF-8", "a list, not an object"])
+def test_analyze_names_a_corrupt_adapter_config_before_loading_any_model(folders, tmp_path, corruption):
+    from peft_neft.analysis import load_analysis_model
+
+    folder = _copy(folders / "neft", tmp_path / "adapter")
+    CORRUPTIONS[corruption][1](folder / CONFIG)
+    with pytest.raises(ValueError) as info:
+        load_analysis_model(folder)
+    message = str(info.value)
+    assert str(folder / CONFIG) in message and "\n" not in message and "Save the adapter again" in message

@@ -13,7 +13,8 @@ from conftest import make_tiny_llama, make_tiny_tokenizer
 from peft_neft import NeFTConfig
 from peft_neft.cli import main
 from peft_neft.embedded_model import load_model_and_tokenizer
-from peft_neft.selection import Budget, NeuronSelection, calibrate, gradient_scores, select_neurons
+from peft_neft.selection import (Budget, NeuronCalibrationCallback, NeuronSelection, calibrate, gradient_scores,
+                                 select_neurons)
 from peft_neft.tasks import TASKS, encode_pairs, make_collator
 
 COLLATE = make_collator(make_tiny_tokenizer())  # pads with <pad> = 0, labels with -100
@@ -172,13 +173,18 @@ def test_calibrate_cli_on_smollm2(smollm2_dir, shared_data, tmp_path, capsys):
 
 @pytest.mark.parametrize("flags, message", [
     (["--percent", "150"], "percent must lie in (0, 100]"),
-    (["--percent", "1", "--max-source-tokens", "0"], "--max-source-tokens must be at least 1"),
-    (["--percent", "1", "--max-target-tokens", "0"], "--max-target-tokens must be at least 1"),
-    (["--percent", "1", "--max-examples", "0"], "--max-examples must be at least 1"),
-    (["--percent", "1", "--lr", "0"], "--lr must be positive"),
-    (["--percent", "1", "--steps", "0"], "--steps must be at least 1"),
-    (["--num-neurons", "-3"], "num_neurons must be a positive integer, got -3"),
-    (["--lora-rank", "0"], "--lora-rank must be at least 1"),
+    (["--percent", "nan"], "argument --percent: must be a finite number, got 'nan'"),
+    (["--percent", "1", "--max-source-tokens", "0"], "argument --max-source-tokens/--max_source_tokens: must be at least 1"),
+    (["--percent", "1", "--max-target-tokens", "0"], "argument --max-target-tokens/--max_target_tokens: must be at least 1"),
+    (["--percent", "1", "--max-examples", "0"], "argument --max-examples/--max_examples: must be at least 1"),
+    (["--percent", "1", "--lr", "0"], "argument --lr/--learning-rate/--learning_rate: must be above 0, got 0"),
+    (["--percent", "1", "--lr=-1e-3"], "argument --lr/--learning-rate/--learning_rate: must be above 0"),
+    (["--percent", "1", "--lr", "inf"], "argument --lr/--learning-rate/--learning_rate: must be a finite number"),
+    (["--percent", "1", "--lr", "nan"], "argument --lr/--learning-rate/--learning_rate: must be a finite number"),
+    (["--percent", "1", "--steps", "0"], "argument --steps/--max-steps/--max_steps: must be at least 1"),
+    (["--percent", "1", "--steps", "1.5"], "argument --steps/--max-steps/--max_steps: expected a whole number, got '1.5'"),
+    (["--num-neurons", "-3"], "argument --num-neurons/--num_neurons: must be at least 1, got -3"),
+    (["--lora-rank", "0"], "argument --lora-rank/--lora_rank: must be at least 1"),
 ])
 def test_calibrate_cli_refuses_bad_arguments_before_any_work(tmp_path, capsys, flags, message):
     missing = tmp_path / "not-there.jsonl"  # checked later: an argument error must come first
@@ -269,3 +275,32 @@ def test_an_impossible_budget_fails_before_the_fine_tune():
         calibrate(model, data, collate_fn=COLLATE, steps=2, lr=1e-3, batch_size=8, progress=False,
                   budget=Budget(num_params=10**12), callback=lambda step, loss: losses.append(loss))
     assert losses == []  # no optimizer step ran
+
+
+def test_a_diverged_calibration_refuses_to_write_a_selection_and_names_the_rate(tmp_path):
+    """Non-finite weights (or scores) after K steps would rank as 'unchanged' rows: refused, nothing written."""
+    model, out, lr = make_tiny_llama(), tmp_path / "sel.safetensors", 1e30
+    before = state(model)
+    with pytest.raises(ValueError, match=r"diverged: after 3 steps the (weights|scores) of model\.layers\..* are not "
+                                         r"finite.*Lower the learning rate \(now 1e\+30;"):
+        calibrate(model, toy_data(), collate_fn=COLLATE, steps=3, lr=lr, batch_size=4, progress=False,
+                  budget=Budget(num_neurons=4))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # still restored
+    callback = NeuronCalibrationCallback(3, out, budget=Budget(num_neurons=4))
+    with pytest.raises(ValueError, match="diverged"):
+        calibrate_with(callback, lr)
+    assert not out.exists()
+
+
+def calibrate_with(callback, lr):
+    """A user's full fine-tune with the callback (Trainer, AdamW at ``lr``)."""
+    import tempfile
+
+    from transformers import Trainer, TrainingArguments
+
+    model = make_tiny_llama().train()
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TrainingArguments(output_dir=tmp, max_steps=4, per_device_train_batch_size=4, learning_rate=lr,
+                                 lr_scheduler_type="constant", report_to="none", use_cpu=True, save_strategy="no",
+                                 remove_unused_columns=False, disable_tqdm=True)
+        Trainer(model=model, args=args, train_dataset=toy_data(), data_collator=COLLATE, callbacks=[callback]).train()

@@ -86,7 +86,7 @@ def test_argument_errors_come_before_any_work(setup, tmp_path, capsys):
     missing = tmp_path / "not-there"  # read only after the arguments are checked
     select = ["select", "--base", str(missing), "--finetuned", str(missing), "--out", str(tmp_path / "s.safetensors")]
     for budget, message in ((["--percent", "101"], "percent must lie in (0, 100]"),
-                            (["--num-neurons", "0"], "num_neurons must be a positive integer")):
+                            (["--num-neurons", "0"], "argument --num-neurons/--num_neurons: must be at least 1, got 0")):
         assert main([*select, *budget]) == 2
         assert message in capsys.readouterr().err
     (tmp_path / "file").write_text("")

@@ -154,6 +154,8 @@ def test_compare_end_to_end_scores_and_resume(tokenizer, data, tmp_path, caplog)
         assert refs == list(data["test"]["target"])
         assert run["scores"]["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score)
         assert run["scores"]["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score)
+        for metric, interval in run["intervals"].items():  # scored against the references, as the run was
+            assert interval["score"] == pytest.approx(run["scores"][metric]), (key, metric)
     neft, lora = stored["runs"]["neft:match-lora:2@seed0"], stored["runs"]["lora:2@seed0"]
     assert abs(neft["trainable_params"] - lora["trainable_params"]) <= 64 and lora["trainable_params"] == 2048
     assert neft["calibration"]["steps"] == 2 and lora["calibration"] is None
@@ -297,3 +299,97 @@ def test_results_folder_identity_holds_the_resolved_device_and_dtype(tokenizer, 
     (out / "results.json").write_text(json.dumps(stored))
     with pytest.raises(ValueError, match="different configuration.*dtype"):
         compare(_loader(tokenizer), tokenizer, data, ["base"], [0], out, _config(), model_id="tiny", progress=False)
+
+
+def test_a_diverged_training_is_no_result(tokenizer, data, tmp_path):
+    """lora at 1e30: stopped as diverged, not evaluated, no adapter, marked in the table and the plot."""
+    out = tmp_path / "cmp"
+    results = compare(_loader(tokenizer), tokenizer, data, ["base", "lora:2"], [0], out,
+                      _config(learning_rates={"lora": 1e30}, max_steps=6), model_id="tiny", progress=False)
+    run = results["runs"]["lora:2@seed0"]
+    assert run["stop_reason"] == "diverged" and run["diverged_step"] == 2 and run["scores"] is None
+    assert not (out / "adapters" / "lora_2").exists() and not (out / "outputs" / "lora_2@seed0.jsonl.gz").exists()
+    table = (out / "results.md").read_text()
+    assert "| lora:2 | 2,048 | " in table and "| diverged | diverged | - | 0 |" in table
+    assert "diverged at step 2" in table and (out / "results.png").is_file()
+    assert results["runs"]["base@seed0"]["scores"]["bleu"] >= 0 and "intervals" not in run
+    assert main(["report", str(out)]) == 0  # a folder with a diverged run renders again
+
+
+def test_a_diverged_rate_loses_the_rate_search(tokenizer, data, tmp_path):
+    grid = _config(lr_grid=(1.0, 1e33), max_steps=4, patience=None)
+    results = compare(_loader(tokenizer), tokenizer, data, ["lora:2"], [0], tmp_path / "grid", grid, model_id="tiny",
+                      progress=False)
+    run = results["runs"]["lora:2@seed0"]
+    search = {t["lr"]: t for t in run["lr_search"]}
+    assert search[DEFAULT_LR["lora"] * 1e33]["stop_reason"] == "diverged"
+    assert run["lr"] == DEFAULT_LR["lora"] and run["scores"]["bleu"] >= 0
+    assert (tmp_path / "grid" / "adapters" / "lora_2").is_dir()
+    assert "diverged at step" in (tmp_path / "grid" / "results.md").read_text()
+
+
+def test_a_resume_missing_a_trainings_outputs_names_it_and_the_fix(tokenizer, data, tmp_path):
+    out = tmp_path / "cmp"
+    compare(_loader(tokenizer), tokenizer, data, ["lora:2"], [0], out, _config(), model_id="tiny", progress=False)
+    stored = json.loads((out / "results.json").read_text())
+    (training,) = stored["trainings"]
+    del stored["runs"]["lora:2@seed0"]  # as if killed before the run was chosen
+    (out / "results.json").write_text(json.dumps(stored))
+    (out / "outputs" / f"{training.replace(':', '_')}.jsonl.gz").unlink()
+    with pytest.raises(ValueError, match=rf"is missing, so run lora:2@seed0 cannot take its training {training}; "
+                                         rf"delete the entry '{training}' from .*results.json's \"trainings\""):
+        compare(_loader(tokenizer), tokenizer, data, ["lora:2"], [0], out, _config(), model_id="tiny", progress=False)
+    del stored["trainings"][training]  # what the message says to do
+    (out / "results.json").write_text(json.dumps(stored))
+    again = compare(_loader(tokenizer), tokenizer, data, ["lora:2"], [0], out, _config(), model_id="tiny",
+                    progress=False)
+    assert again["runs"]["lora:2@seed0"]["scores"]["bleu"] >= 0
+
+
+def test_report_names_a_run_without_scores_in_one_line(tokenizer, data, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    compare(_loader(tokenizer), tokenizer, data, ["base"], [0], out, _config(), model_id="tiny", progress=False)
+    stored = json.loads((out / "results.json").read_text())
+    del stored["runs"]["base@seed0"]["scores"]
+    (out / "results.json").write_text(json.dumps(stored))
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "run base@seed0 has no scores" in err and "delete its entry" in err
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--lr", "lora=0"], "argument --learning-rates/--lr/--learning_rates: expected KEY=VALUE such as lora=1e-3, "
+                         "got 'lora=0': must be above 0, got 0"),
+    (["--lr", "lora=nan"], "must be a finite number, got 'nan'"),
+    (["--lr", "lora=-1"], "must be above 0"),
+    (["--lr-grid", "1,nan"], "argument --lr-grid/--lr_grid: expected float values, got '1,nan': must be a finite"),
+    (["--epochs", "nan"], "argument --epochs/--num-train-epochs/--num_train_epochs: must be a finite number"),
+    (["--warmup-ratio", "1"], "must be below 1, got 1"),
+    (["--calibration-lr", "0"], "argument --calibration-lr/--calibration_lr: must be above 0"),
+    (["--train", "a", "b", "c"], "--train: give one .jsonl file or a SOURCE TARGET pair of text files, not 3 files."),
+])
+def test_compare_refuses_bad_numbers_and_files_as_usage_errors_before_loading(tmp_path, capsys, flags, message):
+    (tmp_path / "t.jsonl").write_text(json.dumps({"source": "a", "target": "b"}) + "\n")
+    args = ["compare", "--model", str(tmp_path / "no-model"), "--train", str(tmp_path / "t.jsonl"), "--eval",
+            str(tmp_path / "t.jsonl"), "--methods", "lora:2", "--out", str(tmp_path / "out"), *flags]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_config_files_follow_the_same_number_rules(tmp_path, capsys):
+    (tmp_path / "t.jsonl").write_text(json.dumps({"source": "a", "target": "b"}) + "\n")
+    (tmp_path / "c.yaml").write_text("lr:\n  lora: 0\n")
+    assert main(["compare", "--config", str(tmp_path / "c.yaml"), "--train", str(tmp_path / "t.jsonl"), "--eval",
+                 str(tmp_path / "t.jsonl"), "--methods", "lora:2", "--out", str(tmp_path / "out")]) == 2
+    assert "got 'lora=0': must be above 0" in capsys.readouterr().err
+
+
+def test_changed_settings_on_resume_are_a_usage_error(tokenizer, data, tmp_path):
+    from peft_neft.errors import UsageError
+
+    out = tmp_path / "cmp"
+    compare(_loader(tokenizer), tokenizer, data, ["base"], [0], out, _config(), model_id="tiny", progress=False)
+    with pytest.raises(UsageError, match="different configuration"):
+        compare(_loader(tokenizer), tokenizer, data, ["base"], [0], out, _config(max_steps=5), model_id="tiny")

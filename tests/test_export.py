@@ -290,8 +290,9 @@ def test_cli_export_and_import(exported, tmp_path, capsys):
     assert main(["export-lora", str(case["neft"]), str(tmp_path / "lora"), "--base", str(case["base"])]) == 0
     assert main(["import-lora", str(tmp_path / "lora"), str(tmp_path / "neft")]) == 0
     assert "Wrote NeFT adapter" in capsys.readouterr().out
-    assert main(["export-lora", str(case["neft"]), str(tmp_path / "lora")]) == 1
-    assert "already holds another adapter; pass --overwrite" in capsys.readouterr().err
+    assert main(["export-lora", str(case["neft"]), str(tmp_path / "lora")]) == 2  # a usage error
+    assert "already holds files this command did not write (such as README.md); pass --overwrite" in \
+        capsys.readouterr().err
     capsys.readouterr()
     assert main(["export-lora", str(case["neft"]), str(tmp_path / "lora"), "--overwrite", "--max-rank", "8"]) == 0
     assert "approximation" not in capsys.readouterr().err  # every module within the limit: exact
@@ -340,12 +341,12 @@ def test_base_with_other_shapes(tmp_path, exported):
 def test_output_holding_another_adapter_is_kept(tmp_path, exported):
     out = export_lora(exported["gpt2"]["neft"], tmp_path / "out")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    with pytest.raises(ValueError, match="already holds another adapter; pass --overwrite"):
+    with pytest.raises(ValueError, match="already holds files this command did not write .*; pass --overwrite"):
         export_lora(exported["llama"]["neft"], out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     export_lora(exported["llama"]["neft"], out, overwrite=True)
     assert sorted(json.loads((out / "adapter_config.json").read_text())["target_modules"]) == sorted(LLAMA_ROWS)
-    with pytest.raises(ValueError, match="holds the source adapter"):
+    with pytest.raises(ValueError, match="is the source adapter"):
         export_lora(exported["llama"]["neft"], exported["llama"]["neft"], overwrite=True)
 
 
@@ -406,9 +407,9 @@ def test_export_refuses_an_output_folder_that_is_contains_or_lies_inside_an_inpu
            "inside the adapter": adapter_dir / "lora"}[where]
     before = _snapshot(root)
     for base in (["--base", str(base_dir)], []):  # given, or read from the adapter's config
-        assert main(["export-lora", str(adapter_dir), str(out), *base, "--overwrite"]) == 1  # refused, not run
+        assert main(["export-lora", str(adapter_dir), str(out), *base, "--overwrite"]) == 2  # refused, not run
         err = capsys.readouterr().err
-        assert f"The output folder {out} " in err and ("holds the" in err or "lies inside the" in err)
+        assert f"The output folder {out} " in err and any(f"{how} the" in err for how in ("is", "holds", "lies inside"))
         assert ".tmp" not in err
     assert _snapshot(root) == before  # nothing deleted, nothing written
     AutoModelForCausalLM.from_pretrained(base_dir)  # the base still loads

@@ -254,3 +254,41 @@ def test_the_untie_fix_in_the_error_message_gives_an_exact_merge():
         plain = peft_model.merge_and_unload()
         torch.testing.assert_close(plain(input_ids=ids).logits, unmerged, rtol=1e-5, atol=1e-5)
     assert torch.equal(plain.model.embed_tokens.weight, embeddings)
+
+
+# ---- Conv1D (GPT-2): weights stored in x out, so a row (output neuron) is a column ----
+
+GPT2_ROWS = {"transformer.h.0.mlp.c_fc": [1, 7, 30], "transformer.h.1.attn.c_proj": [0, 4], "transformer.h.1.mlp.c_proj": [3]}
+
+
+def _tiny_gpt2():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=128, n_positions=64, tie_word_embeddings=False)
+    return GPT2LMHeadModel(config).eval()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_merge_over_a_conv1d_model_adds_each_delta_to_its_column_and_unmerge_restores_it(dtype):
+    model = get_peft_model(_tiny_gpt2().to(dtype), NeFTConfig(neurons=GPT2_ROWS, init_weights=3))
+    ids = _ids()
+    with torch.no_grad():
+        unmerged = model(input_ids=ids).logits
+    before = _weights(model)
+    model.merge_adapter()
+    for name, rows in GPT2_ROWS.items():
+        layer = model.base_model.model.get_submodule(name)
+        original = before[f"base_model.model.{name}.base_layer.weight"]
+        expected = original.clone()  # in x out: output neuron r is column r
+        expected[:, rows] = (original[:, rows].float() + layer.neft_delta["default"].detach().T).to(dtype)
+        assert torch.equal(layer.base_layer.weight, expected), name
+    with torch.no_grad():
+        tolerance = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 0.05, "atol": 0.05}
+        torch.testing.assert_close(model(input_ids=ids).logits, unmerged, **tolerance)
+    model.unmerge_adapter()
+    assert all(torch.equal(before[n], p) for n, p in _weights(model).items())
+    plain = model.merge_and_unload()
+    assert type(plain).__name__ == "GPT2LMHeadModel" and not any("neft" in n for n, _ in plain.named_modules())
+    with torch.no_grad():
+        torch.testing.assert_close(plain(input_ids=ids).logits, unmerged, **tolerance)

@@ -1,5 +1,7 @@
 """A run killed between evaluations and resumed ends bit-identical to an uninterrupted one."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import TrainerCallback
@@ -88,11 +90,17 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_bit_identical(kind, tmp_p
     assert again_stats == stats
 
 
-def test_a_checkpoint_cut_short_is_not_resumed_from(tmp_path):
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("cut", ["missing", "truncated", "empty"])
+def test_a_checkpoint_cut_short_is_not_resumed_from(tmp_path, cut):
     folder = tmp_path / "run"
     with pytest.raises(_Killed):
         _run("neft", folder, [_KillAt(7)])
-    (folder / "checkpoint-6" / KEEP_BEST).unlink()  # as if killed while Trainer wrote checkpoint-6
+    keep_best = folder / "checkpoint-6" / KEEP_BEST  # as if killed while checkpoint-6 was written
+    {"missing": lambda p: p.unlink(), "truncated": _truncate, "empty": lambda p: p.write_bytes(b"")}[cut](keep_best)
     steps = []
 
     class _Steps(TrainerCallback):
@@ -102,3 +110,33 @@ def test_a_checkpoint_cut_short_is_not_resumed_from(tmp_path):
     got, _ = _run("neft", folder, [_Steps()])
     assert steps[0] == 4  # resumed from checkpoint-3
     _same(got, _run("neft", None)[0])
+
+
+class _KilledMidWrite(BaseException):
+    pass
+
+
+@pytest.mark.parametrize("before", [False, True])
+def test_keep_best_killed_mid_write_leaves_the_previous_file_or_none(tmp_path, monkeypatch, before):
+    """A kill while keep_best is written leaves the old complete file (or none), never a truncated one under its
+    name, which would mark the checkpoint complete."""
+    import safetensors.torch
+
+    from peft_neft.training import checkpoints
+
+    path = tmp_path / "checkpoint-3" / KEEP_BEST
+    path.parent.mkdir()
+    if before:
+        checkpoints.save_state(path, [torch.ones(4)], {"best_loss": 1.0})
+    old = path.read_bytes() if before else None
+
+    def killed_mid_write(tensors, filename, metadata=None):
+        safetensors.torch.save_file(tensors, filename, metadata=metadata)
+        _truncate(Path(filename))
+        raise _KilledMidWrite
+
+    monkeypatch.setattr(checkpoints, "save_file", killed_mid_write)
+    with pytest.raises(_KilledMidWrite):
+        checkpoints.save_state(path, [torch.zeros(4)], {"best_loss": 0.5})
+    assert (path.read_bytes() if path.exists() else None) == old
+    assert checkpoints.resumable_checkpoint(tmp_path) == (path.parent if before else None)

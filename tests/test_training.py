@@ -1,6 +1,7 @@
 """The Trainer-based engine: same batches for every method, best checkpoint restored, plateau stops, bf16."""
 
 import logging
+import math
 
 import pytest
 import torch
@@ -225,3 +226,14 @@ def test_length_grouped_batches_are_fixed_by_the_seed_and_pad_less():
     grouped, rows = padded_tokens("neft", True)
     assert padded_tokens("lora", True)[1] == rows
     assert grouped < 0.9 * padded_tokens("neft", False)[0]  # 64 rows: megabatches of 16 (transformers' rule)
+
+
+@pytest.mark.parametrize("kind", ["lora", "full"])
+def test_a_training_whose_loss_becomes_non_finite_stops_as_diverged(kind, caplog):
+    settings = TrainingSettings(max_steps=12, batch_size=8, eval_every=2, patience=None, eval_batch_size=8)
+    with caplog.at_level("WARNING", logger="peft_neft"):
+        stats = _train(_model(kind), settings, lr=1e30)
+    assert stats["stop_reason"] == "diverged" and stats["diverged_step"] == stats["steps_run"] < 12
+    assert not math.isfinite(stats["curve"][-1]["val_loss"]) and stats["curve"][-1]["step"] == stats["diverged_step"]
+    assert f"step {stats['diverged_step']} of 12: validation loss" in caplog.text and "diverged" in caplog.text
+    assert _train(_model(kind), settings, lr=1e-2)["diverged_step"] is None  # a sane rate does not

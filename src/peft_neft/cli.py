@@ -175,7 +175,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as err:
         print(f"peft-neft: error: {err}", file=sys.stderr)
         return 2
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # argparse's usage error (status 2, printed) or --help/--version (0)
+        return int(done.code or 0)
     if args.progress is None:  # bars (tqdm, on stderr) only where someone watches them
         args.progress = sys.stderr.isatty()
     try:

@@ -26,7 +26,9 @@ from transformers.pytorch_utils import Conv1D
 
 from ._shapes import meta_model
 from .atomic import atomic_dir
+from .integrity import save_with_checksums, verify
 from .model_card import lora_card_section, neft_card_section, write_model_card
+from .outputs import check_output
 from .tuner import NeFTConfig
 from .tuner.config import PEFT_MODEL_PREFIX
 from .tuner.conversion import LoraFactors, lora_to_rows, rows_to_lora
@@ -86,10 +88,12 @@ def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
             "safe_serialization=True) (the default)."
         )
     try:
-        return safetensors.torch.load_file(path)
+        tensors = safetensors.torch.load_file(path)
     except (SafetensorError, OSError) as err:
         raise ValueError(f"{path} is not a readable safetensors file ({err}): it is truncated or corrupt. "
                          "Save the adapter again.") from err
+    verify(path)
+    return tensors
 
 
 def _adapter_folders(root: Path, adapter_name: Optional[str], peft_type: str) -> dict[str, Path]:
@@ -224,23 +228,8 @@ def _check_base(updates: dict[str, RowUpdate], model: nn.Module, config: NeFTCon
 
 # ----------------------------------------------------------------------------- writing
 
-
-def _prepare_target(out_dir: Path, inputs: dict[Path, str], overwrite: bool) -> None:
-    """Refuse an output folder that is, contains or lies inside an input (``path -> what it is``): replacing
-    it would destroy what is being read. Then refuse a file, or a non-empty folder without ``overwrite``."""
-    out = out_dir.resolve()
-    for path, role in inputs.items():
-        source = path.resolve()
-        if out == source or out in source.parents:
-            raise ValueError(f"The output folder {out_dir} holds the {role} {path}; choose a folder outside it.")
-        if source in out.parents:
-            raise ValueError(f"The output folder {out_dir} lies inside the {role} {path}; choose a folder outside it.")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"The output path {out_dir} is a file; choose a folder.")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        held = "another adapter" if (out_dir / CONFIG_NAME).is_file() else "files"
-        raise ValueError(f"The output folder {out_dir} already holds {held}; pass --overwrite (overwrite=True) "
-                         "to replace its contents, or choose an empty folder.")
+# The output folder is replaced as a whole (never an input, nor around or inside one; a non-empty one needs overwrite).
+_OUTPUT_RULE = {"folder": True, "replaced": True, "option": "The output folder"}
 
 
 def _local_inputs(folders: dict[str, Path], base: Any, configs: list[Optional[str]]) -> dict[Path, str]:
@@ -252,8 +241,7 @@ def _local_inputs(folders: dict[str, Path], base: Any, configs: list[Optional[st
 
 
 def _save_tensors(tensors: dict[str, torch.Tensor], folder: Path) -> None:
-    safetensors.torch.save_file({k: v.contiguous() for k, v in tensors.items()}, folder / SAFETENSORS_WEIGHTS_NAME,
-                                metadata={"format": "pt"})
+    save_with_checksums(tensors, folder / SAFETENSORS_WEIGHTS_NAME, metadata={"format": "pt"})
 
 
 def _suffix_of_another(name: str, modules: list[str]) -> bool:
@@ -347,7 +335,7 @@ def export_lora(
     source, out_dir = Path(adapter_dir), Path(out_dir)
     folders = _adapter_folders(source, adapter_name, "NEFT")
     recorded = [_read_config(folder).get("base_model_name_or_path") for folder in folders.values()] if base is None else []
-    _prepare_target(out_dir, _local_inputs(folders, base, recorded), overwrite)
+    check_output(out_dir, _local_inputs(folders, base, recorded), **_OUTPUT_RULE, overwrite=overwrite)
     with atomic_dir(out_dir) as tmp:
         for name, folder in folders.items():
             sub = adapter_name == "all" and name != "default"
@@ -450,7 +438,7 @@ def import_lora(lora_dir: PathLike, out_dir: PathLike, *, adapter_name: Optional
     """
     source, out_dir = Path(lora_dir), Path(out_dir)
     folders = _adapter_folders(source, adapter_name, "LORA")
-    _prepare_target(out_dir, _local_inputs(folders, None, []), overwrite)
+    check_output(out_dir, _local_inputs(folders, None, []), **_OUTPUT_RULE, overwrite=overwrite)
     with atomic_dir(out_dir) as tmp:
         for name, folder in folders.items():
             sub = adapter_name == "all" and name != "default"

@@ -7,9 +7,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from peft.utils import CONFIG_NAME
+from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME
 
 from .atomic import leftovers, recover_folder, remove, umask
+from .integrity import add_checksums
 from .model_card import neft_card_section, write_model_card
 
 _SAVE_PREFIX = ".neft-save."  # the temporary folder of a save, inside the target
@@ -29,6 +30,9 @@ def write_neft_card(directory: str | os.PathLike, model) -> None:
 
 def save_pretrained_atomically(model, save_directory: str | os.PathLike, **kwargs) -> None:
     """``model.save_pretrained(save_directory, **kwargs)`` with a NeFT model card, and no file ever half-written.
+
+    Each weights file carries a sha256 of every tensor in its metadata (:mod:`peft_neft.integrity`), which
+    loading checks.
 
     The save goes to a hidden temporary folder inside ``save_directory`` (so it is on the same file system
     even when the folder is a mount point or a symlink); then each file it wrote replaces its counterpart
@@ -54,6 +58,8 @@ def save_pretrained_atomically(model, save_directory: str | os.PathLike, **kwarg
         if (target / "README.md").is_file():
             shutil.copy2(target / "README.md", tmp / "README.md")  # the card keeps what a user wrote in it
         model.save_pretrained(tmp, **kwargs)
+        for weights in tmp.rglob(SAFETENSORS_WEIGHTS_NAME):  # a sha256 per tensor, checked on load
+            add_checksums(weights)
         write_neft_card(tmp, model)
         written = sorted(p.relative_to(tmp) for p in tmp.rglob("*") if p.is_file())  # weights first, configs last
         mode = 0o666 & ~umask()

@@ -25,7 +25,15 @@ def load_analysis_model(spec: str | os.PathLike) -> tuple[PreTrainedModel, PreTr
         return model.eval(), tokenizer
     from peft import PeftModel
 
-    base_name = json.loads(adapter_config.read_text()).get("base_model_name_or_path") or None
+    try:
+        config = json.loads(adapter_config.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{adapter_config} is not valid JSON ({err}); the adapter folder is corrupt. Save the "
+                         "adapter again.") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{adapter_config} must hold a JSON object, got a {type(config).__name__}; the adapter "
+                         "folder is corrupt. Save the adapter again.")
+    base_name = config.get("base_model_name_or_path") or None
     base, tokenizer = load_model_and_tokenizer(base_name)
     if (path / "tokenizer_config.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(path)

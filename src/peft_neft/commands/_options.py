@@ -6,12 +6,14 @@ Standard library only: the parser of every command is built from here for ``--he
 from __future__ import annotations
 
 import argparse
+import math
 import types
 import typing
 from dataclasses import MISSING, Field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from ..errors import UsageError  # noqa: F401  (every command raises it from here)
 from ..settings import CompareSettings
 
 if TYPE_CHECKING:  # torch loads when a command runs, not when the parser is built
@@ -19,8 +21,32 @@ if TYPE_CHECKING:  # torch loads when a command runs, not when the parser is bui
     from ..training.precision import Precision
 
 
-class UsageError(ValueError):
-    """A bad argument, found before any work: the command exits with status 2, as argparse does."""
+def number(kind: type, *, at_least: float | None = None, above: float | None = None,
+           below: float | None = None) -> Callable[[str], Any]:
+    """An argparse ``type``: an int or a finite float read from text, within the bounds; argparse names the option."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'a whole number' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        if at_least is not None and value < at_least:
+            raise argparse.ArgumentTypeError(f"must be at least {at_least:g}, got {text}")
+        if above is not None and value <= above:
+            raise argparse.ArgumentTypeError(f"must be above {above:g}, got {text}")
+        if below is not None and value >= below:
+            raise argparse.ArgumentTypeError(f"must be below {below:g}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _detail(err: Exception) -> str:
+    """What a :func:`number` said about a value (its bound), to follow the expected form; nothing for a bad form."""
+    return f": {err}" if isinstance(err, argparse.ArgumentTypeError) else ""
 
 
 class ListAction(argparse.Action):
@@ -34,8 +60,9 @@ class ListAction(argparse.Action):
         items = [item for value in values for item in value.split(",") if item.strip()]
         try:
             setattr(namespace, self.dest, tuple(self.element(item) for item in items))
-        except ValueError:
-            raise argparse.ArgumentError(self, f"expected {self.element.__name__} values, got {' '.join(values)!r}") from None
+        except (ValueError, argparse.ArgumentTypeError) as err:
+            raise argparse.ArgumentError(
+                self, f"expected {self.element.__name__} values, got {' '.join(values)!r}{_detail(err)}") from None
 
 
 class MappingAction(argparse.Action):
@@ -51,8 +78,9 @@ class MappingAction(argparse.Action):
             key, _, text = value.partition("=")
             try:
                 merged[key.strip()] = self.element(text)
-            except ValueError:
-                raise argparse.ArgumentError(self, f"expected KEY=VALUE such as lora=1e-3, got {value!r}") from None
+            except (ValueError, argparse.ArgumentTypeError) as err:
+                raise argparse.ArgumentError(
+                    self, f"expected KEY=VALUE such as lora=1e-3, got {value!r}{_detail(err)}") from None
         setattr(namespace, self.dest, merged)
 
 
@@ -88,18 +116,26 @@ def _default(item: Field) -> Any:
 
 
 def _value_kind(hint: Any, default: Any, meta: typing.Mapping[str, Any]) -> dict[str, Any]:
-    """The argparse keywords that read a value of type ``hint``."""
+    """The argparse keywords that read a value of type ``hint``; numbers are finite and within the field's bounds
+    (``metadata`` keys ``at_least``, ``above``, ``below``)."""
     inner = [a for a in typing.get_args(hint) if a is not type(None)]
     if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None
         (hint,) = inner
-        return {"type": _optional(hint, meta.get("none_as", "none"))}
+        return {"type": _optional(_checked(hint, meta), meta.get("none_as", "none"))}
     if hint is bool:
         return {"action": argparse.BooleanOptionalAction if default else "store_true"}
     if typing.get_origin(hint) is dict:
-        return {"action": MappingAction, "element": inner[1]}
+        return {"action": MappingAction, "element": _checked(inner[1], meta)}
     if typing.get_origin(hint) is tuple:
-        return {"action": ListAction, "element": inner[0]}
-    return {"type": hint, **({"choices": meta["choices"]} if "choices" in meta else {})}
+        return {"action": ListAction, "element": _checked(inner[0], meta)}
+    return {"type": _checked(hint, meta), **({"choices": meta["choices"]} if "choices" in meta else {})}
+
+
+def _checked(kind: type, meta: typing.Mapping[str, Any]) -> Callable[[str], Any]:
+    """``kind`` itself, or for numbers a :func:`number` with the field's bounds."""
+    if kind not in (int, float):
+        return kind
+    return number(kind, **{k: meta[k] for k in ("at_least", "above", "below") if k in meta})
 
 
 def settings_from_args(settings: type, args: argparse.Namespace) -> dict[str, Any]:
@@ -184,20 +220,39 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
 
 def add_comparison_arguments(parser: argparse.ArgumentParser, *, exclude: tuple[str, ...] = ()) -> None:
     """The options of a comparison (``compare``, ``demo``): seeds, threads and every setting of a comparison."""
-    parser.add_argument("--seeds", "--seed", action=ListAction, element=int, default=(0,),
+    parser.add_argument("--seeds", "--seed", action=ListAction, element=number(int), default=(0,),
                         help="seeds, one run of each method per seed (space- or comma-separated)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=number(int, at_least=1), help="torch CPU threads (default: torch's choice)")
     add_settings_arguments(parser, CompareSettings, exclude=exclude)
 
 
-def check_out_folder(out: str) -> None:
-    """Refuse a results folder that cannot be one before anything is trained."""
+def check_out_folder(out: str, inputs: dict[str, str], overwrite: bool) -> None:
+    """Refuse a results folder that cannot be one, or would lose what is there, before anything is trained."""
+    from ..outputs import check_output
+
     path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"--out {out} is a file; give a folder for the results (it is created if missing).")
     if (path / "results.json").is_dir():
         raise UsageError(f"{path / 'results.json'} is a folder, so no results can be stored there; "
                          "move it away or give another --out folder.")
+    check_output(out, inputs, folder=True, overwrite=overwrite,
+                 ours=lambda p: (p / "results.json").is_file() or holds_only_results(p))
+
+
+# What a comparison writes in its folder; the first training's checkpoints come before results.json.
+_RESULTS_ENTRIES = ("results.json", "results.md", "results.png", "results-lr.png", "outputs", "checkpoints", "runs",
+                    "adapters")
+
+
+def holds_only_results(folder: Path) -> bool:
+    """Whether every entry of ``folder`` is one a comparison writes (with the hidden temporaries of its atomic
+    writes): the folder of a comparison interrupted before its first result, which the same command resumes."""
+    return all(entry.name.lstrip(".").startswith(_RESULTS_ENTRIES) for entry in folder.iterdir())
+
+
+def add_overwrite_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--overwrite``: allow an output folder that already holds files the command did not write."""
+    parser.add_argument("--overwrite", action="store_true", help=f"write {what} into a non-empty folder that this "
+                        "command did not make (its files may be replaced)")
 
 
 def compare_config(args: argparse.Namespace, **fixed: Any) -> tuple[CompareConfig, Precision]:

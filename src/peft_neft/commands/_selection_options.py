@@ -7,7 +7,7 @@ import os
 from typing import TYPE_CHECKING, Optional
 
 from .._targets import DEFAULT_TARGET_MODULES
-from ._options import UsageError
+from ._options import UsageError, number
 
 if TYPE_CHECKING:  # torch and the selection code load when a command runs, not when the parser is built
     from torch import nn
@@ -19,22 +19,27 @@ if TYPE_CHECKING:  # torch and the selection code load when a command runs, not 
 def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
     """Exactly one budget, the strategy, target modules and where to write the selection."""
     budget = parser.add_mutually_exclusive_group(required=True)
-    budget.add_argument("--percent", type=float, help="budget: x%% of ALL model parameters (the paper's NeFT_x%%)")
-    budget.add_argument("--num-params", type=int, help="budget: this many trainable parameters")
-    budget.add_argument("--num-neurons", type=int, help="budget: this many rows, whatever they cost")
-    budget.add_argument("--lora-rank", type=int, help="budget: as many parameters as LoRA of this rank on every block Linear")
+    budget.add_argument("--percent", type=number(float),  # its range: Budget's own check, one line
+                        help="budget: x%% of ALL model parameters (the paper's NeFT_x%%)")
+    budget.add_argument("--num-params", type=number(int, at_least=1), help="budget: this many trainable parameters")
+    budget.add_argument("--num-neurons", type=number(int, at_least=1),
+                        help="budget: this many rows, whatever they cost")
+    budget.add_argument("--lora-rank", type=number(int, at_least=1),
+                        help="budget: as many parameters as LoRA of this rank on every block Linear")
     parser.add_argument("--strategy", default="lowest",
                         help="lowest: most changed first (paper); reversed: least changed first; random (seeded)")
     parser.add_argument("--target-modules", nargs="+", default=list(DEFAULT_TARGET_MODULES),
                         help="Linear layers whose rows are scored")
     parser.add_argument("--per-layer-quota", action="store_true", help="give every layer its share of the budget")
-    parser.add_argument("--seed", type=int, default=0, help="seed (random strategy, calibration data order)")
+    parser.add_argument("--seed", type=number(int), default=0, help="seed (random strategy, calibration data order)")
     parser.add_argument("--out", required=True, help="where to write the selection (.safetensors)")
     parser.add_argument("--plot", help="also write a PNG of the selection here")
 
 
-def check_selection_arguments(args: argparse.Namespace) -> None:
-    """Refuse an unknown strategy, an impossible budget or an output path that is a folder, before any scoring."""
+def check_selection_arguments(args: argparse.Namespace, inputs: dict[str, str]) -> None:
+    """Refuse an unknown strategy, an impossible budget, or an output path that is a folder, is unwritable or
+    would write over, into or around one of ``inputs`` (``path -> what it is``), before anything loads."""
+    from ..outputs import check_output
     from ..selection.select import STRATEGIES
 
     if args.strategy not in STRATEGIES:
@@ -49,6 +54,8 @@ def check_selection_arguments(args: argparse.Namespace) -> None:
     for flag, path, name in (("--out", args.out, "selection.safetensors"), ("--plot", args.plot, "selection.png")):
         if path and os.path.isdir(path):
             raise UsageError(f"{flag} {path!r} is a folder; give a file path, e.g. {os.path.join(path, name)!r}.")
+        if path:
+            check_output(path, inputs, folder=False, option=flag)
 
 
 def budget_of(args: argparse.Namespace, model: Optional[nn.Module] = None) -> Budget:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import math
+from pathlib import Path
 
-from ._options import add_config_argument, add_device_arguments, check_device
+from ._options import add_config_argument, add_device_arguments, add_overwrite_argument, check_device, number
 
 NAME = "analyze"
 HELP = "Compare neuron utilization of two models (Rank, ΔRank, neuron categories) and write a report."
@@ -15,9 +17,12 @@ def _threshold(text: str) -> int | float:
         return int(text)
     except ValueError:
         try:
-            return float(text)
+            value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected an int count or a float fraction, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,11 +31,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-b", required=True, help="compared model: transformers folder, adapter folder or 'default'")
     parser.add_argument("--data", required=True, help="inputs: .jsonl[.gz] (see --text-field) or text lines (.txt, .gz)")
     parser.add_argument("--out", "--output-dir", required=True, help="report folder (replaced atomically)")
+    add_overwrite_argument(parser, "the report")
     parser.add_argument("--selection", help="saved NeuronSelection that was trained (enables 'indirectly affected')")
     parser.add_argument("--text-field", default="text", help="JSON field holding the input text")
-    parser.add_argument("--max-examples", type=int, default=256, help="use the first N inputs")
-    parser.add_argument("--batch-size", "--per-device-eval-batch-size", type=int, default=8, help="inputs per forward pass")
-    parser.add_argument("--max-length", type=int, default=128, help="truncate inputs to this many tokens")
+    parser.add_argument("--max-examples", type=number(int, at_least=1), default=256, help="use the first N inputs")
+    parser.add_argument("--batch-size", "--per-device-eval-batch-size", type=number(int, at_least=1), default=8,
+                        help="inputs per forward pass")
+    parser.add_argument("--max-length", type=number(int, at_least=1), default=128,
+                        help="truncate inputs to this many tokens")
     parser.add_argument("--target-modules", nargs="+", default=["up_proj", "down_proj"],
                         help="Linear layers whose rows are analysed (the paper's: up_proj down_proj)")
     parser.add_argument("--correlate-with", choices=["layer_output", "other_model"], default="layer_output",
@@ -41,11 +49,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_arguments(parser)
 
 
+def _own_report(folder: Path) -> bool:
+    """Whether ``folder`` is a report this command wrote (so a rerun may replace it)."""
+    return (folder / "report.json").is_file() and (folder / "neurons.safetensors").is_file()
+
+
 def run(args: argparse.Namespace) -> int:
+    from ..outputs import check_output
+
+    inputs = {args.data: "data file (--data)"}
+    if args.selection:
+        inputs[args.selection] = "selection (--selection)"
+    inputs.update({m: f"model ({flag})" for m, flag in ((args.model_a, "--model-a"), (args.model_b, "--model-b"))
+                   if m != "default"})
+    check_output(args.out, inputs, folder=True, overwrite=args.overwrite, ours=_own_report, replaced=True)
+    precision = check_device(args.device, args.dtype)
     from ..analysis import analyze_models, load_analysis_model, load_texts, write_report
     from ..selection import NeuronSelection
 
-    precision = check_device(args.device, args.dtype)
     texts = load_texts(args.data, args.text_field, args.max_examples)
     selection = NeuronSelection.load(args.selection) if args.selection else None
     model_a, tokenizer = load_analysis_model(args.model_a)

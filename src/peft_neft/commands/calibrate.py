@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..tasks.task import TASKS
-from ._options import UsageError, add_config_argument, add_device_arguments, check_device
+from ._options import add_config_argument, add_device_arguments, check_device, number
 from ._selection_options import check_selection_arguments
 
 if TYPE_CHECKING:
@@ -81,31 +81,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target-field", help="JSON field of the output (default: the task's, target / summary)")
     parser.add_argument("--source-lang", default="en", help="source language code, used in the prompt")
     parser.add_argument("--target-lang", default="fr", help="target language code, used in the prompt")
-    parser.add_argument("--steps", "--max-steps", type=int, default=800, help="fine-tuning steps K (gradient: batches)")
+    parser.add_argument("--steps", "--max-steps", type=number(int, at_least=1), default=800,
+                        help="fine-tuning steps K (gradient: batches)")
     parser.add_argument("--method", choices=sorted(SCORERS), default="cosine",
                         help="; ".join(f"{name}: {scorer.help}" for name, scorer in SCORERS.items()))
-    parser.add_argument("--lr", "--learning-rate", type=float, default=1e-5,
+    parser.add_argument("--lr", "--learning-rate", type=number(float, above=0), default=1e-5,
                         help="learning rate of the calibration fine-tune")
-    parser.add_argument("--batch-size", "--per-device-train-batch-size", type=int, default=8, help="examples per step")
-    parser.add_argument("--max-source-tokens", type=int, default=256, help="truncate inputs to this many tokens")
-    parser.add_argument("--max-target-tokens", type=int, default=128, help="truncate targets to this many tokens")
-    parser.add_argument("--max-examples", type=int, help="use only the first N examples")
+    parser.add_argument("--batch-size", "--per-device-train-batch-size", type=number(int, at_least=1), default=8,
+                        help="examples per step")
+    parser.add_argument("--max-source-tokens", type=number(int, at_least=1), default=256,
+                        help="truncate inputs to this many tokens")
+    parser.add_argument("--max-target-tokens", type=number(int, at_least=1), default=128,
+                        help="truncate targets to this many tokens")
+    parser.add_argument("--max-examples", type=number(int, at_least=1), help="use only the first N examples")
     parser.add_argument("--frugal", action="store_true", help="train only the target modules (less memory)")
     add_selection_arguments(parser)
     add_device_arguments(parser)
 
 
 def check_arguments(args: argparse.Namespace) -> None:
-    """Refuse impossible values before anything is loaded or trained (the budget: ``check_selection_arguments``)."""
-    check_selection_arguments(args)
-    positive = {"--steps": args.steps, "--batch-size": args.batch_size, "--max-source-tokens": args.max_source_tokens,
-                "--max-target-tokens": args.max_target_tokens, "--max-examples": args.max_examples}
-    for flag, value in positive.items():
-        if value is not None and value < 1:
-            raise UsageError(f"{flag} must be at least 1, got {value}" + (" (leave it out to use all examples)."
-                                                                          if flag == "--max-examples" else "."))
-    if args.method == "cosine" and not args.lr > 0:
-        raise UsageError(f"--lr must be positive, got {args.lr}: without an update no neuron changes.")
+    """Refuse impossible values and an unsafe output before anything is loaded or trained (the budget and the
+    output: ``check_selection_arguments``)."""
+    inputs = {args.data: "data file (--data)"}
+    if args.model != "default":
+        inputs[args.model] = "model (--model)"
+    check_selection_arguments(args, inputs)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from ._options import (add_comparison_arguments, add_config_argument, check_methods, check_out_folder,
-                       compare_config, has_matplotlib, resume_note, run_comparison)
+from ._options import (UsageError, add_comparison_arguments, add_config_argument, add_overwrite_argument,
+                       check_methods, check_out_folder, compare_config, has_matplotlib, number, resume_note,
+                       run_comparison)
 
 NAME = "compare"
 HELP = "Compare NeFT, LoRA and full/partial fine-tuning on one task: results.json, a table and a plot."
@@ -21,22 +22,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="validation pairs, as --train (default: the last 10%% of --train, at most 200)")
     parser.add_argument("--source-field", help="JSON field of the input (default: source / document)")
     parser.add_argument("--target-field", help="JSON field of the output (default: target / summary)")
-    parser.add_argument("--limit-train", type=int, help="use the first N training pairs")
-    parser.add_argument("--limit-validation", type=int, help="use the first N validation pairs")
-    parser.add_argument("--limit-eval", type=int, help="use the first N test pairs")
+    parser.add_argument("--limit-train", type=number(int, at_least=1), help="use the first N training pairs")
+    parser.add_argument("--limit-validation", type=number(int, at_least=1), help="use the first N validation pairs")
+    parser.add_argument("--limit-eval", type=number(int, at_least=1), help="use the first N test pairs")
     parser.add_argument("--methods", required=True,
                         help="comma-separated: base, full, embed, in-out, lora:R, neft:P, neft:match-lora:R, "
                              "neft-random:..., neft-reversed:...")
     parser.add_argument("--out", "--output-dir", required=True,
                         help="results folder; rerun with the same settings to resume")
+    add_overwrite_argument(parser, "the results")
     add_comparison_arguments(parser)
+
+
+def _check_files(args: argparse.Namespace) -> dict[str, str]:
+    """The data files read, ``path -> what it is``; more than two for a split is a usage error."""
+    inputs = {}
+    for flag in ("--train", "--eval", "--validation"):
+        files = getattr(args, flag[2:]) or []
+        if len(files) > 2:
+            raise UsageError(f"{flag}: give one .jsonl file or a SOURCE TARGET pair of text files, not {len(files)} "
+                             "files.")
+        for file in files:
+            inputs.setdefault(file, f"data file ({flag})")
+    if args.model != "default":
+        inputs[args.model] = "model (--model)"
+    return inputs
 
 
 def _pairs(files: list[str], task, args: argparse.Namespace, limit: int | None):
     from ..tasks import load_pairs
 
-    if len(files) > 2:
-        raise ValueError(f"Give one .jsonl file or a SOURCE TARGET pair of text files, not {len(files)} files.")
     return load_pairs(files[0], files[1] if len(files) == 2 else None,
                       source_field=args.source_field or task.source_field,
                       target_field=args.target_field or task.target_field, limit=limit)
@@ -44,7 +59,7 @@ def _pairs(files: list[str], task, args: argparse.Namespace, limit: int | None):
 
 def run(args: argparse.Namespace) -> int:
     check_methods(args.methods)
-    check_out_folder(args.out)
+    check_out_folder(args.out, _check_files(args), args.overwrite)
     config, precision = compare_config(args)
     from ..embedded_model import resolve_model_path
     from ..tasks import TASKS, hold_out_validation

@@ -12,8 +12,8 @@ import argparse
 import functools
 import time
 
-from ._options import (add_comparison_arguments, add_config_argument, check_methods, check_out_folder,
-                       compare_config, has_matplotlib, resume_note, run_comparison)
+from ._options import (add_comparison_arguments, add_config_argument, add_overwrite_argument, check_methods,
+                       check_out_folder, compare_config, has_matplotlib, resume_note, run_comparison)
 
 NAME = "demo"
 HELP = "NeFT vs LoRA at equal parameters on Django's English->French messages with the embedded SmolLM2 (CPU)."
@@ -29,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_argument(parser)
     parser.add_argument("--methods", default=DEFAULT_METHODS, help="methods to compare (as in compare --methods)")
     parser.add_argument("--out", "--output-dir", default="peft-neft-demo", help="results folder; rerun to resume")
+    add_overwrite_argument(parser, "the results")
     add_comparison_arguments(parser, exclude=(*TASK, "char_level"))
     # About 1.3 epochs (80 steps of 8 of the 485 training pairs), validation every 10 steps, stopping after three
     # evaluations without improvement; torch's own thread count (both cores: 0.62-0.66x the one-thread step on an
@@ -39,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_methods(args.methods)
-    check_out_folder(args.out)
+    check_out_folder(args.out, {}, args.overwrite)
     config, precision = compare_config(args, **TASK)
     from ..embedded_model import default_model_dir
     from ..tasks import django_translation_pairs

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._options import number
+
 NAME = "export-lora"
 HELP = "Write a NeFT adapter as a standard peft LoRA adapter (exact: lora_A = row deltas, lora_B one-hot)."
 
@@ -15,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "default: the adapter's base_model_name_or_path")
     parser.add_argument("--adapter", dest="adapter_name", metavar="NAME",
                         help="which adapter of a multi-adapter folder ('all' for every one, in peft's layout)")
-    parser.add_argument("--max-rank", type=int, metavar="R",
+    parser.add_argument("--max-rank", type=number(int, at_least=1), metavar="R",
                         help="the largest LoRA rank to write (e.g. a server's max LoRA rank): a module with more rows "
                         "gets its best rank-R approximation (truncated SVD) and its relative error is reported; "
                         "default: exact, rank = rows per module")

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shutil
 from pathlib import Path
+
+from ._options import UsageError, add_overwrite_argument, holds_only_results
 
 logger = logging.getLogger(__name__)
 
@@ -17,19 +20,34 @@ HELP = ("Re-render results.md and results.png of comparison folders; with --out,
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("folders", nargs="+", metavar="OUT", help="folders peft-neft compare wrote")
     parser.add_argument("--out", help="merge the folders' runs into this new folder (needed for several folders)")
+    add_overwrite_argument(parser, "the merged report")
+
+
+def _merged_before(folder: Path) -> bool:
+    """Whether ``folder`` holds a merge this command wrote, whole or cut short (so merging again may replace it)."""
+    if not (folder / "results.json").exists():
+        return holds_only_results(folder)
+    try:
+        return "merged_from" in json.loads((folder / "results.json").read_text(encoding="utf-8"))["identity"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def run(args: argparse.Namespace) -> int:
     from ..compare.report import write_report
-    from ..compare.results import outputs_path, read_results, save_results
+    from ..compare.results import check_scored, diverged, outputs_path, read_results, save_results
     from ..compare.significance import store_figures
+    from ..outputs import check_output
 
     folders = [Path(f) for f in args.folders]
     if len(folders) > 1 and not args.out:
-        raise ValueError("Several folders are merged into a new one: give --out FOLDER.")
-    if args.out and any(Path(args.out).resolve() == f.resolve() for f in folders):
-        raise ValueError(f"--out {args.out} is one of the folders read; give a new folder.")
+        raise UsageError("Several folders are merged into a new one: give --out FOLDER.")
+    if args.out:
+        check_output(args.out, {f: "results folder" for f in args.folders}, folder=True, overwrite=args.overwrite,
+                     ours=_merged_before)
     loaded = [(folder, read_results(folder / "results.json")) for folder in folders]
+    for folder, results in loaded:
+        check_scored(results, folder / "results.json")
     for folder, results in loaded:  # figures a folder does not store yet (older folders), with today's tests
         if store_figures(results, folder):
             save_results(folder / "results.json", results)
@@ -41,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     merged = _merge(loaded)
     for folder, results in loaded:
         for key in results["runs"]:
-            if merged["runs"][key] is results["runs"][key]:
+            if merged["runs"][key] is results["runs"][key] and not diverged(results["runs"][key]):  # diverged: none
                 outputs_path(out, key).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(outputs_path(folder, key), outputs_path(out, key))
     merged["paired"] = {}  # pairs across folders too

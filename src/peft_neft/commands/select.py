@@ -19,7 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ._selection_options import budget_of, check_selection_arguments, save_selection
 
-    check_selection_arguments(args)  # before anything loads
+    check_selection_arguments(args, {args.base: "base model (--base)",
+                                     args.finetuned: "fine-tuned model (--finetuned)"})  # before anything loads
     from .._shapes import meta_model
     from ..selection import score_checkpoints, select_neurons
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ..settings import SAVE_ADAPTERS, CompareSettings
 from ..tasks import TASKS
 from ..training import TrainingSettings
 from .methods import DEFAULT_LR
+
+
+def _positive(value: object) -> bool:
+    """Whether ``value`` is a finite real number above 0 (a rate or a factor)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 @dataclass
@@ -31,8 +37,14 @@ class CompareConfig(CompareSettings):
         unknown = set(self.learning_rates) - set(DEFAULT_LR)
         if unknown:
             raise ValueError(f"Learning rates given for unknown method kinds {sorted(unknown)}; kinds: {sorted(DEFAULT_LR)}.")
-        if not self.lr_grid or any(f <= 0 for f in self.lr_grid):
-            raise ValueError(f"lr_grid must hold positive factors, got {self.lr_grid}.")
+        if not self.lr_grid or not all(_positive(f) for f in self.lr_grid):
+            raise ValueError(f"lr_grid must hold finite factors above 0, got {self.lr_grid}.")
+        for kind, lr in self.learning_rates.items():
+            if not _positive(lr):
+                raise ValueError(f"The learning rate of {kind} must be a finite number above 0, got {lr!r} "
+                                 f"(--lr {kind}=...).")
+        if self.calibration_lr is not None and not _positive(self.calibration_lr):
+            raise ValueError(f"calibration_lr must be a finite number above 0, got {self.calibration_lr!r}.")
         self.lr_grid = tuple(float(f) for f in self.lr_grid)
         self.learning_rates = {kind: float(self.learning_rates.get(kind, lr)) for kind, lr in DEFAULT_LR.items()}
         self.neft_target_modules = tuple(self.neft_target_modules)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_path
+from .results import diverged
 from .significance import paired_table, run_intervals, stored_metric_names
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,13 @@ def _span(values: list[float], form: str) -> str:
     return low if low == high else f"{low}-{high}"
 
 
+def _end(row: dict[str, Any]) -> str:
+    """How a training or run ended: plateau, max_steps, or diverged with its step."""
+    if diverged(row):
+        return f"diverged at step {row.get('diverged_step')}"
+    return row.get("stop_reason") or "-"  # folders from before ends were recorded lack them
+
+
 def summarize(results: dict[str, Any], order: Sequence[str] = ()) -> list[dict[str, Any]]:
     """One entry per method: its runs over seeds, with the per-seed values kept for mean ± std."""
     groups: dict[str, list[dict]] = {}
@@ -51,14 +59,15 @@ def markdown_table(results: dict[str, Any], order: Sequence[str] = ()) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for group in summarize(results, order):
         runs = group["runs"]
+        scored = [r for r in runs if not diverged(r)]  # a diverged run is no result: marked, never averaged
         calib = runs[0].get("calibration")
         cells = [group["method"], _span([r["trainable_params"] for r in runs], ","),
                  _span([r["trainable_pct"] for r in runs], ".3f"),
-                 *[_mean_std([r["scores"][m] for r in runs]) for m in metrics],
-                 _mean_std([r["best_val_loss"] for r in runs], digits=4),
+                 *[_mean_std([r["scores"][m] for r in scored]) if scored else "diverged" for m in metrics],
+                 _mean_std([r["best_val_loss"] for r in scored], digits=4) if scored else "-",
                  ",".join(str(r["seed"]) for r in runs), ",".join(sorted({f"{r['lr']:.3g}" for r in runs})),
                  ",".join(f"{r.get('steps_run', r.get('steps', 0))} ({r['best_step']})" for r in runs),
-                 ",".join(r.get("stop_reason") or "-" for r in runs),
+                 ",".join(_end(r) for r in runs),
                  f"{statistics.mean(r['time_per_step_s'] for r in runs):.3f}",
                  _span([r["memory_mb"] for r in runs], ".0f"), _span([r["adapter_bytes"] / 2**20 for r in runs], ".2f"),
                  str(calib["steps"]) if calib else "-"]
@@ -69,7 +78,8 @@ def markdown_table(results: dict[str, Any], order: Sequence[str] = ()) -> str:
     if "device" in identity:
         notes.append(f"device {identity['device']}, dtype {identity['dtype']}; steps (best): optimizer steps run "
                      "(the step whose validation loss was lowest, whose weights were evaluated); end: plateau "
-                     "(validation loss stopped improving) or max_steps; both per seed, in the seeds' order.")
+                     "(validation loss stopped improving), max_steps, or diverged (validation loss not finite: no "
+                     "result, left out of the means); both per seed, in the seeds' order.")
     notes.append(f"memory MB: {', '.join(mem_kinds)}; adapter MB: the stored adapter (peft) or the trained tensors.")
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
 
@@ -112,7 +122,7 @@ def plot(results: dict[str, Any], out_dir: str | os.PathLike, path: str | os.Pat
     if plt is None:
         return
     metrics = tuple(m for m in stored_metric_names(results)
-                    if all(m in run.get("intervals", {}) for run in results["runs"].values()))
+                    if all(m in run.get("intervals", {}) for run in results["runs"].values() if not diverged(run)))
     intervals = run_intervals(results)
     groups = summarize(results, order)
     fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(metrics) + 0.5 * len(groups)), 4.2))
@@ -122,14 +132,19 @@ def plot(results: dict[str, Any], out_dir: str | os.PathLike, path: str | os.Pat
         family = _family(group["runs"][0])
         marker = MARKERS[seen.setdefault(family, 0) % len(MARKERS)]
         seen[family] += 1
-        keys = [f"{group['method']}@seed{r['seed']}" for r in group["runs"]]
+        keys = [f"{group['method']}@seed{r['seed']}" for r in group["runs"] if not diverged(r)]
+        failed = len(group["runs"]) - len(keys)
+        if not keys:  # no point to draw: the legend says why
+            ax.plot([], [], "x", color=COLOURS.get(family, "black"), label=f"{group['method']} (diverged)")
+            continue
         xs, ys, errs = [], [], []
         for m, metric in enumerate(metrics):
             xs.append(m - 0.4 + width * (g + 0.5))
             ys.append(statistics.mean(intervals[k][metric]["score"] for k in keys))
             errs.append(statistics.mean(intervals[k][metric]["ci"] for k in keys))
         ax.errorbar(xs, ys, yerr=errs, fmt=marker, capsize=4, color=COLOURS.get(family, "black"),
-                    label=group["method"] + (f" ({len(keys)} seeds)" if len(keys) > 1 else ""))
+                    label=group["method"] + (f" ({len(keys)} seeds)" if len(keys) > 1 else "")
+                    + (f" ({failed} diverged)" if failed else ""))
     ax.set_xticks(range(len(metrics)), [LABELS.get(m, m) for m in metrics])
     ax.set_xlim(-0.5, len(metrics) - 0.5)
     ax.set_ylabel("score (95% paired-bootstrap interval)")
@@ -172,7 +187,7 @@ def lr_search_table(results: dict[str, Any], order: Sequence[str] = ()) -> str:
             bold = "**" if t["lr"] == run["lr"] else ""
             cells = [run["method"], str(run["seed"]), f"{bold}{t['lr']:.3g}{bold}",
                      f"{bold}{t['best_val_loss']:.4f}{bold}", f"{t.get('steps_run', '?')} ({t.get('best_step', '?')})",
-                     t.get("stop_reason") or "-"]  # folders from before steps and ends were recorded lack them
+                     _end(t)]  # folders from before steps were recorded lack them
             lines.append("| " + " | ".join(cells) + " |")
         verdicts.append(f"{run['method']} seed {run['seed']}: {run['lr']:.3g}, {bracketing(run)}")
     return ("\n## Learning-rate search\n\nEach run keeps the rate of lowest validation loss (bold); a chosen rate "

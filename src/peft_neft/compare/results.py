@@ -20,6 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..atomic import atomic_path
+from ..errors import UsageError
 from ..selection.neuron_scores import NeuronScores
 
 RESULTS_FORMAT = "peft-neft-compare/1"
@@ -33,6 +34,19 @@ def run_key(spec: str, seed: int) -> str:
 def training_key(spec: str, seed: int, lr: float) -> str:
     """The key of one training of a run's learning-rate search in ``results["trainings"]``: ``"lora:8@seed0@lr0.001"``."""
     return f"{run_key(spec, seed)}@lr{lr:.6g}"
+
+
+def diverged(row: dict[str, Any]) -> bool:
+    """Whether a training or run ended with a non-finite validation loss: no scores, outputs or adapter."""
+    return row.get("stop_reason") == "diverged"
+
+
+def check_scored(results: dict[str, Any], path: Path) -> None:
+    """Refuse, in one line naming it, a run that has no scores and did not diverge (a cut-short or edited file)."""
+    for key, run in results["runs"].items():
+        if not isinstance(run, dict) or (not diverged(run) and not isinstance(run.get("scores"), dict)):
+            raise ValueError(f"{path}: run {key} has no scores (the file was cut short or edited); delete its entry "
+                             "from \"runs\" and run the comparison again to redo it.")
 
 
 def data_fingerprint(data: dict[str, Dataset]) -> dict[str, Any]:
@@ -79,7 +93,8 @@ def load_results(path: Path, identity: dict[str, Any], not_identity: tuple[str, 
     """The stored results at ``path`` if their identity matches, a fresh record if there are none.
 
     Settings named in ``not_identity`` are left out of the comparison even where an older folder stored them;
-    a setting an older folder did not store yet is taken at its value in ``defaults``.
+    a setting an older folder did not store yet is taken at its value in ``defaults``. Other settings than the
+    stored ones are a :class:`~peft_neft.errors.UsageError` (a ``ValueError``) naming each difference.
     """
     if not path.is_file():
         return {"format": RESULTS_FORMAT, "identity": identity, "runs": {}}
@@ -101,7 +116,7 @@ def load_results(path: Path, identity: dict[str, Any], not_identity: tuple[str, 
         old, new = leaves(stored["identity"]), leaves(identity)
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         detail = "; ".join(f"{k}: stored {shown(old.get(k))}, now {shown(new.get(k))}" for k in diff)
-        raise ValueError(
+        raise UsageError(
             f"{path.parent} holds results of a different configuration ({detail}). Use a new --out folder, "
             "or rerun with the stored settings to resume."
         )

@@ -42,8 +42,8 @@ from .config import CompareConfig
 from .evaluate import adapter_bytes, generate, memory_mb, model_device
 from .methods import Method, parse_method, prepare_model, select_for, shape_scores
 from .report import write_report
-from .results import (data_fingerprint, load_results, load_scores, outputs_path, run_key, save_results, save_scores,
-                      training_key, weights_fingerprint, write_outputs)
+from .results import (data_fingerprint, diverged, load_results, load_scores, outputs_path, run_key, save_results,
+                      save_scores, training_key, weights_fingerprint, write_outputs)
 from .significance import metric_names, store_figures
 from .workers import start_worker
 
@@ -134,11 +134,16 @@ def compare(
     bar = tqdm(total=len(jobs), desc="trainings", unit="run", disable=not progress)
     for job, row in _executed(jobs, config.workers):
         name = training_key(job.method.spec, job.seed, job.lr)
-        write_outputs(outputs_path(out, name), data["test"], row.pop("hypotheses"))
+        hypotheses = row.pop("hypotheses")
+        if diverged(row):
+            logger.warning("%s: diverged at step %d (validation loss not finite): no result, no adapter; lower its "
+                           "learning rate", name, row["diverged_step"])
+        else:
+            write_outputs(outputs_path(out, name), data["test"], hypotheses)
+            logger.info("%s: validation loss %.4f, %s", name, row["best_val_loss"],
+                        ", ".join(f"{k}={row['scores'][k]:.2f}" for k in metric_names(config.task)))
         results["trainings"][name] = row
         save_results(out / "results.json", results)
-        logger.info("%s: validation loss %.4f, %s", name, row["best_val_loss"],
-                    ", ".join(f"{k}={row['scores'][k]:.2f}" for k in metric_names(config.task)))
         _finish_run(job.method, job.seed, config, results, out, checkpoints)
         _report(results, out, methods)
         bar.update()
@@ -185,21 +190,32 @@ def _finish_run(method: Method, seed: int, config: CompareConfig, results: dict[
     names = sorted((n for n, t in results["trainings"].items() if t["method"] == method.spec and t["seed"] == seed),
                    key=lambda n: results["trainings"][n]["lr"])
     trainings = [results["trainings"][n] for n in names]
-    best = min(range(len(names)), key=lambda i: trainings[i]["best_val_loss"])
+    # The rate of lowest validation loss; a diverged rate loses to any other.
+    best = min(range(len(names)), key=lambda i: (diverged(trainings[i]), trainings[i]["best_val_loss"]))
     key = run_key(method.spec, seed)
-    row = {**trainings[best], "lr_search": [{k: t[k] for k in _SEARCH} for t in trainings]}
-    shutil.copyfile(outputs_path(out, names[best]), outputs_path(out, key))
+    row = {**trainings[best], "lr_search": [{k: t.get(k) for k in _SEARCH} for t in trainings]}
+    if not diverged(row):
+        chosen = outputs_path(out, names[best])
+        if not chosen.is_file():
+            raise ValueError(f"{chosen} is missing, so run {key} cannot take its training {names[best]}; delete the "
+                             f"entry {names[best]!r} from {out / 'results.json'}'s \"trainings\" (or restore the "
+                             "file) and run the same command again to redo that training.")
+        shutil.copyfile(chosen, outputs_path(out, key))
     results["runs"][key] = row
     save_results(out / "results.json", results)
     _keep_adapter(checkpoints / _safe(names[best]) / "adapter", config.save_adapters, method.spec, seed, row,
                   results, out)
     for name in names:
         shutil.rmtree(checkpoints / _safe(name), ignore_errors=True)
-    logger.info("%s: %s", key, ", ".join(f"{k}={row['scores'][k]:.2f}" for k in metric_names(config.task)))
+    if diverged(row):
+        logger.warning("%s: diverged, at every rate tried (at %g by step %d): no result; lower the learning rate",
+                       key, row["lr"], row["diverged_step"])
+    else:
+        logger.info("%s: %s", key, ", ".join(f"{k}={row['scores'][k]:.2f}" for k in metric_names(config.task)))
     return True
 
 
-_SEARCH = ("lr", "best_val_loss", "best_step", "steps_run", "stop_reason")
+_SEARCH = ("lr", "best_val_loss", "best_step", "steps_run", "stop_reason", "diverged_step")
 
 
 def _calibrated(method: Method) -> bool:
@@ -358,14 +374,16 @@ class _Run:
         job, method, config = self.job, self.method, self.config
         model, best = self._train()
         start = time.perf_counter()
-        hypotheses = generate(model, job.tokenizer, job.prompts, max_new_tokens=config.max_new_tokens,
-                              batch_size=config.eval_batch_size, precision=job.precision, desc=f"{method.spec} test",
-                              progress=job.progress)
+        failed = diverged(best)  # its weights are no result: not evaluated, not saved
+        hypotheses = [] if failed else generate(
+            model, job.tokenizer, job.prompts, max_new_tokens=config.max_new_tokens, batch_size=config.eval_batch_size,
+            precision=job.precision, desc=f"{method.spec} test", progress=job.progress)
         eval_seconds = time.perf_counter() - start
-        scored = get_task(config.task).score(hypotheses, job.references, char_level=config.char_level)
+        scored = {"signatures": {}} if failed else get_task(config.task).score(hypotheses, job.references,
+                                                                                char_level=config.char_level)
         trainable = 0 if method.kind == "base" else sum(p.numel() for p in trainable_parameters(model))
         mem, mem_kind = memory_mb(model)
-        if config.save_adapters != "none" and method.kind in ("lora", "neft"):
+        if config.save_adapters != "none" and method.kind in ("lora", "neft") and not failed:
             save_pretrained_atomically(model, job.folder / "adapter")  # with the card a receiver can follow
             if self.selection is not None:
                 self.selection.save(job.folder / "adapter" / "selection.safetensors")
@@ -373,13 +391,15 @@ class _Run:
             "method": method.spec, "kind": method.kind, "strategy": method.strategy if method.kind == "neft" else None,
             "seed": self.seed, "lr": best["lr"], "steps_run": best["steps_run"],
             "max_steps": best["max_steps"], "stop_reason": best["stop_reason"], "best_step": best["best_step"],
+            "diverged_step": best.get("diverged_step"),
             "best_val_loss": best["best_val_loss"], "curve": best["curve"],
             "trainable_params": trainable, "total_params": job.total_params,
             "trainable_pct": 100 * trainable / job.total_params,
             "time_per_step_s": best["time_per_step_s"], "train_seconds": best["train_seconds"],
             "eval_seconds": eval_seconds, "memory_mb": mem, "memory_kind": mem_kind,
             "adapter_bytes": adapter_bytes(model, method),
-            "scores": {k: v for k, v in scored.items() if k != "signatures"}, "signatures": scored["signatures"],
+            "scores": None if failed else {k: v for k, v in scored.items() if k != "signatures"},
+            "signatures": scored["signatures"],
             "device": str(model_device(model)), "hypotheses": hypotheses,
         }
 
@@ -390,7 +410,8 @@ def _keep_adapter(source: Path, mode: str, spec: str, seed: int, row: dict[str, 
     if not source.is_dir():
         return
     if mode == "best":
-        rivals = [r["best_val_loss"] for k, r in results["runs"].items() if r["method"] == spec and k != run_key(spec, seed)]
+        rivals = [r["best_val_loss"] for k, r in results["runs"].items()
+                  if r["method"] == spec and k != run_key(spec, seed) and not diverged(r)]
         if rivals and min(rivals) <= row["best_val_loss"]:
             return
     target = out / "adapters" / _safe(spec if mode == "best" else run_key(spec, seed))

@@ -9,7 +9,7 @@ from typing import Any
 from ..tasks.significance import DEFAULT_SAMPLES
 from ..tasks.task import get_task
 from .methods import paired_baseline
-from .results import outputs_path, read_outputs, run_key
+from .results import diverged, outputs_path, read_outputs, run_key
 
 
 def metric_names(task: str) -> tuple[str, ...]:
@@ -21,7 +21,7 @@ def stored_metric_names(results: dict[str, Any]) -> tuple[str, ...]:
     """The task's metrics that every stored run of ``results`` was scored with, in table order: a folder made before
     a metric joined its task (chrF joined summarization on 2026-12-06) still renders, without that metric."""
     names = metric_names(results["identity"]["config"]["task"])
-    runs = list(results.get("runs", {}).values())
+    runs = [run for run in results.get("runs", {}).values() if not diverged(run)]
     return tuple(m for m in names if all(m in run.get("scores", {}) for run in runs))
 
 
@@ -30,12 +30,13 @@ def store_figures(results: dict[str, Any], out_dir: str | os.PathLike) -> bool:
 
     Each run's bootstrap intervals (``run["intervals"]``) and each NeFT run's paired test against its
     baseline run of the same seed (``results["paired"][run key]``), from the stored outputs. Called as each
-    run finishes, so the figures of a finished run are computed once and the report only reads them.
+    run finishes, so the figures of a finished run are computed once and the report only reads them. A diverged
+    run has no outputs, so neither.
     """
     config, out = results["identity"]["config"], Path(out_dir)
     task, added = get_task(config["task"]), False
     for run in results["runs"].values():
-        if "intervals" not in run:
+        if "intervals" not in run and not diverged(run):
             outputs = read_outputs(outputs_path(out, run_key(run["method"], run["seed"])))
             run["intervals"] = task.intervals(outputs["hypothesis"], outputs["reference"], char_level=config["char_level"])
             added = True
@@ -43,7 +44,7 @@ def store_figures(results: dict[str, Any], out_dir: str | os.PathLike) -> bool:
     for key, run in results["runs"].items():
         baseline = paired_baseline(run["method"])
         other = run_key(baseline, run["seed"]) if baseline else None
-        if key in paired or other not in results["runs"]:
+        if key in paired or other not in results["runs"] or diverged(run) or diverged(results["runs"][other]):
             continue
         ours, theirs = (read_outputs(outputs_path(out, k)) for k in (key, other))
         tests = task.paired_test(ours["hypothesis"], theirs["hypothesis"], ours["reference"],
@@ -60,7 +61,7 @@ def paired_tests(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 def run_intervals(results: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
     """Per run key: each metric's score and 95% bootstrap half-width, as stored by :func:`store_figures`."""
-    return {key: run["intervals"] for key, run in results["runs"].items()}
+    return {key: run["intervals"] for key, run in results["runs"].items() if not diverged(run)}
 
 
 def paired_table(results: dict[str, Any]) -> str:

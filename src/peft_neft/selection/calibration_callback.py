@@ -7,8 +7,9 @@ of its row before and after (the paper's Eq. 1, Algorithm 1 lines 1-2), frees th
 budget, selects neurons (once) and writes the :class:`~peft_neft.selection.NeuronSelection`.
 
 It cannot fail silently: a K beyond the run, an unwritable output file and a resume without the
-original rows are refused when training starts; a run that ends without scoring (stopped early, or
-resumed after step K) ends with a warning. Every checkpoint saved before step K holds the original
+original rows are refused when training starts; a fine-tune whose weights or scores are not finite at step K
+(it diverged) is refused, naming the rate to lower, and writes no selection; a run that ends without scoring
+(stopped early, or resumed after step K) ends with a warning. Every checkpoint saved before step K holds the original
 rows (:data:`ORIGINAL_ROWS_FILE`), so a run resumed from it scores against the original weights.
 """
 
@@ -51,6 +52,18 @@ def _check_writable(out: Path) -> None:
     except OSError as err:
         raise ValueError(f"The selection output {os.fspath(out)!r} cannot be written ({err.strerror}); create its "
                          "folder or choose a writable path before training.") from None
+
+
+def _refuse_divergence(targets: dict[str, torch.nn.Module], scores: dict[str, torch.Tensor], steps: int,
+                       lr: float) -> None:
+    """Refuse to score a fine-tune whose target weights or scores are not finite: NaN rows would rank as unchanged."""
+    for name, m in targets.items():
+        what = "weights" if not bool(torch.isfinite(weight_rows(m)).all()) else \
+            "scores" if not bool(torch.isfinite(scores[name]).all()) else None
+        if what:
+            raise ValueError(f"The calibration fine-tune diverged: after {steps} steps the {what} of {name} are not "
+                             f"finite, so no neuron can be scored and no selection is written. Lower the learning "
+                             f"rate (now {lr:g}; peft-neft calibrate --lr, compare --calibration-lr).")
 
 
 class NeuronCalibrationCallback(TrainerCallback):
@@ -161,6 +174,7 @@ class NeuronCalibrationCallback(TrainerCallback):
             return
         targets = find_target_modules(self._model(kwargs), self.target_modules)
         scores = {name: cosine_rows(self._original[name], weight_rows(m)) for name, m in targets.items()}
+        _refuse_divergence(targets, scores, self.steps, args.learning_rate)
         if not self.keep_original:
             self._original = {}
         self.scores = NeuronScores(

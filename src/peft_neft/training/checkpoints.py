@@ -10,6 +10,7 @@ tensors and statistics) instead of checkpoints, and is not trained again.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -21,6 +22,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..atomic import atomic_path
+
+logger = logging.getLogger(__name__)
 
 KEEP_BEST = "keep_best.safetensors"
 FINISHED = "finished.safetensors"
@@ -46,13 +49,22 @@ def load_state(path: str | os.PathLike) -> tuple[list[torch.Tensor], dict[str, A
 
 
 def resumable_checkpoint(output_dir: str | os.PathLike) -> Path | None:
-    """The newest complete ``checkpoint-N`` folder in ``output_dir`` (one that holds ``keep_best.safetensors``)."""
+    """The newest complete ``checkpoint-N`` folder in ``output_dir``: one whose ``keep_best.safetensors`` reads
+    whole (a damaged one is skipped with a warning, for the checkpoint before it)."""
     folder = Path(output_dir)
     if not folder.is_dir():
         return None
     found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _CHECKPOINT.fullmatch(p.name))]
-    complete = [(step, p) for step, p in found if (p / KEEP_BEST).is_file()]
-    return max(complete)[1] if complete else None
+    for _, checkpoint in sorted(found, reverse=True):
+        if not (checkpoint / KEEP_BEST).is_file():
+            continue
+        try:
+            load_state(checkpoint / KEEP_BEST)
+        except ValueError as err:
+            logger.warning("%s; resuming from an earlier checkpoint", err)
+            continue
+        return checkpoint
+    return None
 
 
 def remove_checkpoints(output_dir: str | os.PathLike) -> None:

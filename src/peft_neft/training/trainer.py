@@ -13,7 +13,9 @@ What :func:`train_model` adds to a plain ``Trainer``:
   same call after an interruption resumes from the last one and ends bit-identical to an
   uninterrupted run; a finished run leaves its result there and is not trained again;
 - early stopping after ``patience`` evaluations without improvement, and the reason a run ended
-  (``"plateau"`` or ``"max_steps"``) in the returned statistics.
+  (``"plateau"`` or ``"max_steps"``) in the returned statistics;
+- a run whose validation loss becomes non-finite stops there, ``"diverged"`` (with ``diverged_step``): its
+  weights are no result.
 
 Mixed precision, gradient accumulation, ``report_to`` and multi-process runs (``accelerate launch``,
 ``torchrun``) are ``Trainer``'s own.
@@ -98,7 +100,7 @@ class KeepBestCallback(TrainerCallback):
     def __init__(self, params: Sequence[nn.Parameter], patience: int | None) -> None:
         self.params, self.patience = list(params), patience
         self.best_loss, self.best_step, self.best = math.inf, 0, None
-        self.evaluations_since_best, self.stop_reason = 0, "max_steps"
+        self.evaluations_since_best, self.stop_reason, self.diverged_step = 0, "max_steps", None
         self.curve: list[dict[str, float]] = []
         self.train_seconds, self._step_start = 0.0, 0.0
         self._last_train_loss: float | None = None
@@ -118,6 +120,12 @@ class KeepBestCallback(TrainerCallback):
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         loss = float(metrics["eval_loss"])
         self.curve.append({"step": state.global_step, "val_loss": loss, "train_loss": self._last_train_loss})
+        if not math.isfinite(loss):
+            self.stop_reason, self.diverged_step = "diverged", state.global_step
+            control.should_training_stop = True
+            logger.warning("step %d of %d: validation loss %s: the training diverged; stopped (lower its learning "
+                           "rate, %g)", state.global_step, state.max_steps, loss, args.learning_rate)
+            return
         if loss < self.best_loss:
             self.best_loss, self.best_step, self.evaluations_since_best = loss, state.global_step, 0
             self.best = [p.detach().clone() for p in self.params]
@@ -134,6 +142,7 @@ class KeepBestCallback(TrainerCallback):
     def state(self) -> dict[str, Any]:
         """The evaluation history and counters (JSON), without the tensors."""
         return {"best_loss": self.best_loss, "best_step": self.best_step, "stop_reason": self.stop_reason,
+                "diverged_step": self.diverged_step,
                 "evaluations_since_best": self.evaluations_since_best, "curve": self.curve,
                 "train_seconds": self.train_seconds, "last_train_loss": self._last_train_loss}
 
@@ -142,6 +151,7 @@ class KeepBestCallback(TrainerCallback):
         tensors, state = load_state(path)
         self.best = tensors or None
         self.best_loss, self.best_step, self.stop_reason = state["best_loss"], state["best_step"], state["stop_reason"]
+        self.diverged_step = state.get("diverged_step")
         self.evaluations_since_best, self.curve = state["evaluations_since_best"], state["curve"]
         self.train_seconds, self._last_train_loss = state["train_seconds"], state["last_train_loss"]
 
@@ -283,8 +293,10 @@ def train_model(
 
     ``precision`` is applied first (frozen weights in its dtype, trainable tensors float32, every forward
     under its autocast; :class:`~peft_neft.training.precision.Precision`). Returns the run's statistics:
-    ``best_val_loss``, ``best_step``, ``steps_run``, ``max_steps``, ``stop_reason`` ("plateau" or
-    ``"max_steps"``), ``train_seconds`` (optimizer steps only, no evaluation), ``time_per_step_s``, ``curve``.
+    ``best_val_loss``, ``best_step``, ``steps_run``, ``max_steps``, ``stop_reason`` ("plateau", ``"max_steps"``
+    or ``"diverged"``: the validation loss became non-finite at ``diverged_step``, so the run is no result),
+    ``diverged_step`` (else None), ``train_seconds`` (optimizer steps only, no evaluation), ``time_per_step_s``,
+    ``curve``.
 
     With ``checkpoint_dir``, Trainer checkpoints there at every evaluation and the same call resumes from the
     newest complete checkpoint; once finished, the folder holds only the result, which a later call loads
@@ -319,7 +331,8 @@ def train_model(
     logger.info("trained %d of %d steps (%s); best validation loss %.4f at step %d", steps_run, steps,
                 keep_best.stop_reason, keep_best.best_loss, keep_best.best_step)
     stats = {"best_val_loss": keep_best.best_loss, "best_step": keep_best.best_step, "steps_run": steps_run,
-             "max_steps": steps, "stop_reason": keep_best.stop_reason, "train_seconds": keep_best.train_seconds,
+             "max_steps": steps, "stop_reason": keep_best.stop_reason, "diverged_step": keep_best.diverged_step,
+             "train_seconds": keep_best.train_seconds,
              "time_per_step_s": keep_best.train_seconds / max(steps_run, 1), "curve": keep_best.curve}
     if checkpoint_dir is not None:
         save_state(Path(checkpoint_dir, FINISHED), params, stats)

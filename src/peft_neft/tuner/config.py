@@ -16,6 +16,8 @@ from peft.tuners.tuners_utils import check_target_module_exists
 from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME, PeftType
 from safetensors import SafetensorError, safe_open
 
+from ..integrity import verify
+
 _DELTA_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 PEFT_MODEL_PREFIX = "base_model.model."
 """The prefix peft puts before a base model's module names; NeFT's names are relative to the base model."""
@@ -88,7 +90,7 @@ def normalize_module_names(names: Sequence[str], owner: str) -> dict[str, str]:
 
 
 def _check_weights_file(folder: str) -> None:
-    """A clear error for a local adapter folder whose weights file is missing or unreadable."""
+    """A clear error for a local adapter folder whose weights file is missing, unreadable or changed since saved."""
     weights = os.path.join(folder, SAFETENSORS_WEIGHTS_NAME)
     if not os.path.isfile(weights):
         if os.path.isfile(os.path.join(folder, WEIGHTS_NAME)):
@@ -104,6 +106,7 @@ def _check_weights_file(folder: str) -> None:
         raise ValueError(
             f"{weights!r} is not a readable safetensors file ({err}): it is truncated or corrupt. Save the adapter again."
         ) from err
+    verify(weights)  # the sha256 of each tensor, where peft-neft's save stored them
 
 
 @dataclass
