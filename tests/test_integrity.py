@@ -19,7 +19,7 @@ ROWS = {"model.layers.0.mlp.up_proj": [1, 2, 3], "model.layers.1.mlp.down_proj":
 
 
 def _adapter():
-    return get_peft_model(make_tiny_llama(), NeFTConfig(neurons=ROWS, init_weights=1)).eval()
+    return get_peft_model(make_tiny_llama(), NeFTConfig(neurons=ROWS, init_weights=False, init_seed=1)).eval()
 
 
 def _flip_last_data_byte(path):

@@ -23,7 +23,7 @@ def work(tmp_path, monkeypatch):
     (root / "pairs.jsonl").write_text(json.dumps({"source": "n1 n2", "target": "n3"}) + "\n")
     (root / "train.en").write_text("n1\n")
     (root / "train.fr").write_text("n2\n")
-    neft = get_peft_model(make_tiny_llama(), NeFTConfig(neurons={"model.layers.0.mlp.up_proj": [1, 2]}, init_weights=1))
+    neft = get_peft_model(make_tiny_llama(), NeFTConfig(neurons={"model.layers.0.mlp.up_proj": [1, 2]}, init_weights=False, init_seed=1))
     neft.save_pretrained(root / "adapter")
     (root / "results").mkdir()
     (root / "results" / "results.json").write_text("{}")
