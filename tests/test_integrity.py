@@ -10,7 +10,7 @@ from peft import PeftModel, get_peft_model
 from safetensors import safe_open
 
 from peft_neft import NeFTConfig, export_lora, import_lora, save_pretrained_atomically
-from peft_neft.integrity import METADATA_KEY
+from peft_neft.tuner.integrity import METADATA_KEY
 
 from conftest import make_tiny_llama
 

@@ -26,7 +26,7 @@ from transformers.pytorch_utils import Conv1D
 
 from ._shapes import meta_model
 from .atomic import atomic_dir
-from .integrity import save_with_checksums, verify
+from .tuner.integrity import save_with_checksums, verify
 from .model_card import lora_card_section, neft_card_section, write_model_card
 from .outputs import check_output
 from .tuner import NeFTConfig

@@ -10,7 +10,7 @@ from pathlib import Path
 from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME
 
 from .atomic import leftovers, recover_folder, remove, umask
-from .integrity import add_checksums
+from .tuner.integrity import add_checksums
 from .model_card import neft_card_section, write_model_card
 
 _SAVE_PREFIX = ".neft-save."  # the temporary folder of a save, inside the target
@@ -31,7 +31,7 @@ def write_neft_card(directory: str | os.PathLike, model) -> None:
 def save_pretrained_atomically(model, save_directory: str | os.PathLike, **kwargs) -> None:
     """``model.save_pretrained(save_directory, **kwargs)`` with a NeFT model card, and no file ever half-written.
 
-    Each weights file carries a sha256 of every tensor in its metadata (:mod:`peft_neft.integrity`), which
+    Each weights file carries a sha256 of every tensor in its metadata (:mod:`peft_neft.tuner.integrity`), which
     loading checks.
 
     The save goes to a hidden temporary folder inside ``save_directory`` (so it is on the same file system

@@ -16,7 +16,7 @@ from peft.tuners.tuners_utils import check_target_module_exists
 from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME, PeftType
 from safetensors import SafetensorError, safe_open
 
-from ..integrity import verify
+from .integrity import verify
 
 _DELTA_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 PEFT_MODEL_PREFIX = "base_model.model."
