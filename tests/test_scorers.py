@@ -109,7 +109,7 @@ def test_gradient_is_minus_the_accumulated_row_gradient_norm():
 
 
 @pytest.mark.parametrize("score", [gradient_scores, taylor_scores])
-def test_gradient_probes_hold_one_weight_gradient_at_a_time(score):
+def test_gradient_scorers_hold_one_weight_gradient_at_a_time(score):
     model = make_tiny_llama()
     held = []
 
@@ -143,7 +143,7 @@ def test_activation_is_the_mean_absolute_unit_output_over_real_tokens():
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_probes_refuse_zero_batches():
+def test_batch_scorers_refuse_zero_batches():
     for score in (gradient_scores, taylor_scores, activation_scores):
         with pytest.raises(ValueError, match="batches must be at least 1"):
             score(make_tiny_llama(), toy_data(), collate_fn=COLLATE, batches=0)

@@ -18,7 +18,7 @@ from ._options import add_config_argument, add_device_arguments, check_device, n
 from ._selection_options import check_selection_arguments
 
 NAME = "calibrate"
-HELP = "Score neurons on your data (a short fine-tune of K steps, or K batches of gradients or activations) and select a budget of them."
+HELP = "Score neurons on your data (a short fine-tune, or gradients or activations over K batches); select a budget."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from .cosine import score_checkpoints, score_models
     from .neuron_scores import NeuronScores
     from .neuron_selection import NeuronSelection, overlap
-    from .probe_scores import activation_scores, gradient_scores, taylor_scores
+    from .batch_scores import activation_scores, gradient_scores, taylor_scores
     from .scorers import SCORERS, Scorer, get_scorer
     from .select import select_hybrid, select_neurons
 
@@ -28,7 +28,7 @@ _HOME = {
     **dict.fromkeys(["score_checkpoints", "score_models"], "cosine"),
     "NeuronScores": "neuron_scores",
     **dict.fromkeys(["NeuronSelection", "overlap"], "neuron_selection"),
-    **dict.fromkeys(["activation_scores", "gradient_scores", "taylor_scores"], "probe_scores"),
+    **dict.fromkeys(["activation_scores", "gradient_scores", "taylor_scores"], "batch_scores"),
     **dict.fromkeys(["SCORERS", "Scorer", "get_scorer"], "scorers"),
     **dict.fromkeys(["select_hybrid", "select_neurons"], "select"),
 }

@@ -1,11 +1,11 @@
-"""The paper's short calibration fine-tune, and the helpers every score on task data shares.
+"""The paper's short calibration fine-tune, and the data and training-state helpers scores on task data share.
 
 :func:`calibrate` is Algorithm 1, lines 1-2: train all parameters for K steps (the paper's M_FT;
 its "Early" ablation stops at 800 steps), score each neuron by the cosine similarity of its row
-before and after (or by its movement, from the same run), and put the model back as it was. The fine-tune is a ``transformers.Trainer`` run
-(:class:`~peft_neft.training.TargetLossTrainer`) and the scores are those of
-:class:`~peft_neft.selection.calibration_callback.NeuronCalibrationCallback`, the callback you can add
-to your own training. Only the target modules' rows are kept in memory; the other trained parameters
+before and after (or by its movement, from the same run), and put the model back as it was.
+The fine-tune is a ``transformers.Trainer`` run (:class:`~peft_neft.training.TargetLossTrainer`) and the
+scores are those of :class:`~peft_neft.selection.calibration_callback.NeuronCalibrationCallback`, the callback
+you can add to your own training. Only the target modules' rows are kept in memory; the other trained parameters
 are parked in a temporary safetensors file and streamed back, so the model never exists twice in RAM.
 """
 
@@ -128,7 +128,7 @@ def calibrate(
     spread: str = "global",
     method: str = "cosine",
 ) -> NeuronScores | NeuronSelection:
-    """Row-change scores from a short full fine-tune (``Trainer``, AdamW, ``steps`` steps); the model is restored in place.
+    """Row-change scores from a short full fine-tune (``Trainer``, AdamW, ``steps`` steps); the model is restored.
 
     Args:
         model: a transformers causal LM (or a peft model around one).

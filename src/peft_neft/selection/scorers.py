@@ -54,12 +54,12 @@ def _after_fine_tune(method: str) -> Callable[..., NeuronScores]:
     return score
 
 
-def _probe(function: str) -> Callable[..., NeuronScores]:
+def _from_batches(function: str) -> Callable[..., NeuronScores]:
     def score(model: nn.Module, rows: Any, *, collate_fn: Callable, steps: int, batch_size: int, lr: float,
               seed: int, target_modules: Any, frugal: bool = False, progress: bool = False) -> NeuronScores:
-        from . import probe_scores
+        from . import batch_scores
 
-        return getattr(probe_scores, function)(model, rows, collate_fn=collate_fn, batches=steps,
+        return getattr(batch_scores, function)(model, rows, collate_fn=collate_fn, batches=steps,
                                                target_modules=target_modules, batch_size=batch_size, seed=seed)
 
     return score
@@ -71,10 +71,11 @@ SCORERS: dict[str, Scorer] = {s.name: s for s in (
     Scorer("movement", "short fine-tune of K steps, then how far each row moved, ||W_K - W_0|| (movement pruning)",
            "optimizer", _after_fine_tune("movement")),
     Scorer("taylor", "first-order importance |sum_j w_ij g_ij| summed over K batches, no update (Molchanov 2019)",
-           "gradients", _probe("taylor_scores")),
-    Scorer("gradient", "the row gradient norm over K batches, no update", "gradients", _probe("gradient_scores")),
+           "gradients", _from_batches("taylor_scores")),
+    Scorer("gradient", "the row gradient norm over K batches, no update", "gradients",
+           _from_batches("gradient_scores")),
     Scorer("activation", "mean absolute output of the row's unit over K batches, forward passes only",
-           "forward", _probe("activation_scores")),
+           "forward", _from_batches("activation_scores")),
 )}
 
 

@@ -1,4 +1,4 @@
-"""Scores from probing the model on K batches of the task, without any optimizer step: gradients or forward passes.
+"""Scores from K batches of the task, no optimizer step: gradients (taylor, gradient) or forward passes (activation).
 
 Every score is a per-row statistic, negated where it is an importance so that lower = selected first (the
 rows the task leans on most come first), as for the cosine score. Gradient scores hold at most one module's
