@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from conftest import make_tiny_llama
 from peft_neft.cli import main
 from peft_neft.selection import NeuronScores, NeuronSelection, select_neurons
-from peft_neft.selection.placement import norm_percentiles, placement_report, rows_per_band
+from peft_neft.selection.placement import (norm_percentiles, placement_report, plot_selections,
+                                           rows_per_band)
 
 UP0, DOWN1 = "model.layers.0.mlp.up_proj", "model.layers.1.mlp.down_proj"
 
@@ -58,5 +60,7 @@ def test_inspect_writes_a_report_and_a_picture(tmp_path, capsys):
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     selections = {"a": NeuronSelection.load(tmp_path / "weak.safetensors")}
     assert placement_report(selections).count("Norm percentile") == 0  # no model, no norms
+    with pytest.raises(ValueError, match="does not record its modules' sizes"):
+        plot_selections({"by hand": NeuronSelection(rows={UP0: torch.tensor([1])})}, tmp_path / "hand.png")
     assert main(["inspect", str(tmp_path / "missing.safetensors"), "--out", str(out)]) == 2
     assert "No selection file at" in capsys.readouterr().err

@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", choices=sorted(SCORERS), default="cosine",
                         help="; ".join(f"{name}: {scorer.help}" for name, scorer in SCORERS.items()))
     parser.add_argument("--lr", "--learning-rate", type=number(float, above=0), default=1e-5,
-                        help="learning rate of the calibration fine-tune")
+                        help="learning rate of the calibration fine-tune (cosine, movement)")
     parser.add_argument("--batch-size", "--per-device-train-batch-size", type=number(int, at_least=1), default=8,
                         help="examples per step")
     parser.add_argument("--max-source-tokens", type=number(int, at_least=1), default=256,
@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-target-tokens", type=number(int, at_least=1), default=128,
                         help="truncate targets to this many tokens")
     parser.add_argument("--max-examples", type=number(int, at_least=1), help="use only the first N examples")
-    parser.add_argument("--frugal", action="store_true", help="train only the target modules (less memory)")
+    parser.add_argument("--frugal", action="store_true", help="fine-tune only the target modules (cosine, movement: less memory)")
     add_selection_arguments(parser)
     add_device_arguments(parser)
 

@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
 
         from ..embedded_model import resolve_model_path
 
-        model = AutoModelForCausalLM.from_pretrained(resolve_model_path(None if args.model == "default" else args.model))
+        model = AutoModelForCausalLM.from_pretrained(resolve_model_path(None if args.model == "default"
+                                                                        else args.model))
     text = placement_report(selections, model)
     with atomic_path(args.out) as tmp:
         Path(tmp).write_text(text)

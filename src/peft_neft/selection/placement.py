@@ -70,7 +70,10 @@ def plot_selections(selections: Mapping[str, NeuronSelection], path: str | os.Pa
 
     grids = {}
     for label, selection in selections.items():
-        out_features = selection.metadata.get("out_features") or {n: int(r.max()) + 1 for n, r in selection.rows.items()}
+        out_features = selection.metadata.get("out_features")
+        if not out_features:
+            raise ValueError(f"Selection {label!r} does not record its modules' sizes (out_features), so its share "
+                             "of rows cannot be drawn; make it with select_neurons, `peft-neft select` or calibrate.")
         layers = sorted({layer_index(n) or 0 for n in out_features})
         kinds = sorted({_kind(n) for n in out_features})
         share = np.zeros((len(kinds), len(layers)))
