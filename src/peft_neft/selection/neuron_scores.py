@@ -19,11 +19,12 @@ class NeuronScores:
     Attributes:
         scores: module name -> 1-D tensor (out_features,). LOWER means "select first" for every
             method: the cosine similarity between original and fine-tuned row for ``"cosine"``
-            (float64: after a few steps ``1 - cos`` is ~1e-9, below float32's resolution near 1),
-            the negative accumulated gradient norm for ``"gradient"``.
+            (float64: after a few steps ``1 - cos`` is ~1e-9, below float32's resolution near 1), the negated
+            importance for the others (``"movement"``, ``"taylor"``, ``"gradient"``, ``"activation"``; see
+            :mod:`peft_neft.selection.scorers`).
         in_features: module name -> parameters one row of that module costs.
         total_params: all parameters of the base model (the denominator of percent budgets).
-        method: how the scores were made (``"cosine"``, ``"gradient"``, ...).
+        method: how the scores were made (a scorer's name: ``"cosine"``, ``"taylor"``, ...).
         metadata: JSON-serializable provenance; ``"fingerprint"`` identifies the base model's shapes.
     """
 
