@@ -32,7 +32,6 @@ from transformers.utils import logging as hf_logging
 
 from ..atomic import atomic_dir
 from ..saving import save_pretrained_atomically
-from ..selection import calibrate
 from ..tasks import encode_for_generation, encode_pairs, get_task, hold_out_validation, make_collator
 from ..training import train_model, validation_loss
 from ..training.precision import Precision
@@ -40,10 +39,11 @@ from ..training.trainer import trainable_parameters
 from ..settings import CompareSettings
 from .config import CompareConfig
 from .evaluate import adapter_bytes, generate, memory_mb, model_device
-from .methods import Method, parse_method, prepare_model, select_for, shape_scores
+from .methods import Method, calibration_key, neft_targets, parse_method, prepare_model, select_for, shape_scores
 from .report import write_report
-from .results import (data_fingerprint, diverged, load_results, load_scores, outputs_path, run_key, save_results,
-                      save_scores, training_key, weights_fingerprint, write_outputs)
+from .scoring import cached_calibration
+from .results import (data_fingerprint, diverged, load_results, outputs_path, run_key, save_results, training_key,
+                      weights_fingerprint, write_outputs)
 from .significance import metric_names, store_figures
 from .workers import start_worker
 
@@ -120,12 +120,13 @@ def compare(
     for seed, method in _pending(results, methods, seeds):  # a run stopped after its last training is chosen now
         if not _finish_run(method, seed, config, results, out, checkpoints):
             pending.append((seed, method))
-    calibrations = {seed: _calibration(checkpoints, load_model, train_rows, collator, config, seed, precision.device,
-                                       progress)
-                    for seed in sorted({s for s, m in pending if _calibrated(m)})}
+    needed = {calibration_key(m, s): (m, s) for s, m in pending if calibration_key(m, s)}
+    calibrations = {key: cached_calibration(checkpoints, key, m.score, neft_targets(m, config), load_model, train_rows,
+                                            collator, config, s, precision.device, progress)
+                    for key, (m, s) in needed.items()}
     training_collator = make_collator(tokenizer, precision.pad_to_multiple_of)
     jobs = [_Job(load_model, tokenizer, method, seed, lr, config, precision, training_collator, train_rows, val_rows,
-                 prompts, list(data["test"]["target"]), calibrations.get(seed) if _calibrated(method) else None,
+                 prompts, list(data["test"]["target"]), calibrations.get(calibration_key(method, seed)),
                  checkpoints / _safe(training_key(method.spec, seed, lr)), total_params, progress and config.workers == 1,
                  out / "runs" / _safe(training_key(method.spec, seed, lr)))
             for seed, method in pending for lr in _rates(config, method)
@@ -148,8 +149,8 @@ def compare(
         _report(results, out, methods)
         bar.update()
     bar.close()
-    for seed in calibrations:  # every run that needed it has finished
-        (checkpoints / f"calibration@seed{seed}.safetensors").unlink(missing_ok=True)
+    for key in calibrations:  # every run that needed it has finished
+        (checkpoints / f"{key}.safetensors").unlink(missing_ok=True)
     if checkpoints.is_dir() and not any(checkpoints.iterdir()):
         checkpoints.rmdir()
     _report(results, out, methods)
@@ -218,11 +219,6 @@ def _finish_run(method: Method, seed: int, config: CompareConfig, results: dict[
 _SEARCH = ("lr", "best_val_loss", "best_step", "steps_run", "stop_reason", "diverged_step")
 
 
-def _calibrated(method: Method) -> bool:
-    """Whether a method's rows come from the calibration's scores (random rows need only the shapes)."""
-    return method.kind == "neft" and method.strategy != "random"
-
-
 def _check_picklable(load_model: Callable) -> None:
     try:
         pickle.dumps(load_model)
@@ -261,30 +257,6 @@ def _report(results: dict[str, Any], out: Path, methods: Sequence[Method]) -> No
     except Exception as err:  # the results themselves are saved; the report can be rebuilt from them
         logger.warning("the report of %s could not be written (%s: %s); results.json is complete", out,
                        type(err).__name__, err)
-
-
-def _calibration(folder: Path, load_model, train_rows: list[dict], collator, config: CompareConfig, seed: int,
-                 device: torch.device, progress: bool) -> tuple[Any, dict[str, Any]]:
-    """Cosine scores from the paper's short full fine-tune, computed in float32 whatever the training dtype, cached.
-
-    After a few Adam steps every weight has moved by about the learning rate, so rows are told apart by
-    changes of 1 - cos ~ 1e-5; in bf16 their order rests on rounding (docs/selection.md).
-    """
-    path = folder / f"calibration@seed{seed}.safetensors"
-    if path.is_file():
-        logger.info("calibration of seed %d: cached in %s", seed, path)
-        return load_scores(path)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = load_model().to(device)
-    lr = config.calibration_lr if config.calibration_lr is not None else config.lr("full")
-    start = time.perf_counter()
-    scores = calibrate(model, train_rows, steps=config.calibration_steps, target_modules=config.neft_target_modules,
-                       lr=lr, batch_size=config.batch_size, seed=seed, collate_fn=collator, progress=progress)
-    info = {"steps": config.calibration_steps, "lr": lr, "seconds": time.perf_counter() - start,
-            "target_modules": list(config.neft_target_modules), "dtype": "float32"}
-    save_scores(path, scores, info)
-    return scores, info
 
 
 @dataclass
@@ -331,7 +303,7 @@ def _executed(jobs: list[_Job], workers: int) -> Iterator[tuple[_Job, dict[str, 
 def _execute(job: _Job) -> dict[str, Any]:
     scores, calibration = job.calibration or (None, None)
     if job.method.kind == "neft" and job.method.strategy == "random":
-        scores = shape_scores(job.load_model(), job.config.neft_target_modules)
+        scores = shape_scores(job.load_model(), neft_targets(job.method, job.config))
     row = _Run(job, scores).train_and_evaluate()
     row["calibration"] = calibration
     return row
