@@ -13,8 +13,8 @@ from conftest import make_tiny_llama, make_tiny_tokenizer
 from peft_neft import NeFTConfig
 from peft_neft.cli import main
 from peft_neft.embedded_model import load_model_and_tokenizer
-from peft_neft.selection import (Budget, NeuronCalibrationCallback, NeuronSelection, calibrate, gradient_scores,
-                                 select_neurons)
+from peft_neft.selection import (SCORERS, Budget, NeuronCalibrationCallback, NeuronSelection, calibrate,
+                                 get_scorer, gradient_scores, select_neurons)
 from peft_neft.tasks import TASKS, encode_pairs, make_collator
 
 COLLATE = make_collator(make_tiny_tokenizer())  # pads with <pad> = 0, labels with -100
@@ -154,15 +154,16 @@ def test_smollm2_calibration_gives_a_selection_peft_accepts(smollm2_dir, shared_
 
 
 @pytest.mark.slow
-def test_calibrate_cli_on_smollm2(smollm2_dir, shared_data, tmp_path, capsys):
+@pytest.mark.parametrize("method", ["gradient", "taylor", "activation"])
+def test_calibrate_cli_on_smollm2(smollm2_dir, shared_data, tmp_path, capsys, method):
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps({"source": p, "target": c}) + "\n" for p, c in multi30k_pairs(shared_data, 4)))
     out = tmp_path / "sel.safetensors"
-    code = main(["calibrate", "--model", str(smollm2_dir), "--data", str(data), "--method", "gradient", "--steps", "1",
+    code = main(["calibrate", "--model", str(smollm2_dir), "--data", str(data), "--method", method, "--steps", "2",
                  "--batch-size", "2", "--lora-rank", "1", "--out", str(out)])
     assert code == 0
     selection = NeuronSelection.load(out)
-    assert selection.metadata["method"] == "gradient"
+    assert selection.metadata["method"] == method and len(selection.scores) == 60
     assert selection.metadata["budget"]["spec"] == {"lora_rank": 1, "num_params": 30 * (2 * (576 + 576) + 2 * (576 + 192) + 3 * (576 + 1536))}
     assert "layer" in capsys.readouterr().out
     bad = tmp_path / "bad.jsonl"
@@ -220,7 +221,7 @@ def _spy_on_select_neurons(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("method", ["cosine", "gradient"])
+@pytest.mark.parametrize("method", sorted(SCORERS))
 def test_calibrate_cli_scores_the_templated_prompts_training_uses_and_selects_once(tmp_path, capsys, monkeypatch,
                                                                                    method):
     tokenizer = make_tiny_tokenizer()
@@ -236,19 +237,18 @@ def test_calibrate_cli_scores_the_templated_prompts_training_uses_and_selects_on
     calls = _spy_on_select_neurons(monkeypatch)
     assert main(["calibrate", "--model", str(model_dir), "--data", str(data), "--method", method, "--steps", "3",
                  "--lr", "1e-2", "--batch-size", "4", "--lora-rank", "1", "--dtype", "float32", "--target-lang", "de",
-                 "--out", str(out)]) == 0
+                 "--spread", "per-module", "--out", str(out)]) == 0
     assert "selection written to" in capsys.readouterr().out
     assert len(calls) == 1 and calls[0].lora_rank == 1  # one selection, one budget made once
     selection = NeuronSelection.load(out)
-    assert selection.metadata["method"] == method
+    assert selection.metadata["method"] == method and selection.metadata["spread"] == "per-module"
     assert selection.metadata["budget"]["spec"] == {"lora_rank": 1, "num_params": 2 * (64 + 48 + 48 + 64 + 3 * 96)}
     # What training encodes (compare: the task's instruction, the chat template, the collator), scored directly.
     rows = encode_pairs(tokenizer, TASKS["translation"].instruction_for("en", "de"), sources, targets, 256, 128)
     assert rows[0]["input_ids"][0] == tokenizer.convert_tokens_to_ids("n1")  # the template's system turn
-    settings = dict(collate_fn=make_collator(tokenizer), batch_size=4, seed=0)
     monkeypatch.undo()
-    expected = (calibrate(make_tiny_llama(), rows, steps=3, lr=1e-2, progress=False, **settings) if method == "cosine"
-                else gradient_scores(make_tiny_llama(), rows, batches=3, **settings))
+    expected = get_scorer(method).score(make_tiny_llama(), rows, collate_fn=make_collator(tokenizer), steps=3,
+                                        batch_size=4, lr=1e-2, seed=0, target_modules=["up_proj", "down_proj"])
     assert set(selection.scores) == set(expected.scores)
     for name, scores in expected.scores.items():
         torch.testing.assert_close(selection.scores[name], scores, rtol=0, atol=0)

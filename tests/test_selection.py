@@ -180,18 +180,39 @@ def test_strategies_reversed_and_random(tiny_llama):
     assert a.metadata["seed"] == 1 and a.metadata["strategy"] == "random"
 
 
-def test_per_layer_quota_shares_the_budget():
+def test_per_layer_spread_shares_the_budget():
     gen = torch.Generator().manual_seed(0)
     scores = NeuronScores(  # layer 1 changed more than layer 0 everywhere
         {UP0: 0.9 + 0.1 * torch.rand(64, generator=gen), UP1: 0.5 + 0.1 * torch.rand(64, generator=gen)},
         {UP0: 32, UP1: 32}, total_params=10_000, method="cosine",
     )
     assert select_neurons(scores, num_neurons=20).rows.keys() == {UP1}
-    quota = select_neurons(scores, num_neurons=20, per_layer_quota=True)
+    quota = select_neurons(scores, num_neurons=20, spread="per-layer")
     assert quota.rows[UP0].numel() == quota.rows[UP1].numel() == 10
     assert torch.equal(quota.rows[UP0], torch.sort(torch.argsort(scores.scores[UP0])[:10]).values)
-    odd = select_neurons(scores, num_neurons=21, per_layer_quota=True)  # the remainder goes by global rank
+    odd = select_neurons(scores, num_neurons=21, spread="per-layer")  # the remainder goes by global rank
     assert odd.rows[UP1].numel() == 11 and odd.num_neurons == 21
+    assert quota.metadata["spread"] == "per-layer"
+
+
+def test_per_module_spread_shares_the_budget_by_module_size():
+    gen = torch.Generator().manual_seed(0)
+    down0, up0 = UP0.replace("up_proj", "down_proj"), UP0
+    # one layer, two modules: up (64 rows of 32) costs 2048, down (32 rows of 64) costs 2048; up changed most
+    scores = NeuronScores(
+        {up0: 0.5 + 0.1 * torch.rand(64, generator=gen), down0: 0.9 + 0.1 * torch.rand(32, generator=gen)},
+        {up0: 32, down0: 64}, total_params=100_000, method="cosine",
+    )
+    assert select_neurons(scores, num_params=1024).rows.keys() == {up0}
+    assert select_neurons(scores, num_params=1024, spread="per-layer").rows.keys() == {up0}  # one layer: global
+    spread = select_neurons(scores, num_params=1024, spread="per-module")
+    assert spread.rows[up0].numel() == 16 and spread.rows[down0].numel() == 8  # 512 parameters each
+    assert torch.equal(spread.rows[down0], torch.sort(torch.argsort(scores.scores[down0])[:8]).values)
+    rows = select_neurons(scores, num_neurons=48, spread="per-module")  # rows: shares of 64 and 32 rows
+    assert rows.rows[up0].numel() == 32 and rows.rows[down0].numel() == 16
+    assert spread.metadata["achieved_params"] == 1024 and spread.metadata["spread"] == "per-module"
+    with pytest.raises(ValueError, match="Unknown spread 'layer'.*per-module"):
+        select_neurons(scores, num_neurons=4, spread="layer")
 
 
 def test_hybrid_is_lowest_plus_disjoint_reversed(tiny_llama):
@@ -416,7 +437,7 @@ def test_hybrid_adds_exactly_the_top_scored_rows_outside_the_lowest_part(tiny_ll
     assert count > 0 and extra == {(n, r) for _, n, r in ranked[:count]}
 
 
-def test_select_cli_strategy_and_per_layer_quota(tiny_llama, tmp_path):
+def test_select_cli_strategy_and_spread(tiny_llama, tmp_path):
     tiny_llama.save_pretrained(tmp_path / "base")
     perturbed_copy(tiny_llama).save_pretrained(tmp_path / "tuned")
     scores = score_checkpoints(tmp_path / "base", tmp_path / "tuned")
@@ -432,7 +453,8 @@ def test_select_cli_strategy_and_per_layer_quota(tiny_llama, tmp_path):
     cases = {
         "reversed.safetensors": (["--strategy", "reversed"], dict(strategy="reversed")),
         "random.safetensors": (["--strategy", "random", "--seed", "3"], dict(strategy="random", seed=3)),
-        "quota.safetensors": (["--per-layer-quota"], dict(per_layer_quota=True)),
+        "quota.safetensors": (["--spread", "per-layer"], dict(spread="per-layer")),
+        "modules.safetensors": (["--spread", "per-module"], dict(spread="per-module")),
     }
     results = {}
     for name, (flags, kwargs) in cases.items():
@@ -440,7 +462,7 @@ def test_select_cli_strategy_and_per_layer_quota(tiny_llama, tmp_path):
         assert as_lists(results[name]) == as_lists(select_neurons(scores, num_neurons=6, **kwargs)), name
     assert results["reversed.safetensors"].metadata["strategy"] == "reversed"
     assert results["random.safetensors"].metadata["seed"] == 3
-    assert results["quota.safetensors"].metadata["per_layer_quota"] is True
+    assert results["quota.safetensors"].metadata["spread"] == "per-layer"
     # each flag changes the result: the global lowest selection is PERTURBED (five rows in layer 1, one in layer 0)
     assert all(as_lists(s) != PERTURBED for s in results.values())
     quota = results["quota.safetensors"].summary_rows()

@@ -30,7 +30,9 @@ def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
                         help="lowest: most changed first (paper); reversed: least changed first; random (seeded)")
     parser.add_argument("--target-modules", nargs="+", default=list(DEFAULT_TARGET_MODULES),
                         help="Linear layers whose rows are scored")
-    parser.add_argument("--per-layer-quota", action="store_true", help="give every layer its share of the budget")
+    parser.add_argument("--spread", choices=("global", "per-layer", "per-module"), default="global",
+                        help="global: one ranking over all rows (paper); per-layer / per-module: every layer / "
+                             "module gets a share of the budget in proportion to its size, rows ranked within it")
     parser.add_argument("--seed", type=number(int), default=0, help="seed (random strategy, calibration data order)")
     parser.add_argument("--out", required=True, help="where to write the selection (.safetensors)")
     parser.add_argument("--plot", help="also write a PNG of the selection here")

@@ -2,70 +2,23 @@
 
 A thin shell: the data are read and encoded as ``peft-neft compare`` reads and encodes them for
 training (the task's fields, instruction and chat template, :mod:`peft_neft.tasks.prompts`), so the
-neurons are scored on exactly the prompts they will be trained on. The budget is made once; the
-cosine score selects inside :class:`~peft_neft.selection.NeuronCalibrationCallback` at step K.
-Every argument is checked before any work.
+neurons are scored on exactly the prompts they will be trained on. ``--method`` is a scorer of the
+library's registry (:data:`~peft_neft.selection.scorers.SCORERS`). The budget is made once and checked
+against the model before scoring. Every argument is checked before any work.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from contextlib import nullcontext
 
+from ..selection.scorers import SCORERS, get_scorer
 from ..tasks.task import TASKS
 from ._options import add_config_argument, add_device_arguments, check_device, number
 from ._selection_options import check_selection_arguments
 
-if TYPE_CHECKING:
-    from torch import nn
-
-    from ..selection.neuron_selection import NeuronSelection
-    from ..selection import Budget
-    from ..training.precision import Precision
-
 NAME = "calibrate"
-HELP = "Score neurons with a short fine-tune of K steps on your data (or gradient norms) and select a budget of them."
-
-
-@dataclass(frozen=True)
-class Scorer:
-    """A way to score neurons on task data: its help line, and ``select(args, model, rows, collator, budget, precision)``."""
-
-    help: str
-    select: Callable[[argparse.Namespace, nn.Module, list[dict], Callable, Budget, Precision], NeuronSelection]
-
-
-def _cosine(args: argparse.Namespace, model: nn.Module, rows: list[dict], collator: Callable,
-            budget: Budget, precision: Precision) -> NeuronSelection:
-    from ..selection import calibrate
-
-    # Float32 whatever --dtype (docs/precision.md): bf16 rounding reorders the tiny row changes it ranks.
-    return calibrate(model, rows, collate_fn=collator, steps=args.steps, target_modules=args.target_modules,
-                     lr=args.lr, batch_size=args.batch_size, seed=args.seed, frugal=args.frugal,
-                     progress=args.progress, budget=budget, strategy=args.strategy,
-                     per_layer_quota=args.per_layer_quota)
-
-
-def _gradient(args: argparse.Namespace, model: nn.Module, rows: list[dict], collator: Callable,
-              budget: Budget, precision: Precision) -> NeuronSelection:
-    from ..selection import gradient_scores, select_neurons
-
-    budget.check_fits(model, args.target_modules)
-    with precision.autocast():
-        scores = gradient_scores(model, rows, collate_fn=collator, batches=args.steps,
-                                 target_modules=args.target_modules, batch_size=args.batch_size, seed=args.seed)
-    return select_neurons(scores, budget=budget, strategy=args.strategy, seed=args.seed,
-                          per_layer_quota=args.per_layer_quota)
-
-
-# The scores `--method` offers; a new score is one entry here.
-SCORERS = {
-    "cosine": Scorer("short fine-tune of K steps, then the cosine of each row before and after (paper, Eq. 1)",
-                     _cosine),
-    "gradient": Scorer("minus the row gradient norms over K batches, no update", _gradient),
-}
+HELP = "Score neurons on your data (a short fine-tune of K steps, or K batches of gradients or activations) and select a budget of them."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -82,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source-lang", default="en", help="source language code, used in the prompt")
     parser.add_argument("--target-lang", default="fr", help="target language code, used in the prompt")
     parser.add_argument("--steps", "--max-steps", type=number(int, at_least=1), default=800,
-                        help="fine-tuning steps K (gradient: batches)")
+                        help="fine-tuning steps K (scorers without an optimizer: batches)")
     parser.add_argument("--method", choices=sorted(SCORERS), default="cosine",
                         help="; ".join(f"{name}: {scorer.help}" for name, scorer in SCORERS.items()))
     parser.add_argument("--lr", "--learning-rate", type=number(float, above=0), default=1e-5,
@@ -124,8 +77,18 @@ def run(args: argparse.Namespace) -> int:
     budget = budget or budget_of(args, model)
     rows = encode_pairs(tokenizer, task.instruction_for(args.source_lang, args.target_lang), pairs["source"],
                         pairs["target"], args.max_source_tokens, args.max_target_tokens)
-    selection = SCORERS[args.method].select(args, model.to(precision.device), rows, make_collator(tokenizer), budget,
-                                            precision)
+    from ..selection import select_neurons
+
+    scorer = get_scorer(args.method)
+    model = model.to(precision.device)
+    budget.check_fits(model, args.target_modules)  # before the scoring, which may be long
+    # The fine-tune runs in float32 whatever --dtype (docs/precision.md): bf16 rounding reorders the tiny row
+    # changes it ranks; gradient and forward probes run under --dtype's autocast.
+    with nullcontext() if scorer.needs == "optimizer" else precision.autocast():
+        scores = scorer.score(model, rows, collate_fn=make_collator(tokenizer), steps=args.steps,
+                              batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                              target_modules=args.target_modules, frugal=args.frugal, progress=args.progress)
+    selection = select_neurons(scores, budget=budget, strategy=args.strategy, seed=args.seed, spread=args.spread)
     selection.metadata["scores_metadata"].update(model=str(args.model), data=str(args.data), examples=len(rows),
                                                  task=args.task)
     save_selection(args, selection)

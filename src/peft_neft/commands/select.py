@@ -27,5 +27,5 @@ def run(args: argparse.Namespace) -> int:
     budget = budget_of(args, meta_model(args.base) if args.lora_rank is not None else None)
     scores = score_checkpoints(args.base, args.finetuned, target_modules=args.target_modules, progress=args.progress)
     save_selection(args, select_neurons(scores, budget=budget, strategy=args.strategy, seed=args.seed,
-                                        per_layer_quota=args.per_layer_quota))
+                                        spread=args.spread))
     return 0

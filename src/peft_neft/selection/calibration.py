@@ -1,8 +1,8 @@
-"""Scores that need the task's data: the paper's short calibration fine-tune, and a cheaper gradient score.
+"""The paper's short calibration fine-tune, and the helpers every score on task data shares.
 
 :func:`calibrate` is Algorithm 1, lines 1-2: train all parameters for K steps (the paper's M_FT;
 its "Early" ablation stops at 800 steps), score each neuron by the cosine similarity of its row
-before and after, and put the model back as it was. The fine-tune is a ``transformers.Trainer`` run
+before and after (or by its movement, from the same run), and put the model back as it was. The fine-tune is a ``transformers.Trainer`` run
 (:class:`~peft_neft.training.TargetLossTrainer`) and the scores are those of
 :class:`~peft_neft.selection.calibration_callback.NeuronCalibrationCallback`, the callback you can add
 to your own training. Only the target modules' rows are kept in memory; the other trained parameters
@@ -23,20 +23,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
-from torch.utils.data import DataLoader
 from transformers import TrainerCallback
-from transformers.pytorch_utils import Conv1D
 
-from .._shapes import count_params, module_shape
 from .._targets import DEFAULT_TARGET_MODULES
 from .._targets import TargetModules, find_target_modules
-from ..tuner.fingerprint import model_fingerprint
 from .budget import Budget
 from .neuron_selection import NeuronSelection
 from .calibration_callback import NeuronCalibrationCallback
 from .neuron_scores import NeuronScores
-
-Batch = dict[str, torch.Tensor]
 
 
 def _check_data(dataset: Any, batch_size: int) -> None:
@@ -44,31 +38,6 @@ def _check_data(dataset: Any, batch_size: int) -> None:
         raise ValueError("The training data set is empty.")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
-
-
-def _loader(dataset: Any, batch_size: int, seed: int, collate_fn: Callable) -> DataLoader:
-    _check_data(dataset, batch_size)
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator, collate_fn=collate_fn)
-
-
-def _batches(loader: DataLoader, count: int) -> Iterator[Batch]:
-    """``count`` batches, cycling through the (reshuffled) data as often as needed."""
-    produced = 0
-    while produced < count:
-        for batch in loader:
-            yield batch
-            produced += 1
-            if produced == count:
-                return
-
-
-def _loss(model: nn.Module, batch: Batch) -> torch.Tensor:
-    device = next(model.parameters()).device
-    output = model(**{k: v.to(device) for k, v in batch.items()})
-    if output.loss is None:
-        raise ValueError("The model returned no loss; pass batches with 'labels' to a causal LM.")
-    return output.loss
 
 
 class _StepLosses(TrainerCallback):
@@ -129,14 +98,16 @@ def _training_state(model: nn.Module, trainable: set[nn.Parameter], train_mode: 
 def calibrate(model: nn.Module, train_dataset: Any, *, collate_fn: Callable, steps: int = ...,
               target_modules: TargetModules = ..., lr: float = ..., batch_size: int = ..., seed: int = ...,
               frugal: bool = ..., progress: bool = ..., callback: Optional[Callable[[int, float], None]] = ...,
-              budget: None = ..., strategy: str = ..., per_layer_quota: bool = ...) -> NeuronScores: ...
+              budget: None = ..., strategy: str = ..., spread: str = ...,
+              method: str = ...) -> NeuronScores: ...
 
 
 @overload
 def calibrate(model: nn.Module, train_dataset: Any, *, collate_fn: Callable, steps: int = ...,
               target_modules: TargetModules = ..., lr: float = ..., batch_size: int = ..., seed: int = ...,
               frugal: bool = ..., progress: bool = ..., callback: Optional[Callable[[int, float], None]] = ...,
-              budget: Budget, strategy: str = ..., per_layer_quota: bool = ...) -> NeuronSelection: ...
+              budget: Budget, strategy: str = ..., spread: str = ...,
+              method: str = ...) -> NeuronSelection: ...
 
 
 def calibrate(
@@ -154,9 +125,10 @@ def calibrate(
     callback: Optional[Callable[[int, float], None]] = None,
     budget: Optional[Budget] = None,
     strategy: str = "lowest",
-    per_layer_quota: bool = False,
+    spread: str = "global",
+    method: str = "cosine",
 ) -> NeuronScores | NeuronSelection:
-    """Cosine scores from a short full fine-tune (``Trainer``, AdamW, ``steps`` steps); the model is restored in place.
+    """Row-change scores from a short full fine-tune (``Trainer``, AdamW, ``steps`` steps); the model is restored in place.
 
     Args:
         model: a transformers causal LM (or a peft model around one).
@@ -173,7 +145,9 @@ def calibrate(
         progress: show the Trainer's progress bar.
         callback: called as ``callback(step, loss)`` after each optimizer step (1-based), while the
             model holds the fine-tuned weights (e.g. to log, or to score intermediate steps).
-        budget, strategy, per_layer_quota: given a :class:`~peft_neft.selection.budget.Budget`, the scores are
+        method: ``"cosine"`` (the paper's Eq. 1) or ``"movement"`` (minus the norm of each row's change), see
+            :data:`~peft_neft.selection.cosine.ROW_CHANGES`.
+        budget, strategy, spread: given a :class:`~peft_neft.selection.budget.Budget`, the scores are
             turned into a selection at step K (an impossible budget fails before the fine-tune) and that
             :class:`~peft_neft.selection.NeuronSelection` is returned instead of the scores (its ``scores``
             and ``metadata["scores_metadata"]`` keep them).
@@ -192,7 +166,7 @@ def calibrate(
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)  # Trainer trains on the current device
     scoring = NeuronCalibrationCallback(steps, budget=budget, strategy=strategy, seed=seed,
-                                        per_layer_quota=per_layer_quota, target_modules=target_modules,
+                                        spread=spread, method=method, target_modules=target_modules,
                                         stop_training=True, keep_original=True)
     steps_seen = _StepLosses(callback)
     with tempfile.TemporaryDirectory(prefix="peft-neft-calibrate-") as tmp, _random_state_kept():
@@ -228,45 +202,3 @@ def calibrate(
         return scores
     scoring.selection.metadata["scores_metadata"] = scores.metadata
     return scoring.selection
-
-
-def gradient_scores(
-    model: nn.Module,
-    train_dataset: Any,
-    *,
-    collate_fn: Callable,
-    batches: int = 16,
-    target_modules: TargetModules = DEFAULT_TARGET_MODULES,
-    batch_size: int = 8,
-    seed: int = 0,
-) -> NeuronScores:
-    """A cheap score without any optimizer step: minus the accumulated per-row gradient norm.
-
-    For each target row, ``sqrt(sum over batches of ||dL/dW_row||^2)`` over ``batches`` batches of
-    the task; the score is its negative, so "lower = select first" holds as for cosine scores and
-    the rows the task pulls hardest are selected first. The model's weights are never changed;
-    only the target weights get gradients (the rest of the graph is still back-propagated).
-    """
-    if batches < 1:
-        raise ValueError(f"batches must be at least 1, got {batches}.")
-    targets = find_target_modules(model, target_modules)
-    loader = _loader(train_dataset, batch_size, seed, collate_fn)
-    squared = {name: torch.zeros(module_shape(m)[0], dtype=torch.float64) for name, m in targets.items()}
-    losses = []
-    with _training_state(model, {m.weight for m in targets.values()}, train_mode=False):
-        for batch in _batches(loader, batches):
-            loss = _loss(model, batch)
-            loss.backward()
-            for name, m in targets.items():
-                grad = m.weight.grad.T if isinstance(m, Conv1D) else m.weight.grad
-                squared[name] += grad.double().pow(2).sum(1).cpu()
-                m.weight.grad = None
-            losses.append(float(loss.detach()))
-    return NeuronScores(
-        scores={name: -s.sqrt() for name, s in squared.items()},
-        in_features={name: module_shape(m)[1] for name, m in targets.items()},
-        total_params=count_params(model),
-        method="gradient",
-        metadata={"fingerprint": model_fingerprint(model), "source": "gradient", "batches": batches,
-                  "batch_size": batch_size, "seed": seed, "losses": losses},
-    )

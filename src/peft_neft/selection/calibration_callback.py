@@ -2,9 +2,10 @@
 
 Add :class:`NeuronCalibrationCallback` to the ``Trainer`` (or TRL ``SFTTrainer``) of a full fine-tune.
 At the start of training it copies the rows of the target modules only (optionally in a smaller
-dtype, e.g. bfloat16); after ``steps`` optimizer steps it scores every neuron by the cosine similarity
-of its row before and after (the paper's Eq. 1, Algorithm 1 lines 1-2), frees the copy, and, given a
-budget, selects neurons (once) and writes the :class:`~peft_neft.selection.NeuronSelection`.
+dtype, e.g. bfloat16); after ``steps`` optimizer steps it scores every neuron by comparing its row before and
+after: the cosine similarity (the paper's Eq. 1, Algorithm 1 lines 1-2) and the row's movement, both from the
+same run (:data:`~peft_neft.selection.cosine.ROW_CHANGES`). It frees the copy and, given a budget, selects
+neurons (once) by the chosen ``method`` and writes the :class:`~peft_neft.selection.NeuronSelection`.
 
 It cannot fail silently: a K beyond the run, an unwritable output file and a resume without the
 original rows are refused when training starts; a fine-tune whose weights or scores are not finite at step K
@@ -32,9 +33,9 @@ from .._targets import DEFAULT_TARGET_MODULES, TargetModules, find_target_module
 from ..tuner.fingerprint import model_fingerprint
 from .budget import Budget
 from .neuron_selection import NeuronSelection
-from .cosine import cosine_rows
+from .cosine import ROW_CHANGES
 from .neuron_scores import NeuronScores
-from .select import STRATEGIES, select_neurons
+from .select import SPREADS, STRATEGIES, select_neurons
 
 logger = logging.getLogger(__name__)
 
@@ -73,19 +74,22 @@ class NeuronCalibrationCallback(TrainerCallback):
         steps: optimizer steps K after which the rows are compared (the paper's "Early" ablation: 800).
         out: where to write the selection (``.safetensors``); needs ``budget``.
         budget: the :class:`~peft_neft.selection.budget.Budget` to select under, e.g. ``Budget(percent=1)``.
-        strategy, seed, per_layer_quota: how rows are chosen under the budget (see
+        strategy, seed, spread: how rows are chosen under the budget (see
             :func:`~peft_neft.selection.select_neurons`).
+        method: the score that selects and that ``scores`` holds: ``"cosine"`` (the paper's) or ``"movement"``;
+            ``all_scores`` holds every one of :data:`~peft_neft.selection.cosine.ROW_CHANGES`.
         target_modules: modules whose rows are scored (peft's matching rule).
         snapshot_dtype: dtype of the kept original rows (default: the weights' own dtype).
         stop_training: end training once scored (a calibration-only run).
         keep_original: keep the copy of the rows after scoring, for :meth:`restore_original`.
 
-    After step K, ``scores`` holds the :class:`~peft_neft.selection.NeuronScores` and
+    After step K, ``scores`` holds the :class:`~peft_neft.selection.NeuronScores` of ``method``, ``all_scores``
+    those of every row-change score, and
     ``selection`` the selection (when a budget was given).
     """
 
     def __init__(self, steps: int, out: str | os.PathLike | None = None, *, budget: Budget | None = None,
-                 strategy: str = "lowest", seed: int = 0, per_layer_quota: bool = False,
+                 strategy: str = "lowest", seed: int = 0, spread: str = "global", method: str = "cosine",
                  target_modules: TargetModules = DEFAULT_TARGET_MODULES, snapshot_dtype: torch.dtype | None = None,
                  stop_training: bool = False, keep_original: bool = False) -> None:
         if isinstance(steps, bool) or not isinstance(steps, int):
@@ -99,11 +103,17 @@ class NeuronCalibrationCallback(TrainerCallback):
             raise ValueError("A selection written to `out` needs a budget, e.g. budget=Budget(percent=1).")
         if strategy not in STRATEGIES:
             raise ValueError(f"Unknown strategy {strategy!r}; choose one of {STRATEGIES}.")
+        if spread not in SPREADS:
+            raise ValueError(f"Unknown spread {spread!r}; choose one of {SPREADS}.")
+        if method not in ROW_CHANGES:
+            raise ValueError(f"The calibration callback scores by comparing rows before and after training; "
+                             f"method {method!r} is not one of {tuple(ROW_CHANGES)}.")
         self.steps, self.out, self.budget = steps, out, budget
-        self.strategy, self.seed, self.per_layer_quota = strategy, seed, per_layer_quota
+        self.strategy, self.seed, self.spread, self.method = strategy, seed, spread, method
         self.target_modules, self.snapshot_dtype, self.stop_training = target_modules, snapshot_dtype, stop_training
         self.keep_original = keep_original
         self.scores: NeuronScores | None = None
+        self.all_scores: dict[str, NeuronScores] = {}
         self.selection: NeuronSelection | None = None
         self._original: dict[str, torch.Tensor] = {}
         self._info: dict[str, Any] = {}
@@ -119,7 +129,7 @@ class NeuronCalibrationCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         model = self._model(kwargs)
         targets = find_target_modules(model, self.target_modules)
-        self.scores, self.selection, self._original = None, None, {}
+        self.scores, self.all_scores, self.selection, self._original = None, {}, None, {}
         self._info = {"fingerprint": model_fingerprint(model), "total": count_params(model),
                       "in_features": {name: module_shape(m)[1] for name, m in targets.items()}}
         if state.max_steps and self.steps > state.max_steps:
@@ -173,18 +183,20 @@ class NeuronCalibrationCallback(TrainerCallback):
         if state.global_step != self.steps or not self._original:
             return
         targets = find_target_modules(self._model(kwargs), self.target_modules)
-        scores = {name: cosine_rows(self._original[name], weight_rows(m)) for name, m in targets.items()}
-        _refuse_divergence(targets, scores, self.steps, args.learning_rate)
+        metadata = {"fingerprint": self._info["fingerprint"], "source": "calibration-callback", "steps": self.steps,
+                    "lr": args.learning_rate, "batch_size": args.per_device_train_batch_size, "seed": args.seed}
+        for method, change in ROW_CHANGES.items():
+            scores = {name: change(self._original[name], weight_rows(m)) for name, m in targets.items()}
+            _refuse_divergence(targets, scores, self.steps, args.learning_rate)
+            self.all_scores[method] = NeuronScores(scores=scores, in_features=self._info["in_features"],
+                                                   total_params=self._info["total"], method=method,
+                                                   metadata=dict(metadata))
         if not self.keep_original:
             self._original = {}
-        self.scores = NeuronScores(
-            scores=scores, in_features=self._info["in_features"], total_params=self._info["total"], method="cosine",
-            metadata={"fingerprint": self._info["fingerprint"], "source": "calibration-callback", "steps": self.steps,
-                      "lr": args.learning_rate, "batch_size": args.per_device_train_batch_size, "seed": args.seed},
-        )
+        self.scores = self.all_scores[self.method]
         if self.budget is not None:
             self.selection = select_neurons(self.scores, budget=self.budget, strategy=self.strategy, seed=self.seed,
-                                            per_layer_quota=self.per_layer_quota)
+                                            spread=self.spread)
             if self.out is not None and state.is_world_process_zero:
                 self.selection.save(self.out)
                 logger.info("calibration: selection of %d neurons written to %s", self.selection.num_neurons, self.out)

@@ -52,6 +52,29 @@ def cosine_rows(original: torch.Tensor, finetuned: torch.Tensor) -> torch.Tensor
     return torch.cat(out)
 
 
+def movement_rows(original: torch.Tensor, finetuned: torch.Tensor) -> torch.Tensor:
+    """Minus the Euclidean norm of each row's change, ``-||W_K[i] - W_0[i]||``, in float64.
+
+    Movement (Sanh et al., 2020, "Movement Pruning", cited by the paper as movement-based sparse fine-tuning)
+    ranks weights by how far fine-tuning moves them; here per row. Negated so that lower = selected first:
+    the rows that moved most come first.
+    """
+    if original.shape != finetuned.shape:
+        raise ValueError(f"Cannot compare rows of shapes {tuple(original.shape)} and {tuple(finetuned.shape)}.")
+    step = max(1, _CHUNK_ELEMENTS // max(1, original.shape[1]))
+    out = []
+    for start in range(0, original.shape[0], step):
+        a = original[start:start + step].detach().to(torch.float64)
+        b = finetuned[start:start + step].detach().to(device=a.device, dtype=torch.float64)
+        out.append(-(b - a).norm(dim=1).cpu())
+    return torch.cat(out)
+
+
+# Scores made by comparing each row before and after a fine-tune (lower = selected first); the calibration
+# callback computes them all from one run.
+ROW_CHANGES = {"cosine": cosine_rows, "movement": movement_rows}
+
+
 def score_models(
     original: nn.Module, finetuned: nn.Module, target_modules: TargetModules = DEFAULT_TARGET_MODULES
 ) -> NeuronScores:

@@ -13,6 +13,7 @@ from .neuron_selection import NeuronSelection
 from .neuron_scores import NeuronScores
 
 STRATEGIES = ("lowest", "reversed", "random")
+SPREADS = ("global", "per-layer", "per-module")
 
 
 def _ranking(scores: torch.Tensor, strategy: str, seed: int) -> torch.Tensor:
@@ -49,7 +50,7 @@ def select_neurons(
     num_neurons: Optional[int] = None,
     strategy: str = "lowest",
     seed: int = 0,
-    per_layer_quota: bool = False,
+    spread: str = "global",
     exclude: Optional[NeuronSelection] = None,
     model: Optional[nn.Module] = None,
     budget: Optional[Budget] = None,
@@ -65,8 +66,11 @@ def select_neurons(
             three keywords.
         strategy: ``"lowest"`` (paper), ``"reversed"`` (highest first, the paper's Reversed_x%), ``"random"`` (seeded).
         seed: seed of the ``"random"`` strategy.
-        per_layer_quota: give each decoder block a share of the budget in proportion to its size and rank within
-            it; the remainder is filled from the global ranking. Default: one global ranking (the paper).
+        spread: where the budget may go. ``"global"``: one ranking over all target rows (the paper).
+            ``"per-layer"``: each decoder block gets a share of the budget in proportion to its size (the summed
+            cost of its target rows), rows ranked within it. ``"per-module"``: the same with each target module as
+            its own share. With a quota, what the shares leave (at most one row each) is filled from the global
+            ranking, so the budget is met as closely as with ``"global"``.
         exclude: rows that may not be selected (used by the NeFT_3%+Reversed_x% hybrid).
         model: if given, check first that the scores were computed on this model's shapes.
 
@@ -82,6 +86,8 @@ def select_neurons(
     value = budget.value(scores.total_params)
     if strategy not in STRATEGIES:
         raise ValueError(f"Unknown strategy {strategy!r}; choose one of {STRATEGIES}.")
+    if spread not in SPREADS:
+        raise ValueError(f"Unknown spread {spread!r}; choose one of {SPREADS}.")
     names = list(scores.scores)
     flat = torch.cat([scores.scores[n].detach().double().cpu() for n in names])
     if scores.method == "cosine" and bool((flat == 1.0).all()):
@@ -105,7 +111,7 @@ def select_neurons(
             f"({available} {budget.unit}). Add target modules or lower the budget."
         )
     order = _ranking(flat, strategy, seed)
-    chosen = _choose(order, cost, module_id, names, value, per_layer_quota)
+    chosen = _choose(order, cost, _groups(module_id, names, spread), value)
     if chosen.numel() == 0:
         raise ValueError(
             f"The budget ({value:.0f} {budget.unit}) is smaller than one row "
@@ -127,7 +133,7 @@ def select_neurons(
         "fingerprint": scores.fingerprint,
         "in_features": dict(scores.in_features),
         "out_features": scores.out_features,
-        "per_layer_quota": per_layer_quota,
+        "spread": spread,
         "scores_metadata": scores.metadata,
     }
     if strategy == "random":
@@ -135,18 +141,28 @@ def select_neurons(
     return NeuronSelection(rows=rows, scores={n: s.detach().cpu() for n, s in scores.scores.items()}, metadata=metadata)
 
 
-def _choose(
-    order: torch.Tensor, cost: torch.Tensor, module_id: torch.Tensor, names: list[str], budget: float, per_layer: bool
-) -> torch.Tensor:
-    """Indices (into the flat arrays) of the chosen rows, costing about ``budget``."""
-    if not per_layer:
+def _groups(module_id: torch.Tensor, names: list[str], spread: str) -> Optional[torch.Tensor]:
+    """The quota group of every flat row (its layer or its module), or None for one global ranking."""
+    if spread == "global":
+        return None
+    if spread == "per-module":
+        return module_id
+    layers = [layer_index(n) for n in names]
+    return torch.tensor([-1 if i is None else i for i in layers])[module_id]
+
+
+def _choose(order: torch.Tensor, cost: torch.Tensor, group: Optional[torch.Tensor], budget: float) -> torch.Tensor:
+    """Indices (into the flat arrays) of the chosen rows, costing about ``budget``.
+
+    With groups, each gets ``budget`` times its share of the total cost (rounded down to whole rows, ranked
+    within the group); the remainder is taken from the global ranking.
+    """
+    if group is None:
         return order[: _closest_prefix(cost[order], budget)]
-    layer_of_module = torch.tensor([layer_index(n) if layer_index(n) is not None else -1 for n in names])
-    layer = layer_of_module[module_id]
     total = float(cost.sum())
     taken = []
-    for group in torch.unique(layer):
-        ranked = order[layer[order] == group]
+    for g in torch.unique(group):
+        ranked = order[group[order] == g]
         quota = budget * float(cost[ranked].sum()) / total
         taken.append(ranked[: _floor_prefix(cost[ranked], quota)])
     chosen = torch.cat(taken)
