@@ -145,16 +145,16 @@ def _write_pairs(folder, tokenizer):
 def test_compare_trains_lora_and_a_neft_variant_in_one_folder(tokenizer, tmp_path, capsys):
     """The issue's done-when command, on a tiny saved model: both train, one calibration serves two variants."""
     args = [*_write_pairs(tmp_path, tokenizer), "--out", str(tmp_path / "out"), "--methods",
-            "lora:2,neft[score=gradient,spread=module]:match-lora:2,neft-reversed[score=gradient]:match-lora:2"]
+            "lora:2,neft[score=taylor,spread=module]:match-lora:2,neft-reversed[score=taylor]:match-lora:2"]
     assert main(args) == 0
     logged = capsys.readouterr().err  # the CLI shows the library's logs on stderr
     stored = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert set(stored["runs"]) == {"lora:2@seed0", "neft[score=gradient,spread=per-module]:match-lora:2@seed0",
-                                   "neft-reversed[score=gradient]:match-lora:2@seed0"}
-    variant = stored["runs"]["neft[score=gradient,spread=per-module]:match-lora:2@seed0"]
-    assert variant["calibration"]["score"] == "gradient" and variant["steps_run"] == 5
-    assert logged.count("calibration[score=gradient]@seed0: computed") == 1 and "cached" not in logged
-    assert "neft[score=gradient,spread=per-module]:match-lora:2" in (tmp_path / "out" / "results.md").read_text()
+    assert set(stored["runs"]) == {"lora:2@seed0", "neft[score=taylor,spread=per-module]:match-lora:2@seed0",
+                                   "neft-reversed[score=taylor]:match-lora:2@seed0"}
+    variant = stored["runs"]["neft[score=taylor,spread=per-module]:match-lora:2@seed0"]
+    assert variant["calibration"]["score"] == "taylor" and variant["steps_run"] == 5
+    assert logged.count("calibration[score=taylor]@seed0: computed") == 1 and "cached" not in logged
+    assert "neft[score=taylor,spread=per-module]:match-lora:2" in (tmp_path / "out" / "results.md").read_text()
     assert not (tmp_path / "out" / "checkpoints").exists()  # the calibration cache goes once every run is done
 
 

@@ -11,7 +11,7 @@
 
 A NeFT method may name its variant in brackets, ``neft[score=gradient,spread=module,targets=all-linear]:match-lora:8``:
 
-  ``score``    the scorer that ranks the rows (:data:`~peft_neft.compare.scoring.SCORES`; default ``cosine``,
+  ``score``    the scorer that ranks the rows (:data:`~peft_neft.selection.scorers.SCORERS`; default ``cosine``,
                the paper's); random rows take none
   ``spread``   ``global`` (one ranking, the paper's), ``per-layer``/``layer`` or ``per-module``/``module`` (each
                decoder block, or each target module, gets a share of the budget in proportion to its size)
@@ -34,12 +34,13 @@ from peft import LoraConfig, get_peft_model
 from transformers import PreTrainedModel
 
 from .._targets import DEFAULT_TARGET_MODULES, TargetModules
-from ..selection import Budget, NeuronSelection
+from ..selection import Budget, NeuronSelection, select_neurons
 from ..selection.cosine import score_models
 from ..errors import UsageError
 from ..selection.neuron_scores import NeuronScores
+from ..selection.scorers import SCORERS
+from ..selection.select import SPREADS as SPREAD_NAMES
 from ..tuner import NeFTConfig
-from .scoring import SCORES, spread_selection
 
 NEFT_STRATEGIES = {"neft": "lowest", "neft-random": "random", "neft-reversed": "reversed"}
 # Per-method learning rates when nothing else is given: common defaults, not tuned here (use ``lr_grid``).
@@ -47,7 +48,7 @@ DEFAULT_LR = {"base": 0.0, "full": 5e-5, "embed": 1e-3, "in-out": 5e-5, "lora": 
 METHOD_HELP = ("base, full, embed, in-out, lora:R, neft:P, neft:match-lora:R, neft-random:..., neft-reversed:..., "
                "neft[score=S,spread=G,targets=T]:...")
 # The spreads of a NeFT budget, each with its short name.
-SPREADS = {"global": "global", "per-layer": "layer", "per-module": "module"}
+SPREADS = {spread: spread.removeprefix("per-") for spread in SPREAD_NAMES}
 OPTIONS = ("score", "spread", "targets")
 ALL_LINEAR = "all-linear"
 # peft's regex for every Linear inside a numbered decoder block (what LoRA's all-linear adapts there).
@@ -120,8 +121,8 @@ def _variant(options: str, strategy: str, text: str) -> dict[str, str]:
 def _option(key: str, value: str, text: str) -> str:
     """One option's canonical value (long spread names, targets as given)."""
     if key == "score":
-        if value not in SCORES:
-            raise UsageError(f"{text!r}: Unknown score {value!r}; the scores are {', '.join(SCORES)}.")
+        if value not in SCORERS:
+            raise UsageError(f"{text!r}: Unknown score {value!r}; the scores are {', '.join(SCORERS)}.")
         return value
     if key == "spread":
         spread = next((long for long, short in SPREADS.items() if value in (long, short)), None)
@@ -204,7 +205,7 @@ def select_for(model: PreTrainedModel, method: Method, scores: Any, seed: int,
         budget = Budget.from_lora(model, method.rank, list(lora_target_modules) or None)
     else:
         budget = Budget(percent=method.percent)
-    return spread_selection(scores, budget, method.strategy, seed, method.spread)
+    return select_neurons(scores, budget=budget, strategy=method.strategy, seed=seed, spread=method.spread)
 
 
 def neft_targets(method: Method, config: Any) -> TargetModules:
