@@ -39,7 +39,7 @@ from ..training.trainer import trainable_parameters
 from ..settings import CompareSettings
 from .config import CompareConfig
 from .evaluate import adapter_bytes, generate, memory_mb, model_device
-from .methods import Method, calibration_key, neft_targets, parse_method, prepare_model, select_for, shape_scores
+from .methods import Method, neft_targets, parse_method
 from .report import write_report
 from .scoring import cached_calibration
 from .results import (data_fingerprint, diverged, load_results, outputs_path, run_key, save_results, training_key,
@@ -120,13 +120,13 @@ def compare(
     for seed, method in _pending(results, methods, seeds):  # a run stopped after its last training is chosen now
         if not _finish_run(method, seed, config, results, out, checkpoints):
             pending.append((seed, method))
-    needed = {calibration_key(m, s): (m, s) for s, m in pending if calibration_key(m, s)}
+    needed = {m.calibration_key(s): (m, s) for s, m in pending if m.calibration_key(s)}
     calibrations = {key: cached_calibration(checkpoints, key, m.score, neft_targets(m, config), load_model, train_rows,
                                             collator, config, s, precision.device, progress)
                     for key, (m, s) in needed.items()}
     training_collator = make_collator(tokenizer, precision.pad_to_multiple_of)
     jobs = [_Job(load_model, tokenizer, method, seed, lr, config, precision, training_collator, train_rows, val_rows,
-                 prompts, list(data["test"]["target"]), calibrations.get(calibration_key(method, seed)),
+                 prompts, list(data["test"]["target"]), calibrations.get(method.calibration_key(seed)),
                  checkpoints / _safe(training_key(method.spec, seed, lr)), total_params, progress and config.workers == 1,
                  out / "runs" / _safe(training_key(method.spec, seed, lr)))
             for seed, method in pending for lr in _rates(config, method)
@@ -168,7 +168,7 @@ def _reopen_widened_runs(results: dict[str, Any], config: CompareConfig, methods
             continue
         tried = {round(t["lr"], 12) for t in run.get("lr_search", [])}
         missing = [lr for lr in _rates(config, parse_method(run["method"])) if round(lr, 12) not in tried]
-        if run["kind"] != "base" and missing:
+        if parse_method(run["method"]).trains and missing:
             del results["runs"][key]
             results.get("paired", {}).pop(key, None)
             for other, pair in list(results.get("paired", {}).items()):
@@ -179,7 +179,7 @@ def _reopen_widened_runs(results: dict[str, Any], config: CompareConfig, methods
 
 def _rates(config: CompareConfig, method: Method) -> list[float]:
     """The learning rates a method's run trains at: its rate times each factor of the grid (base: none)."""
-    return [0.0] if method.kind == "base" else [config.lr(method.kind) * f for f in config.lr_grid]
+    return [config.lr(method.kind) * f for f in config.lr_grid] if method.trains else [0.0]
 
 
 def _finish_run(method: Method, seed: int, config: CompareConfig, results: dict[str, Any], out: Path,
@@ -233,16 +233,16 @@ def _safe(key: str) -> str:
 
 def _pending(results: dict[str, Any], methods: Sequence[Method], seeds: Sequence[int]) -> list[tuple[int, Method]]:
     """The (seed, method) runs still to do; the untrained ``base`` once, whatever the seeds."""
-    pending, base_done = [], any(r["kind"] == "base" for r in results["runs"].values())
+    pending, base_done = [], any(not parse_method(r["method"]).trains for r in results["runs"].values())
     for seed in seeds:
         for method in methods:
             key = run_key(method.spec, seed)
             if key in results["runs"]:
                 logger.info("%s: already done, skipped", key)
-            elif method.kind == "base" and base_done:
+            elif not method.trains and base_done:
                 logger.info("%s: skipped, the untrained model does not depend on the seed", key)
             else:
-                base_done = base_done or method.kind == "base"
+                base_done = base_done or not method.trains
                 pending.append((seed, method))
     return pending
 
@@ -302,8 +302,6 @@ def _executed(jobs: list[_Job], workers: int) -> Iterator[tuple[_Job, dict[str, 
 
 def _execute(job: _Job) -> dict[str, Any]:
     scores, calibration = job.calibration or (None, None)
-    if job.method.kind == "neft" and job.method.strategy == "random":
-        scores = shape_scores(job.load_model(), neft_targets(job.method, job.config))
     row = _Run(job, scores).train_and_evaluate()
     row["calibration"] = calibration
     return row
@@ -321,17 +319,15 @@ class _Run:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             base = self.job.load_model()
-            if self.method.kind == "neft":
-                self.selection = select_for(base, self.method, self.scores, self.seed, self.config.lora_target_modules)
-            model = prepare_model(base, self.method, self.seed, selection=self.selection,
-                                  lora_target_modules=self.config.lora_target_modules)
+            self.selection = self.method.rows(base, self.scores, self.seed, self.config)
+            model = self.method.prepare(base, self.seed, self.selection, self.config.lora_target_modules)
         return self.job.precision.apply(model)
 
     def _train(self) -> tuple[torch.nn.Module, dict[str, Any]]:
         """Train at the job's rate (checkpointed in its folder); the base model is only validated."""
         job, config = self.job, self.config
         model = self._fresh_model()
-        if self.method.kind == "base":
+        if not self.method.trains:
             loss = validation_loss(model, job.val_rows, job.collator, config.training(), precision=job.precision)
             stats = {"best_val_loss": loss, "best_step": 0, "steps_run": 0, "max_steps": 0, "stop_reason": None,
                      "train_seconds": 0.0, "time_per_step_s": 0.0, "curve": []}
@@ -353,14 +349,14 @@ class _Run:
         eval_seconds = time.perf_counter() - start
         scored = {"signatures": {}} if failed else get_task(config.task).score(hypotheses, job.references,
                                                                                 char_level=config.char_level)
-        trainable = 0 if method.kind == "base" else sum(p.numel() for p in trainable_parameters(model))
+        trainable = sum(p.numel() for p in trainable_parameters(model)) if method.trains else 0
         mem, mem_kind = memory_mb(model)
-        if config.save_adapters != "none" and method.kind in ("lora", "neft") and not failed:
+        if config.save_adapters != "none" and method.keeps_adapter and not failed:
             save_pretrained_atomically(model, job.folder / "adapter")  # with the card a receiver can follow
             if self.selection is not None:
                 self.selection.save(job.folder / "adapter" / "selection.safetensors")
         return {
-            "method": method.spec, "kind": method.kind, "strategy": method.strategy if method.kind == "neft" else None,
+            "method": method.spec, **method.described(),
             "seed": self.seed, "lr": best["lr"], "steps_run": best["steps_run"],
             "max_steps": best["max_steps"], "stop_reason": best["stop_reason"], "best_step": best["best_step"],
             "diverged_step": best.get("diverged_step"),
