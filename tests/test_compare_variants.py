@@ -154,6 +154,8 @@ def test_compare_trains_lora_and_a_neft_variant_in_one_folder(tokenizer, tmp_pat
     variant = stored["runs"]["neft[score=taylor,spread=per-module]:match-lora:2@seed0"]
     assert variant["calibration"]["score"] == "taylor" and variant["steps_run"] == 5
     assert logged.count("calibration[score=taylor]@seed0: computed") == 1 and "cached" not in logged
+    # the calibration is a job of the queue: LoRA, which needs none, trains first
+    assert logged.index("lora:2@seed0: bleu") < logged.index("calibration[score=taylor]@seed0: computed")
     assert "neft[score=taylor,spread=per-module]:match-lora:2" in (tmp_path / "out" / "results.md").read_text()
     assert not (tmp_path / "out" / "checkpoints").exists()  # the calibration cache goes once every run is done
 

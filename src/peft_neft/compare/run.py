@@ -18,7 +18,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -120,20 +120,19 @@ def compare(
     for seed, method in _pending(results, methods, seeds):  # a run stopped after its last training is chosen now
         if not _finish_run(method, seed, config, results, out, checkpoints):
             pending.append((seed, method))
-    needed = {m.calibration_key(s): (m, s) for s, m in pending if m.calibration_key(s)}
-    calibrations = {key: cached_calibration(checkpoints, key, m.score, neft_targets(m, config), load_model, train_rows,
-                                            collator, config, s, precision.device, progress)
-                    for key, (m, s) in needed.items()}
     training_collator = make_collator(tokenizer, precision.pad_to_multiple_of)
     jobs = [_Job(load_model, tokenizer, method, seed, lr, config, precision, training_collator, train_rows, val_rows,
-                 prompts, list(data["test"]["target"]), calibrations.get(method.calibration_key(seed)),
+                 prompts, list(data["test"]["target"]), None,
                  checkpoints / _safe(training_key(method.spec, seed, lr)), total_params, progress and config.workers == 1,
                  out / "runs" / _safe(training_key(method.spec, seed, lr)))
             for seed, method in pending for lr in _rates(config, method)
             if training_key(method.spec, seed, lr) not in results["trainings"]]
     jobs.sort(key=lambda job: (job.seed, _rates(config, job.method).index(job.lr)))  # every method's first rate first
+    calibrations = {key: _Calibration(key, job.method, job.seed, checkpoints, load_model, train_rows, collator, config,
+                                      precision.device, progress and config.workers == 1)
+                    for job in jobs if (key := job.method.calibration_key(job.seed))}
     bar = tqdm(total=len(jobs), desc="trainings", unit="run", disable=not progress)
-    for job, row in _executed(jobs, config.workers):
+    for job, row in _executed(jobs, calibrations, config.workers):
         name = training_key(job.method.spec, job.seed, job.lr)
         hypotheses = row.pop("hypotheses")
         if diverged(row):
@@ -282,22 +281,63 @@ class _Job:
     logs: Path  # where Trainer's loggers (report_to) write, kept after the run
 
 
-def _executed(jobs: list[_Job], workers: int) -> Iterator[tuple[_Job, dict[str, Any]]]:
-    """Each job with its result row, as runs finish: in this process, or in ``workers`` spawned ones."""
+@dataclass
+class _Calibration:
+    """One calibration, named by its ``key``, with what it needs (``method``: one that needs it), picklable."""
+
+    key: str
+    method: Method
+    seed: int
+    folder: Path  # where it is cached
+    load_model: Callable[[], PreTrainedModel]
+    train_rows: list[dict]
+    collator: Any
+    config: CompareConfig
+    device: torch.device
+    progress: bool
+
+    def __call__(self) -> tuple[Any, dict[str, Any]]:
+        return cached_calibration(self.folder, self.key, self.method.score, neft_targets(self.method, self.config),
+                                  self.load_model, self.train_rows, self.collator, self.config, self.seed, self.device,
+                                  self.progress)
+
+
+def _executed(jobs: list[_Job], calibrations: dict[str, _Calibration],
+              workers: int) -> Iterator[tuple[_Job, dict[str, Any]]]:
+    """Each training job with its result row, as trainings finish: in this process, or in ``workers`` spawned ones.
+
+    Calibrations are jobs of the same queue: each runs once, and the trainings that need it start when it is done;
+    trainings that need none start at once (in this process, they run first).
+    """
+    waiting = {key: [job for job in jobs if job.method.calibration_key(job.seed) == key] for key in calibrations}
+    ready = [job for job in jobs if job.method.calibration_key(job.seed) is None]
     if workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            yield job, _execute(job)
+        yield from ((job, _execute(job)) for job in ready)
+        for key, calibration in calibrations.items():
+            scores = calibration()
+            for job in waiting[key]:
+                job.calibration = scores
+                yield job, _execute(job)
         return
     threads = max(1, torch.get_num_threads() // workers)
     level = logging.getLogger("peft_neft").getEffectiveLevel()
     levels = {name: log.level for name, log in logging.root.manager.loggerDict.items()
               if isinstance(log, logging.Logger) and log.level != logging.NOTSET}
-    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=get_context("spawn"), initializer=start_worker,
-                             initargs=(threads, level, list(warnings.filters), levels,
-                                       hf_logging.is_progress_bar_enabled())) as pool:
-        futures = {pool.submit(_execute, job): job for job in jobs}
-        for future in as_completed(futures):
-            yield futures[future], future.result()
+    with ProcessPoolExecutor(min(workers, len(jobs) + len(calibrations)), mp_context=get_context("spawn"),
+                             initializer=start_worker, initargs=(threads, level, list(warnings.filters), levels,
+                                                                 hf_logging.is_progress_bar_enabled())) as pool:
+        futures: dict[Future, _Job | str] = {pool.submit(calibration): key for key, calibration in calibrations.items()}
+        futures.update({pool.submit(_execute, job): job for job in ready})
+        while futures:
+            done, _ = wait(futures, return_when=FIRST_COMPLETED)
+            for future in done:
+                item = futures.pop(future)
+                if isinstance(item, str):  # a calibration: its trainings join the queue
+                    for job in waiting[item]:
+                        job.calibration = future.result()
+                        futures[pool.submit(_execute, job)] = job
+                else:
+                    yield item, future.result()
 
 
 def _execute(job: _Job) -> dict[str, Any]:
