@@ -42,8 +42,8 @@ from .evaluate import adapter_bytes, generate, memory_mb, model_device
 from .methods import Method, neft_targets, parse_method
 from .report import write_report
 from .scoring import cached_calibration
-from .results import (data_fingerprint, diverged, load_results, outputs_path, run_key, save_results, training_key,
-                      weights_fingerprint, write_outputs)
+from .results import (RunResult, data_fingerprint, diverged, load_results, outputs_path, run_key, save_results,
+                      training_key, weights_fingerprint, write_outputs)
 from .significance import metric_names, store_figures
 from .workers import start_worker
 
@@ -303,7 +303,7 @@ class _Calibration:
 
 
 def _executed(jobs: list[_Job], calibrations: dict[str, _Calibration],
-              workers: int) -> Iterator[tuple[_Job, dict[str, Any]]]:
+              workers: int) -> Iterator[tuple[_Job, RunResult]]:
     """Each training job with its result row, as trainings finish: in this process, or in ``workers`` spawned ones.
 
     Calibrations are jobs of the same queue: each runs once, and the trainings that need it start when it is done;
@@ -340,7 +340,7 @@ def _executed(jobs: list[_Job], calibrations: dict[str, _Calibration],
                     yield item, future.result()
 
 
-def _execute(job: _Job) -> dict[str, Any]:
+def _execute(job: _Job) -> RunResult:
     scores, calibration = job.calibration or (None, None)
     row = _Run(job, scores).train_and_evaluate()
     row["calibration"] = calibration
@@ -378,7 +378,7 @@ class _Run:
                                 checkpoint_dir=job.folder / "training", logging_dir=job.logs, progress=job.progress)
         return model, {**stats, "lr": job.lr}
 
-    def train_and_evaluate(self) -> dict[str, Any]:
+    def train_and_evaluate(self) -> RunResult:
         job, method, config = self.job, self.method, self.config
         model, best = self._train()
         start = time.perf_counter()

@@ -40,10 +40,9 @@ def cached_calibration(folder: Path, key: str, score: str, target_modules: Any, 
                                      batch_size=config.batch_size, lr=lr, seed=seed, target_modules=target_modules,
                                      progress=progress)
     seconds = time.perf_counter() - start
-    info = {"score": score, "steps": config.calibration_steps, **({"lr": lr} if get_scorer(score).needs == "optimizer" else {}),
-            "seconds": seconds,
+    info = {"score": score, "steps": config.calibration_steps, "seconds": seconds,
             "target_modules": [target_modules] if isinstance(target_modules, str) else list(target_modules),
-            "dtype": "float32"}
+            "dtype": "float32", **({"lr": lr} if get_scorer(score).needs == "optimizer" else {})}
     save_scores(path, scores, info)
     logger.info("%s: computed in %.1f s", key, seconds)
     return scores, info
