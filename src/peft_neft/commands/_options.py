@@ -207,8 +207,22 @@ def _tokens(action: argparse.Action, flag: str, value: Any) -> list[str]:
     if isinstance(value, dict):
         return [flag, *(f"{k}={v}" for k, v in value.items())]
     if isinstance(value, (list, tuple)):
-        return [flag, *map(str, value)] if action.nargs in ("+", "*") else [flag, ",".join(map(str, value))]
+        items = [method_text(v) if isinstance(v, dict) else str(v) for v in value]
+        return [flag, *items] if action.nargs in ("+", "*") else [flag, ",".join(items)]
     return [flag, str(value)]
+
+
+def method_text(entry: dict[str, Any]) -> str:
+    """A method of a ``--config`` file's ``methods`` list given as a mapping, as ``--methods`` writes it:
+    ``{method: 'neft:match-lora:8', score: taylor, spread: module}`` is ``neft[score=taylor,spread=module]:match-lora:8``
+    (``targets`` may be a list)."""
+    if not isinstance(entry.get("method"), str):
+        raise UsageError(f"A method given as a mapping in a --config file names its method, such as "
+                         f"{{method: 'neft:match-lora:8', score: gradient}}; got {entry}.")
+    head, _, budget = entry["method"].partition(":")
+    options = ",".join(f"{k}={'+'.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
+                       for k, v in entry.items() if k != "method")
+    return f"{head}[{options}]:{budget}"
 
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:

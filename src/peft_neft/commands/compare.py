@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit-eval", type=number(int, at_least=1), help="use the first N test pairs")
     parser.add_argument("--methods", required=True,
                         help="comma-separated: base, full, embed, in-out, lora:R, neft:P, neft:match-lora:R, "
-                             "neft-random:..., neft-reversed:...")
+                             "neft-random:..., neft-reversed:...; a NeFT variant names its score, spread and targets: "
+                             "neft[score=gradient,spread=module,targets=all-linear]:match-lora:8 (docs/compare.md)")
     parser.add_argument("--out", "--output-dir", required=True,
                         help="results folder; rerun with the same settings to resume")
     add_overwrite_argument(parser, "the results")

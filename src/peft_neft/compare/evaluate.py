@@ -66,10 +66,10 @@ def generate(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompts
 
 def adapter_bytes(model: torch.nn.Module, method: Method) -> int:
     """Size of what must be stored for the method: peft's adapter file, or the trained tensors."""
-    if method.kind == "base":
+    if not method.trains:
         return 0
     with tempfile.TemporaryDirectory() as tmp:
-        if method.kind in ("lora", "neft"):
+        if method.keeps_adapter:
             model.save_pretrained(tmp)
             return (Path(tmp) / "adapter_model.safetensors").stat().st_size
         tensors = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}

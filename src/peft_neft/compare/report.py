@@ -10,14 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_path
+from .methods import parse_method
 from .results import diverged
 from .significance import paired_table, run_intervals, stored_metric_names
 
 logger = logging.getLogger(__name__)
 
-# Fixed colours per method family, so a method looks the same in every plot.
-COLOURS = {"base": "#7f7f7f", "lora": "#1f77b4", "neft": "#ff7f0e", "neft-random": "#9467bd",
-           "neft-reversed": "#8c564b", "full": "#2ca02c", "embed": "#bcbd22", "in-out": "#17becf"}
 MARKERS = "osD^v<>p*h"
 LABELS = {"bleu": "BLEU", "chrf": "chrF", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L"}
 
@@ -84,10 +82,6 @@ def markdown_table(results: dict[str, Any], order: Sequence[str] = ()) -> str:
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
 
 
-def _family(run: dict[str, Any]) -> str:
-    if run["kind"] == "neft" and run.get("strategy") not in (None, "lowest"):
-        return f"neft-{run['strategy']}"
-    return run["kind"]
 
 
 def _pyplot(path: str | os.PathLike) -> Any:
@@ -129,20 +123,21 @@ def plot(results: dict[str, Any], out_dir: str | os.PathLike, path: str | os.Pat
     width = 0.8 / max(len(groups), 1)
     seen: dict[str, int] = {}
     for g, group in enumerate(groups):
-        family = _family(group["runs"][0])
+        method = parse_method(group["method"])  # its family's fixed colour, so it looks the same in every plot
+        family = method.label
         marker = MARKERS[seen.setdefault(family, 0) % len(MARKERS)]
         seen[family] += 1
         keys = [f"{group['method']}@seed{r['seed']}" for r in group["runs"] if not diverged(r)]
         failed = len(group["runs"]) - len(keys)
         if not keys:  # no point to draw: the legend says why
-            ax.plot([], [], "x", color=COLOURS.get(family, "black"), label=f"{group['method']} (diverged)")
+            ax.plot([], [], "x", color=method.colour, label=f"{group['method']} (diverged)")
             continue
         xs, ys, errs = [], [], []
         for m, metric in enumerate(metrics):
             xs.append(m - 0.4 + width * (g + 0.5))
             ys.append(statistics.mean(intervals[k][metric]["score"] for k in keys))
             errs.append(statistics.mean(intervals[k][metric]["ci"] for k in keys))
-        ax.errorbar(xs, ys, yerr=errs, fmt=marker, capsize=4, color=COLOURS.get(family, "black"),
+        ax.errorbar(xs, ys, yerr=errs, fmt=marker, capsize=4, color=method.colour,
                     label=group["method"] + (f" ({len(keys)} seeds)" if len(keys) > 1 else "")
                     + (f" ({failed} diverged)" if failed else ""))
     ax.set_xticks(range(len(metrics)), [LABELS.get(m, m) for m in metrics])
@@ -205,7 +200,7 @@ def plot_lr_search(results: dict[str, Any], path: str | os.PathLike, order: Sequ
     fig, ax = plt.subplots(figsize=(5.5, 4.0))
     for run in runs:
         search = sorted(run["lr_search"], key=lambda t: t["lr"])
-        colour = COLOURS.get(_family(run), "black")
+        colour = parse_method(run["method"]).colour
         ax.plot([t["lr"] for t in search], [t["best_val_loss"] for t in search], "o-", color=colour,
                 alpha=1.0 if run["seed"] == 0 else 0.5, label=f"{run['method']} seed {run['seed']}")
         ax.plot([run["lr"]], [run["best_val_loss"]], "*", color=colour, markersize=14)

@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 from datasets import Dataset
@@ -24,6 +24,39 @@ from ..errors import UsageError
 from ..selection.neuron_scores import NeuronScores
 
 RESULTS_FORMAT = "peft-neft-compare/1"
+
+
+class RunResult(TypedDict, total=False):
+    """One training's row in ``results.json`` (``"trainings"``); a run (``"runs"``) is its best training's row with
+    ``lr_search`` beside it, and ``intervals`` once its figures are stored. Older folders may lack the later keys."""
+
+    method: str  # the method's canonical spec
+    kind: str
+    strategy: str | None  # NeFT's rows: lowest, random or reversed
+    seed: int
+    lr: float
+    steps_run: int
+    max_steps: int
+    stop_reason: str | None  # plateau, max_steps or diverged
+    best_step: int
+    diverged_step: int | None
+    best_val_loss: float
+    curve: list[dict[str, Any]]
+    trainable_params: int
+    total_params: int
+    trainable_pct: float
+    time_per_step_s: float
+    train_seconds: float
+    eval_seconds: float
+    memory_mb: float
+    memory_kind: str
+    adapter_bytes: int
+    scores: dict[str, float] | None  # None: diverged
+    signatures: dict[str, str]
+    device: str
+    calibration: dict[str, Any] | None  # what the NeFT rows' calibration ran with
+    lr_search: list[dict[str, Any]]
+    intervals: dict[str, Any]
 
 
 def run_key(spec: str, seed: int) -> str:

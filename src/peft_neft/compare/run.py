@@ -18,7 +18,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -32,7 +32,6 @@ from transformers.utils import logging as hf_logging
 
 from ..atomic import atomic_dir
 from ..saving import save_pretrained_atomically
-from ..selection import calibrate
 from ..tasks import encode_for_generation, encode_pairs, get_task, hold_out_validation, make_collator
 from ..training import train_model, validation_loss
 from ..training.precision import Precision
@@ -40,10 +39,11 @@ from ..training.trainer import trainable_parameters
 from ..settings import CompareSettings
 from .config import CompareConfig
 from .evaluate import adapter_bytes, generate, memory_mb, model_device
-from .methods import Method, parse_method, prepare_model, select_for, shape_scores
+from .methods import Method, neft_targets, parse_method
 from .report import write_report
-from .results import (data_fingerprint, diverged, load_results, load_scores, outputs_path, run_key, save_results,
-                      save_scores, training_key, weights_fingerprint, write_outputs)
+from .scoring import cached_calibration
+from .results import (RunResult, data_fingerprint, diverged, load_results, outputs_path, run_key, save_results,
+                      training_key, weights_fingerprint, write_outputs)
 from .significance import metric_names, store_figures
 from .workers import start_worker
 
@@ -120,19 +120,19 @@ def compare(
     for seed, method in _pending(results, methods, seeds):  # a run stopped after its last training is chosen now
         if not _finish_run(method, seed, config, results, out, checkpoints):
             pending.append((seed, method))
-    calibrations = {seed: _calibration(checkpoints, load_model, train_rows, collator, config, seed, precision.device,
-                                       progress)
-                    for seed in sorted({s for s, m in pending if _calibrated(m)})}
     training_collator = make_collator(tokenizer, precision.pad_to_multiple_of)
     jobs = [_Job(load_model, tokenizer, method, seed, lr, config, precision, training_collator, train_rows, val_rows,
-                 prompts, list(data["test"]["target"]), calibrations.get(seed) if _calibrated(method) else None,
+                 prompts, list(data["test"]["target"]), None,
                  checkpoints / _safe(training_key(method.spec, seed, lr)), total_params, progress and config.workers == 1,
                  out / "runs" / _safe(training_key(method.spec, seed, lr)))
             for seed, method in pending for lr in _rates(config, method)
             if training_key(method.spec, seed, lr) not in results["trainings"]]
     jobs.sort(key=lambda job: (job.seed, _rates(config, job.method).index(job.lr)))  # every method's first rate first
+    calibrations = {key: _Calibration(key, job.method, job.seed, checkpoints, load_model, train_rows, collator, config,
+                                      precision.device, progress and config.workers == 1)
+                    for job in jobs if (key := job.method.calibration_key(job.seed))}
     bar = tqdm(total=len(jobs), desc="trainings", unit="run", disable=not progress)
-    for job, row in _executed(jobs, config.workers):
+    for job, row in _executed(jobs, calibrations, config.workers):
         name = training_key(job.method.spec, job.seed, job.lr)
         hypotheses = row.pop("hypotheses")
         if diverged(row):
@@ -148,8 +148,8 @@ def compare(
         _report(results, out, methods)
         bar.update()
     bar.close()
-    for seed in calibrations:  # every run that needed it has finished
-        (checkpoints / f"calibration@seed{seed}.safetensors").unlink(missing_ok=True)
+    for key in calibrations:  # every run that needed it has finished
+        (checkpoints / f"{key}.safetensors").unlink(missing_ok=True)
     if checkpoints.is_dir() and not any(checkpoints.iterdir()):
         checkpoints.rmdir()
     _report(results, out, methods)
@@ -167,7 +167,7 @@ def _reopen_widened_runs(results: dict[str, Any], config: CompareConfig, methods
             continue
         tried = {round(t["lr"], 12) for t in run.get("lr_search", [])}
         missing = [lr for lr in _rates(config, parse_method(run["method"])) if round(lr, 12) not in tried]
-        if run["kind"] != "base" and missing:
+        if parse_method(run["method"]).trains and missing:
             del results["runs"][key]
             results.get("paired", {}).pop(key, None)
             for other, pair in list(results.get("paired", {}).items()):
@@ -178,7 +178,7 @@ def _reopen_widened_runs(results: dict[str, Any], config: CompareConfig, methods
 
 def _rates(config: CompareConfig, method: Method) -> list[float]:
     """The learning rates a method's run trains at: its rate times each factor of the grid (base: none)."""
-    return [0.0] if method.kind == "base" else [config.lr(method.kind) * f for f in config.lr_grid]
+    return [config.lr(method.kind) * f for f in config.lr_grid] if method.trains else [0.0]
 
 
 def _finish_run(method: Method, seed: int, config: CompareConfig, results: dict[str, Any], out: Path,
@@ -218,11 +218,6 @@ def _finish_run(method: Method, seed: int, config: CompareConfig, results: dict[
 _SEARCH = ("lr", "best_val_loss", "best_step", "steps_run", "stop_reason", "diverged_step")
 
 
-def _calibrated(method: Method) -> bool:
-    """Whether a method's rows come from the calibration's scores (random rows need only the shapes)."""
-    return method.kind == "neft" and method.strategy != "random"
-
-
 def _check_picklable(load_model: Callable) -> None:
     try:
         pickle.dumps(load_model)
@@ -237,16 +232,16 @@ def _safe(key: str) -> str:
 
 def _pending(results: dict[str, Any], methods: Sequence[Method], seeds: Sequence[int]) -> list[tuple[int, Method]]:
     """The (seed, method) runs still to do; the untrained ``base`` once, whatever the seeds."""
-    pending, base_done = [], any(r["kind"] == "base" for r in results["runs"].values())
+    pending, base_done = [], any(not parse_method(r["method"]).trains for r in results["runs"].values())
     for seed in seeds:
         for method in methods:
             key = run_key(method.spec, seed)
             if key in results["runs"]:
                 logger.info("%s: already done, skipped", key)
-            elif method.kind == "base" and base_done:
+            elif not method.trains and base_done:
                 logger.info("%s: skipped, the untrained model does not depend on the seed", key)
             else:
-                base_done = base_done or method.kind == "base"
+                base_done = base_done or not method.trains
                 pending.append((seed, method))
     return pending
 
@@ -261,30 +256,6 @@ def _report(results: dict[str, Any], out: Path, methods: Sequence[Method]) -> No
     except Exception as err:  # the results themselves are saved; the report can be rebuilt from them
         logger.warning("the report of %s could not be written (%s: %s); results.json is complete", out,
                        type(err).__name__, err)
-
-
-def _calibration(folder: Path, load_model, train_rows: list[dict], collator, config: CompareConfig, seed: int,
-                 device: torch.device, progress: bool) -> tuple[Any, dict[str, Any]]:
-    """Cosine scores from the paper's short full fine-tune, computed in float32 whatever the training dtype, cached.
-
-    After a few Adam steps every weight has moved by about the learning rate, so rows are told apart by
-    changes of 1 - cos ~ 1e-5; in bf16 their order rests on rounding (docs/selection.md).
-    """
-    path = folder / f"calibration@seed{seed}.safetensors"
-    if path.is_file():
-        logger.info("calibration of seed %d: cached in %s", seed, path)
-        return load_scores(path)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = load_model().to(device)
-    lr = config.calibration_lr if config.calibration_lr is not None else config.lr("full")
-    start = time.perf_counter()
-    scores = calibrate(model, train_rows, steps=config.calibration_steps, target_modules=config.neft_target_modules,
-                       lr=lr, batch_size=config.batch_size, seed=seed, collate_fn=collator, progress=progress)
-    info = {"steps": config.calibration_steps, "lr": lr, "seconds": time.perf_counter() - start,
-            "target_modules": list(config.neft_target_modules), "dtype": "float32"}
-    save_scores(path, scores, info)
-    return scores, info
 
 
 @dataclass
@@ -310,28 +281,67 @@ class _Job:
     logs: Path  # where Trainer's loggers (report_to) write, kept after the run
 
 
-def _executed(jobs: list[_Job], workers: int) -> Iterator[tuple[_Job, dict[str, Any]]]:
-    """Each job with its result row, as runs finish: in this process, or in ``workers`` spawned ones."""
+@dataclass
+class _Calibration:
+    """One calibration, named by its ``key``, with what it needs (``method``: one that needs it), picklable."""
+
+    key: str
+    method: Method
+    seed: int
+    folder: Path  # where it is cached
+    load_model: Callable[[], PreTrainedModel]
+    train_rows: list[dict]
+    collator: Any
+    config: CompareConfig
+    device: torch.device
+    progress: bool
+
+    def __call__(self) -> tuple[Any, dict[str, Any]]:
+        return cached_calibration(self.folder, self.key, self.method.score, neft_targets(self.method, self.config),
+                                  self.load_model, self.train_rows, self.collator, self.config, self.seed, self.device,
+                                  self.progress)
+
+
+def _executed(jobs: list[_Job], calibrations: dict[str, _Calibration],
+              workers: int) -> Iterator[tuple[_Job, RunResult]]:
+    """Each training job with its result row, as trainings finish: in this process, or in ``workers`` spawned ones.
+
+    Calibrations are jobs of the same queue: each runs once, and the trainings that need it start when it is done;
+    trainings that need none start at once (in this process, they run first).
+    """
+    waiting = {key: [job for job in jobs if job.method.calibration_key(job.seed) == key] for key in calibrations}
+    ready = [job for job in jobs if job.method.calibration_key(job.seed) is None]
     if workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            yield job, _execute(job)
+        yield from ((job, _execute(job)) for job in ready)
+        for key, calibration in calibrations.items():
+            scores = calibration()
+            for job in waiting[key]:
+                job.calibration = scores
+                yield job, _execute(job)
         return
     threads = max(1, torch.get_num_threads() // workers)
     level = logging.getLogger("peft_neft").getEffectiveLevel()
     levels = {name: log.level for name, log in logging.root.manager.loggerDict.items()
               if isinstance(log, logging.Logger) and log.level != logging.NOTSET}
-    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=get_context("spawn"), initializer=start_worker,
-                             initargs=(threads, level, list(warnings.filters), levels,
-                                       hf_logging.is_progress_bar_enabled())) as pool:
-        futures = {pool.submit(_execute, job): job for job in jobs}
-        for future in as_completed(futures):
-            yield futures[future], future.result()
+    with ProcessPoolExecutor(min(workers, len(jobs) + len(calibrations)), mp_context=get_context("spawn"),
+                             initializer=start_worker, initargs=(threads, level, list(warnings.filters), levels,
+                                                                 hf_logging.is_progress_bar_enabled())) as pool:
+        futures: dict[Future, _Job | str] = {pool.submit(calibration): key for key, calibration in calibrations.items()}
+        futures.update({pool.submit(_execute, job): job for job in ready})
+        while futures:
+            done, _ = wait(futures, return_when=FIRST_COMPLETED)
+            for future in done:
+                item = futures.pop(future)
+                if isinstance(item, str):  # a calibration: its trainings join the queue
+                    for job in waiting[item]:
+                        job.calibration = future.result()
+                        futures[pool.submit(_execute, job)] = job
+                else:
+                    yield item, future.result()
 
 
-def _execute(job: _Job) -> dict[str, Any]:
+def _execute(job: _Job) -> RunResult:
     scores, calibration = job.calibration or (None, None)
-    if job.method.kind == "neft" and job.method.strategy == "random":
-        scores = shape_scores(job.load_model(), job.config.neft_target_modules)
     row = _Run(job, scores).train_and_evaluate()
     row["calibration"] = calibration
     return row
@@ -349,17 +359,15 @@ class _Run:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             base = self.job.load_model()
-            if self.method.kind == "neft":
-                self.selection = select_for(base, self.method, self.scores, self.seed, self.config.lora_target_modules)
-            model = prepare_model(base, self.method, self.seed, selection=self.selection,
-                                  lora_target_modules=self.config.lora_target_modules)
+            self.selection = self.method.rows(base, self.scores, self.seed, self.config)
+            model = self.method.prepare(base, self.seed, self.selection, self.config.lora_target_modules)
         return self.job.precision.apply(model)
 
     def _train(self) -> tuple[torch.nn.Module, dict[str, Any]]:
         """Train at the job's rate (checkpointed in its folder); the base model is only validated."""
         job, config = self.job, self.config
         model = self._fresh_model()
-        if self.method.kind == "base":
+        if not self.method.trains:
             loss = validation_loss(model, job.val_rows, job.collator, config.training(), precision=job.precision)
             stats = {"best_val_loss": loss, "best_step": 0, "steps_run": 0, "max_steps": 0, "stop_reason": None,
                      "train_seconds": 0.0, "time_per_step_s": 0.0, "curve": []}
@@ -370,7 +378,7 @@ class _Run:
                                 checkpoint_dir=job.folder / "training", logging_dir=job.logs, progress=job.progress)
         return model, {**stats, "lr": job.lr}
 
-    def train_and_evaluate(self) -> dict[str, Any]:
+    def train_and_evaluate(self) -> RunResult:
         job, method, config = self.job, self.method, self.config
         model, best = self._train()
         start = time.perf_counter()
@@ -381,14 +389,14 @@ class _Run:
         eval_seconds = time.perf_counter() - start
         scored = {"signatures": {}} if failed else get_task(config.task).score(hypotheses, job.references,
                                                                                 char_level=config.char_level)
-        trainable = 0 if method.kind == "base" else sum(p.numel() for p in trainable_parameters(model))
+        trainable = sum(p.numel() for p in trainable_parameters(model)) if method.trains else 0
         mem, mem_kind = memory_mb(model)
-        if config.save_adapters != "none" and method.kind in ("lora", "neft") and not failed:
+        if config.save_adapters != "none" and method.keeps_adapter and not failed:
             save_pretrained_atomically(model, job.folder / "adapter")  # with the card a receiver can follow
             if self.selection is not None:
                 self.selection.save(job.folder / "adapter" / "selection.safetensors")
         return {
-            "method": method.spec, "kind": method.kind, "strategy": method.strategy if method.kind == "neft" else None,
+            "method": method.spec, **method.described(),
             "seed": self.seed, "lr": best["lr"], "steps_run": best["steps_run"],
             "max_steps": best["max_steps"], "stop_reason": best["stop_reason"], "best_step": best["best_step"],
             "diverged_step": best.get("diverged_step"),
