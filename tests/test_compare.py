@@ -148,6 +148,9 @@ def test_compare_end_to_end_scores_and_resume(tokenizer, data, tmp_path, caplog)
     assert set(results["runs"]) == {f"{m}@seed0" for m in ALL_METHODS}
     stored = json.loads((out / "results.json").read_text())
     assert stored["runs"].keys() == results["runs"].keys()
+    # Each run's outputs are stored once, under its own key (not also under its training's).
+    assert sorted(p.name for p in (out / "outputs").iterdir()) == \
+        sorted(f"{key.replace(':', '_')}.jsonl.gz" for key in stored["runs"])
     for key, run in stored["runs"].items():
         outputs = read_outputs(out / "outputs" / f"{key.replace(':', '_')}.jsonl.gz")
         hyps, refs = outputs["hypothesis"], outputs["reference"]
