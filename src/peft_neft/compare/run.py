@@ -131,6 +131,9 @@ def compare(
             for seed, method in pending for lr in _rates(config, method)
             if training_key(method.spec, seed, lr) not in results["trainings"]]
     jobs.sort(key=lambda job: (job.seed, _rates(config, job.method).index(job.lr)))  # every method's first rate first
+    logger.debug("%d trainings to run (%s); %d already in %s", len(jobs),
+                 ", ".join(training_key(j.method.spec, j.seed, j.lr) for j in jobs) or "none",
+                 len(results["trainings"]), out / "results.json")
     bar = tqdm(total=len(jobs), desc="trainings", unit="run", disable=not progress)
     for job, row in _executed(jobs, config.workers):
         name = training_key(job.method.spec, job.seed, job.lr)

@@ -12,6 +12,7 @@ import contextlib
 import gettext
 import gzip
 import hashlib
+import logging
 import os
 import re
 from collections.abc import Iterator
@@ -21,6 +22,8 @@ from typing import Literal
 import datasets.exceptions
 import datasets.utils
 from datasets import Dataset, DatasetDict
+
+logger = logging.getLogger(__name__)
 
 
 def read_data_file(path: str | os.PathLike) -> Dataset:
@@ -157,6 +160,8 @@ def load_pairs(
         pairs = pairs[:limit]
     if not pairs:
         raise ValueError(f"No non-empty (source, target) pairs in {source}" + (f" / {target}" if target else "") + ".")
+    logger.debug("read %d pairs from %s%s (%s%s)", len(pairs), os.fspath(source), f" / {os.fspath(target)}" if target
+                 else "", kind, f", split {split}" if kind != "file" else "")
     return Dataset.from_dict({"source": [p[0] for p in pairs], "target": [p[1] for p in pairs]})
 
 
