@@ -39,14 +39,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_files(args: argparse.Namespace) -> dict[str, str]:
-    """The data files read, ``path -> what it is``; more than two for a split is a usage error."""
+    """The data read, ``path -> what it is``; more than two for a split is a usage error."""
     inputs = {}
     for flag in ("--train", "--eval", "--validation"):
         files = getattr(args, flag[2:]) or []
         if len(files) > 2:
             raise UsageError(f"{flag}: give one .jsonl file or dataset, or a SOURCE TARGET pair of text files, not "
                              f"{len(files)}.")
-        check_data(flag, files)
         for file in files:
             inputs.setdefault(file, f"data file ({flag})")
     if args.model != "default":
@@ -65,8 +64,10 @@ def _pairs(files: list[str], split: str, task, args: argparse.Namespace, limit: 
 def run(args: argparse.Namespace) -> int:
     inputs = _check_files(args)
     check_report_to(args.report_to)
-    check_methods(args.methods)
     check_out_folder(args.out, inputs, args.overwrite)
+    for flag in ("--train", "--validation", "--eval"):  # before torch is imported (check_methods imports it)
+        check_data(flag, getattr(args, flag[2:]) or [])
+    check_methods(args.methods)
     config, precision = compare_config(args)
     from ..embedded_model import resolve_model_path
     from ..tasks import TASKS, hold_out_validation
