@@ -29,7 +29,8 @@ def _run(tmp_path: Path, *argv: str) -> tuple[dict, str]:
     ["compare", "--train", "missing.jsonl", "--eval", "missing.jsonl", "--methods", "base", "--out", "o"],
     ["compare", "--train", "train.en", "train.fr", "--eval", "t.jsonl", "--methods", "base", "--out", "o"],
     ["calibrate", "--data", "data/missing.jsonl.gz", "--percent", "1", "--out", "s.safetensors"],
-], ids=["compare-jsonl", "compare-text-pair", "calibrate"])
+    ["analyze", "--model-a", "default", "--model-b", "default", "--data", "texts.txt", "--out", "report"],
+], ids=["compare-jsonl", "compare-text-pair", "calibrate", "analyze"])
 def test_a_missing_data_file_is_reported_before_torch_is_imported(tmp_path, argv):
     result, err = _run(tmp_path, *argv)
     assert result == {"rc": 2, "torch": False}, err
