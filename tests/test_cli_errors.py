@@ -80,3 +80,16 @@ def test_unexpected_errors_are_one_line_and_the_traceback_is_available(checkpoin
     monkeypatch.setenv("PEFT_NEFT_DEBUG", "1")
     with pytest.raises(RuntimeError, match="went wrong"):
         _select(*checkpoints, tmp_path / "sel.safetensors")
+
+
+def test_compare_reads_each_split_of_a_saved_dataset_dict_by_its_name(tmp_path, capsys):
+    from datasets import Dataset, DatasetDict
+
+    table = Dataset.from_dict({"source": ["one", "two"], "target": ["un", "deux"]})
+    DatasetDict({"train": table, "validation": table}).save_to_disk(tmp_path / "data")
+    capsys.readouterr()
+    data = str(tmp_path / "data")
+    assert main(["compare", "--train", data, "--validation", data, "--eval", data, "--methods", "base",
+                 "--out", str(tmp_path / "out")]) == 1
+    line = _error_line(capsys, "compare")
+    assert "holds the splits ['train', 'validation'], not 'test'" in line

@@ -68,6 +68,7 @@ def test_compare_with_a_config_file_and_flags_over_it_runs_quietly(setup, tmp_pa
 
 
 def test_a_json_config_file_and_its_errors(setup, tmp_path, capsys):
+    (tmp_path / "d.jsonl").write_text(json.dumps({"source": "a", "target": "b"}) + "\n")
     (tmp_path / "c.json").write_text(json.dumps({"percent": 0, "out": str(tmp_path / "s.safetensors"),
                                                  "data": str(tmp_path / "d.jsonl")}))
     assert main(["calibrate", "--config", str(tmp_path / "c.json")]) == 2  # the file's --percent is checked

@@ -148,6 +148,9 @@ def test_compare_end_to_end_scores_and_resume(tokenizer, data, tmp_path, caplog)
     assert set(results["runs"]) == {f"{m}@seed0" for m in ALL_METHODS}
     stored = json.loads((out / "results.json").read_text())
     assert stored["runs"].keys() == results["runs"].keys()
+    # Each run's outputs are stored once, under its own key (not also under its training's).
+    assert sorted(p.name for p in (out / "outputs").iterdir()) == \
+        sorted(f"{key.replace(':', '_')}.jsonl.gz" for key in stored["runs"])
     for key, run in stored["runs"].items():
         outputs = read_outputs(out / "outputs" / f"{key.replace(':', '_')}.jsonl.gz")
         hyps, refs = outputs["hypothesis"], outputs["reference"]
@@ -234,7 +237,7 @@ def test_cli_reports_bad_input(tmp_path, capsys):
     assert main([*args, "--methods", "lora:8"]) == 1
     assert "has 2 lines but" in capsys.readouterr().err
     assert main(["compare", "--train", str(tmp_path / "nope.jsonl"), "--eval", str(tmp_path / "nope.jsonl"),
-                 "--out", str(tmp_path / "o"), "--methods", "lora:8"]) == 1
+                 "--out", str(tmp_path / "o"), "--methods", "lora:8"]) == 2  # a usage error, before torch loads
     assert "does not exist" in capsys.readouterr().err
 
 
@@ -335,7 +338,7 @@ def test_a_resume_missing_a_trainings_outputs_names_it_and_the_fix(tokenizer, da
     (training,) = stored["trainings"]
     del stored["runs"]["lora:2@seed0"]  # as if killed before the run was chosen
     (out / "results.json").write_text(json.dumps(stored))
-    (out / "outputs" / f"{training.replace(':', '_')}.jsonl.gz").unlink()
+    (out / "outputs" / "lora_2@seed0.jsonl.gz").unlink()  # the training's outputs, stored once under the run's key
     with pytest.raises(ValueError, match=rf"is missing, so run lora:2@seed0 cannot take its training {training}; "
                                          rf"delete the entry '{training}' from .*results.json's \"trainings\""):
         compare(_loader(tokenizer), tokenizer, data, ["lora:2"], [0], out, _config(), model_id="tiny", progress=False)
@@ -367,7 +370,7 @@ def test_report_names_a_run_without_scores_in_one_line(tokenizer, data, tmp_path
     (["--epochs", "nan"], "argument --epochs/--num-train-epochs/--num_train_epochs: must be a finite number"),
     (["--warmup-ratio", "1"], "must be below 1, got 1"),
     (["--calibration-lr", "0"], "argument --calibration-lr/--calibration_lr: must be above 0"),
-    (["--train", "a", "b", "c"], "--train: give one .jsonl file or a SOURCE TARGET pair of text files, not 3 files."),
+    (["--train", "a", "b", "c"], "--train: give one .jsonl file or dataset, or a SOURCE TARGET pair of text files, not 3."),
 ])
 def test_compare_refuses_bad_numbers_and_files_as_usage_errors_before_loading(tmp_path, capsys, flags, message):
     (tmp_path / "t.jsonl").write_text(json.dumps({"source": "a", "target": "b"}) + "\n")

@@ -96,3 +96,17 @@ def test_a_log_record_never_lands_inside_a_progress_bar(capsys):
     pieces = re.split(r"[\r\n]", capsys.readouterr().err)
     assert "[peft_neft.training] best validation loss 1.00 at step 1" in pieces
     assert any(p.startswith("training: 100%") for p in pieces)
+
+
+def test_log_level_debug_shows_the_decisions_and_the_paths_written(tmp_path, capsys):
+    base = make_tiny_llama()
+    base.save_pretrained(tmp_path / "base")
+    with torch.no_grad():
+        base.model.layers[0].mlp.up_proj.weight[3] += 1.0
+    base.save_pretrained(tmp_path / "tuned")
+    capsys.readouterr()
+    assert main(["select", "--base", str(tmp_path / "base"), "--finetuned", str(tmp_path / "tuned"), "--num-neurons",
+                 "1", "--out", str(tmp_path / "sel.safetensors"), "--log-level", "debug"]) == 0
+    debug = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[peft_neft")]
+    assert any("selected 1 rows" in line and "strategy lowest" in line for line in debug), debug
+    assert f"[peft_neft.atomic] wrote {tmp_path / 'sel.safetensors'}" in debug

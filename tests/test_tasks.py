@@ -201,3 +201,32 @@ def test_a_task_owns_its_metrics_and_the_command_line_offers_every_registered_ta
     assert sorted(task_option.choices) == sorted(TASKS)
     with pytest.raises(ValueError, match="Unknown task 'qa'; use one of summarization, translation"):
         get_task("qa")
+
+
+def test_pairs_from_a_saved_dataset_or_dataset_dict(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    table = Dataset.from_dict({"en": ["one", "two", ""], "fr": ["un", "deux", "trois"]})
+    table.save_to_disk(tmp_path / "flat")
+    pairs = load_pairs(tmp_path / "flat", source_field="en", target_field="fr")
+    assert list(pairs["source"]) == ["one", "two"] and list(pairs["target"]) == ["un", "deux"]  # empty pairs dropped
+    DatasetDict({"train": table, "test": table.select([1])}).save_to_disk(tmp_path / "dict")
+    assert list(load_pairs(tmp_path / "dict", split="test", source_field="en", target_field="fr")["source"]) == ["two"]
+    with pytest.raises(ValueError, match=r"splits \['train', 'test'\].*not 'validation'"):
+        load_pairs(tmp_path / "dict", split="validation", source_field="en", target_field="fr")
+    with pytest.raises(ValueError, match=r"no field\(s\) \['source'"):
+        load_pairs(tmp_path / "dict")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(ValueError, match="not a dataset saved with save_to_disk"):
+        load_pairs(tmp_path / "plain")
+
+
+def test_a_hub_dataset_name_that_cannot_be_downloaded_says_so():  # conftest: HF_HUB_OFFLINE=1
+    from peft_neft.tasks.data import data_source
+
+    assert data_source("wmt16") == data_source("owner/name") == "hub"
+    with pytest.raises(ValueError, match="Hub dataset.*could not be loaded.*save_to_disk"):
+        load_pairs("peft-neft-no-such-owner/no-such-dataset")
+    for missing in ("missing.jsonl", "./data", "data/train/x", "/abs/missing"):
+        with pytest.raises(FileNotFoundError, match="does not exist"):
+            data_source(missing)

@@ -10,11 +10,14 @@ second concurrent writer's temporaries would be removed as leftovers.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 
 
@@ -60,6 +63,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes it private; give it a normal file's mode
         os.replace(tmp, target)
+        logger.debug("wrote %s", target)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -103,6 +107,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
                     shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
+        logger.debug("wrote %s/", target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -15,8 +15,9 @@ import os
 import pkgutil
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from . import commands
 from .commands._options import UsageError, config_tokens
@@ -146,14 +147,27 @@ def command_logging(level: str) -> Iterator[None]:
             log.setLevel(log_level)
 
 
+def _transient_loading_bar(factory: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> Any:
+    """transformers' "Loading weights" bar, shown while a model loads and cleared once it has (``leave=False``):
+    a run loads its model several times, and each bar left behind was one more unlabelled line."""
+    if kwargs.get("desc") == "Loading weights":
+        kwargs = {**kwargs, "leave": False}
+    return factory(*args, **kwargs)
+
+
 @contextmanager
 def _transformers_bars(shown: bool) -> Iterator[None]:
-    """transformers' own bars (loading and writing weights) follow ``--no-progress`` too, for this command only."""
-    if shown:
-        yield
-        return
+    """transformers' own bars (loading and writing weights) follow ``--no-progress`` too, and its "Loading weights"
+    bars clear themselves when done; for this command only."""
     from transformers.utils import logging as hf_logging
 
+    if shown:
+        previous = hf_logging.set_tqdm_hook(_transient_loading_bar)
+        try:
+            yield
+        finally:
+            hf_logging.set_tqdm_hook(previous)
+        return
     was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
@@ -161,6 +175,14 @@ def _transformers_bars(shown: bool) -> Iterator[None]:
     finally:
         if was_enabled:
             hf_logging.enable_progress_bar()
+
+
+def _close_progress_bars() -> None:
+    """Close the bars a Ctrl-C left open: each ends its line, so the next message starts on a line of its own."""
+    from tqdm import tqdm
+
+    for bar in list(tqdm._instances):
+        bar.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -188,6 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
             return int(args.run(args) or 0)
     except KeyboardInterrupt:
+        _close_progress_bars()
         print(f"peft-neft {args.command}: interrupted; {args.interrupted(args)}", file=sys.stderr)
         return 130
     except Exception as err:

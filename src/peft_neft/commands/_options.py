@@ -6,6 +6,7 @@ Standard library only: the parser of every command is built from here for ``--he
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import types
 import typing
@@ -157,6 +158,41 @@ def check_device(device: str, dtype: str) -> Precision:
         return Precision.resolve(device, dtype)
     except ValueError as err:
         raise UsageError(str(err)) from None
+
+
+def check_data(flag: str, specs: list[str] | tuple[str, ...]) -> None:
+    """Refuse a data path that does not exist, before torch is imported (a Hub dataset name is tried when read)."""
+    from ..tasks.data import data_source  # datasets, without torch
+
+    for spec in specs:
+        try:
+            data_source(spec)
+        except FileNotFoundError as err:
+            raise UsageError(f"{flag}: {err}") from None
+
+
+# Trainer's loggers (transformers.integrations.INTEGRATION_TO_CALLBACK): the module each imports and its pip package.
+_LOGGERS = {"azure_ml": ("azureml", "azureml-core"), "clearml": ("clearml", "clearml"),
+            "codecarbon": ("codecarbon", "codecarbon"), "comet_ml": ("comet_ml", "comet-ml"),
+            "dagshub": ("dagshub", "dagshub"), "dvclive": ("dvclive", "dvclive"), "flyte": ("flytekit", "flytekit"),
+            "kubeflow": None, "mlflow": ("mlflow", "mlflow"), "neptune": ("neptune", "neptune"),
+            "swanlab": ("swanlab", "swanlab"), "tensorboard": ("tensorboard", "tensorboard"),
+            "trackio": ("trackio", "trackio"), "wandb": ("wandb", "wandb")}
+
+
+def check_report_to(name: str) -> None:
+    """Refuse a ``--report-to`` logger that Trainer does not know or whose package is not installed, before any work
+    (Trainer itself fails only when training starts, and for tensorboard blames the PyTorch version)."""
+    if name in ("none", "all"):
+        return
+    if name not in _LOGGERS:
+        raise UsageError(f"--report-to {name!r} is not one of Trainer's loggers; choose none, all, or one of "
+                         f"{', '.join(_LOGGERS)}.")
+    needed = _LOGGERS[name]  # kubeflow: configured by the environment, no package
+    if needed and importlib.util.find_spec(needed[0]) is None and not (
+            name == "tensorboard" and importlib.util.find_spec("tensorboardX") is not None):
+        raise UsageError(f"--report-to {name} needs the {needed[1]} package, which is not installed: "
+                         f"pip install {needed[1]}, or pass --report-to none.")
 
 
 def read_config_file(path: str) -> dict[str, Any]:

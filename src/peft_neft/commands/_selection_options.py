@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from typing import TYPE_CHECKING, Optional
 
 from .._targets import DEFAULT_TARGET_MODULES
 from ._options import UsageError, number
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # torch and the selection code load when a command runs, not when the parser is built
     from torch import nn
@@ -73,6 +76,11 @@ def budget_of(args: argparse.Namespace, model: Optional[nn.Module] = None) -> Bu
 
 def save_selection(args: argparse.Namespace, selection: NeuronSelection) -> None:
     """Save (and plot) the selection where the options say, and print its summary."""
+    meta = selection.metadata
+    logger.debug("selected %s rows (%s parameters) of %d modules under the budget %s (%s %s), strategy %s",
+                 meta.get("achieved_neurons"), meta.get("achieved_params"), len(selection.rows),
+                 meta.get("budget", {}).get("spec"), meta.get("budget", {}).get("value"),
+                 meta.get("budget", {}).get("unit"), meta.get("strategy"))
     selection.save(args.out)
     print(selection.summary())
     print(f"selection written to {args.out}")

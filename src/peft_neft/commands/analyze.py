@@ -6,7 +6,8 @@ import argparse
 import math
 from pathlib import Path
 
-from ._options import add_config_argument, add_device_arguments, add_overwrite_argument, check_device, number
+from ._options import (UsageError, add_config_argument, add_device_arguments, add_overwrite_argument, check_device,
+                       number)
 
 NAME = "analyze"
 HELP = "Compare neuron utilization of two models (Rank, ΔRank, neuron categories) and write a report."
@@ -63,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
     inputs.update({m: f"model ({flag})" for m, flag in ((args.model_a, "--model-a"), (args.model_b, "--model-b"))
                    if m != "default"})
     check_output(args.out, inputs, folder=True, overwrite=args.overwrite, ours=_own_report, replaced=True)
+    if not Path(args.data).is_file():  # before torch is imported (check_device imports it)
+        raise UsageError(f"--data: Data file {args.data!r} does not exist; check the path.")
     precision = check_device(args.device, args.dtype)
     from ..analysis import analyze_models, load_analysis_model, load_texts, write_report
     from ..selection import NeuronSelection

@@ -14,7 +14,7 @@ from contextlib import nullcontext
 
 from ..selection.scorers import SCORERS, get_scorer
 from ..tasks.task import TASKS
-from ._options import add_config_argument, add_device_arguments, check_device, number
+from ._options import add_config_argument, add_device_arguments, check_data, check_device, number
 from ._selection_options import check_selection_arguments
 
 NAME = "calibrate"
@@ -27,11 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_argument(parser)
     parser.add_argument("--model", default="default", help="transformers folder, or 'default' (embedded SmolLM2-135M)")
     parser.add_argument("--data", required=True,
-                        help="training pairs as compare reads them: .jsonl(.gz) with the task's fields")
+                        help="training pairs as compare reads them: .jsonl(.gz) with the task's fields, or a datasets "
+                             "dataset (a save_to_disk folder or a Hub name; of a DatasetDict, its train split)")
     parser.add_argument("--task", choices=sorted(TASKS), default="translation",
                         help="the task whose fields, instruction and prompt template encode the data")
-    parser.add_argument("--source-field", help="JSON field of the input (default: the task's, source / document)")
-    parser.add_argument("--target-field", help="JSON field of the output (default: the task's, target / summary)")
+    parser.add_argument("--source-field", help="field of the input (default: the task's, source / document)")
+    parser.add_argument("--target-field", help="field of the output (default: the task's, target / summary)")
     parser.add_argument("--source-lang", default="en", help="source language code, used in the prompt")
     parser.add_argument("--target-lang", default="fr", help="target language code, used in the prompt")
     parser.add_argument("--steps", "--max-steps", type=number(int, at_least=1), default=800,
@@ -54,7 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_arguments(args: argparse.Namespace) -> None:
     """Refuse impossible values and an unsafe output before anything is loaded or trained (the budget and the
-    output: ``check_selection_arguments``)."""
+    output: ``check_selection_arguments``). A missing data file is refused first, before torch is imported."""
+    check_data("--data", [args.data])
     inputs = {args.data: "data file (--data)"}
     if args.model != "default":
         inputs[args.model] = "model (--model)"

@@ -13,7 +13,7 @@ import functools
 import time
 
 from ._options import (add_comparison_arguments, add_config_argument, add_overwrite_argument, check_methods,
-                       check_out_folder, compare_config, has_matplotlib, resume_note, run_comparison)
+                       check_out_folder, check_report_to, compare_config, has_matplotlib, resume_note, run_comparison)
 
 NAME = "demo"
 HELP = "NeFT vs LoRA at equal parameters on Django's English->French messages with the embedded SmolLM2 (CPU)."
@@ -39,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_report_to(args.report_to)
     check_methods(args.methods)
     check_out_folder(args.out, {}, args.overwrite)
     config, precision = compare_config(args, **TASK)

@@ -105,7 +105,7 @@ def compare(
     del base
     results = load_results(out / "results.json", identity, _NOT_IDENTITY, _SETTINGS_DEFAULTS)
     results["model_id"] = model_id
-    _reopen_widened_runs(results, config, methods, seeds)
+    _reopen_widened_runs(results, config, methods, seeds, out)
     instruction = get_task(config.task).instruction_for(config.source_lang, config.target_lang)
     collator = make_collator(tokenizer)  # the calibration's (float32 whatever --dtype); training pads for the dtype
 
@@ -131,6 +131,9 @@ def compare(
     calibrations = {key: _Calibration(key, job.method, job.seed, checkpoints, load_model, train_rows, collator, config,
                                       precision.device, progress and config.workers == 1)
                     for job in jobs if (key := job.method.calibration_key(job.seed))}
+    logger.debug("%d trainings to run (%s); %d already in %s", len(jobs),
+                 ", ".join(training_key(j.method.spec, j.seed, j.lr) for j in jobs) or "none",
+                 len(results["trainings"]), out / "results.json")
     bar = tqdm(total=len(jobs), desc="trainings", unit="run", disable=not progress)
     for job, row in _executed(jobs, calibrations, config.workers):
         name = training_key(job.method.spec, job.seed, job.lr)
@@ -157,7 +160,7 @@ def compare(
 
 
 def _reopen_widened_runs(results: dict[str, Any], config: CompareConfig, methods: Sequence[Method],
-                         seeds: Sequence[int]) -> None:
+                         seeds: Sequence[int], out: Path) -> None:
     """A finished run of this call whose rate search lacks a rate of today's grid is reopened: its new rates train,
     and the run is chosen again among all of them (the trainings it had are kept). Runs of methods or seeds not in
     this call stay as they are, so one method's grid can be widened alone."""
@@ -168,6 +171,9 @@ def _reopen_widened_runs(results: dict[str, Any], config: CompareConfig, methods
         tried = {round(t["lr"], 12) for t in run.get("lr_search", [])}
         missing = [lr for lr in _rates(config, parse_method(run["method"])) if round(lr, 12) not in tried]
         if parse_method(run["method"]).trains and missing:
+            own = outputs_path(out, key)
+            if own.is_file():  # the outputs go back under their training's key, for the run to choose again
+                os.replace(own, outputs_path(out, training_key(run["method"], run["seed"], run["lr"])))
             del results["runs"][key]
             results.get("paired", {}).pop(key, None)
             for other, pair in list(results.get("paired", {}).items()):
@@ -195,12 +201,14 @@ def _finish_run(method: Method, seed: int, config: CompareConfig, results: dict[
     key = run_key(method.spec, seed)
     row = {**trainings[best], "lr_search": [{k: t.get(k) for k in _SEARCH} for t in trainings]}
     if not diverged(row):
-        chosen = outputs_path(out, names[best])
-        if not chosen.is_file():
+        chosen, kept = outputs_path(out, names[best]), outputs_path(out, key)
+        if chosen.is_file():
+            os.replace(chosen, kept)  # stored once, under the run's key
+            logger.debug("%s: took the outputs of %s (%s)", key, names[best], kept)
+        elif not kept.is_file():  # (kept and no chosen: moved by a call stopped before it saved results.json)
             raise ValueError(f"{chosen} is missing, so run {key} cannot take its training {names[best]}; delete the "
                              f"entry {names[best]!r} from {out / 'results.json'}'s \"trainings\" (or restore the "
                              "file) and run the same command again to redo that training.")
-        shutil.copyfile(chosen, outputs_path(out, key))
     results["runs"][key] = row
     save_results(out / "results.json", results)
     _keep_adapter(checkpoints / _safe(names[best]) / "adapter", config.save_adapters, method.spec, seed, row,

@@ -312,6 +312,7 @@ def train_model(
     if precision.device.type == "cuda" and precision.device.index is not None:
         torch.cuda.set_device(precision.device)
     if checkpoint_dir is not None and Path(checkpoint_dir, FINISHED).is_file():
+        logger.debug("%s holds a finished training: its result is loaded, not trained again", checkpoint_dir)
         return _finished(params, Path(checkpoint_dir))
     steps = settings.steps_for(len(train_rows))
     keep_best = KeepBestCallback(params, settings.patience)
@@ -326,6 +327,8 @@ def train_model(
         if resume is not None:
             keep_best.load(resume / KEEP_BEST)
             logger.info("resuming from %s (step %s)", resume, resume.name.rpartition("-")[2])
+        elif checkpoint_dir is not None:
+            logger.debug("no complete checkpoint in %s: training from step 0", checkpoint_dir)
         trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
     steps_run = trainer.state.global_step
     logger.info("trained %d of %d steps (%s); best validation loss %.4f at step %d", steps_run, steps,
