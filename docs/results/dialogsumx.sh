@@ -33,7 +33,7 @@ case "${1:-search}" in
   keep) # Stop the phase first. The calibrations and each unfinished training's newest complete checkpoint.
     dest=${2:?give DEST, e.g. /path/to/checkout/docs/results/dialogsumx-state}
     rm -rf "$dest.partial" && mkdir -p "$dest.partial"
-    (cd "$CKPT" && find . -name 'calibration@*.safetensors') | while read -r f; do
+    (cd "$CKPT" && find . -name 'calibration*@*.safetensors') | while read -r f; do
       mkdir -p "$dest.partial/$(dirname "$f")" && cp "$CKPT/$f" "$dest.partial/$f"; done
     (cd "$CKPT" && find . -path '*/checkpoint-*/keep_best.safetensors' | sed 's|/keep_best.safetensors$||' | sort -V |
       awk '{training=$0; sub(/\/checkpoint-[0-9]+$/, "", training); newest[training]=$0} END {for (t in newest) print newest[t]}') |

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The scorer study on Multi30k en->fr (protocol: docs/results/PLAN-scorers.md): the converged 4-epoch protocol of
+# converged.sh, seed 0, every variant at NeFT's chosen 4-epoch rate 1.35e-2. Resumable as converged.sh: rerun a phase
+# after an interruption; before a session ends stop it, copy the state into the repository with `keep`, commit.
+#   docs/results/scorers.sh screen                  # the screen, seed 0, one folder
+#   docs/results/scorers.sh all-linear VARIANT      # the screen's best variant (its bracket text) on all-linear targets
+#   docs/results/scorers.sh bracket METHOD          # a method's rate, 3x each side (factors of 1.35e-2)
+#   docs/results/scorers.sh seeds METHOD FACTOR     # seeds 1 and 2 at the factor its bracket chose
+#   docs/results/scorers.sh keep DEST               # $CKPT's resumable state, copied to DEST (DEST is replaced)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DATA=${DATA:-../shared/data}
+CKPT=${CKPT:-docs/results/scorers-state}
+PEFT_NEFT=${PEFT_NEFT:-.venv/bin/peft-neft}
+OUT=docs/results/scorers-multi30k-en-fr
+common=(compare --task translation --source-lang en --target-lang fr
+  --train "$DATA/multi30k/train.en.gz" "$DATA/multi30k/train.fr.gz" --limit-train 3000
+  --validation "$DATA/multi30k/val.en.gz" "$DATA/multi30k/val.fr.gz" --limit-validation 200
+  --eval "$DATA/multi30k/test_2016_flickr.en.gz" "$DATA/multi30k/test_2016_flickr.fr.gz" --limit-eval 1000
+  --batch-size 8 --eval-every 94 --patience 3 --calibration-steps 94 --epochs 4 --steps 1500
+  --max-new-tokens 40 --eval-batch-size 32 --workers "${WORKERS:-1}" --save-adapters none --no-progress
+  --device cpu --dtype float32 --lr neft=1.35e-2 --checkpoint-dir "$CKPT" --out "$OUT")
+screen=("neft[score=movement]:match-lora:8" "neft[score=taylor]:match-lora:8" "neft[score=taylor,spread=per-layer]:match-lora:8"
+  "neft[score=gradient]:match-lora:8" "neft[score=activation]:match-lora:8"
+  "neft[score=activation,spread=per-layer]:match-lora:8" "neft[spread=per-module]:match-lora:8"
+  "neft-random[targets=all-linear]:match-lora:8")
+join() { local IFS=,; echo "$*"; }
+# The paper's seed-0 calibration on this protocol is committed (converged-state); per-module cosine reuses it.
+if [ -e docs/results/converged-state/calibration@seed0.safetensors ] && [ ! -e "$CKPT/calibration@seed0.safetensors" ]; then
+  mkdir -p "$CKPT" && cp docs/results/converged-state/calibration@seed0.safetensors "$CKPT/"; fi
+case "${1:-screen}" in
+  screen) "$PEFT_NEFT" "${common[@]}" --methods "$(join "${screen[@]}")" --seeds 0 ;;
+  all-linear) variant=${2:?give the bracket text of the best variant, e.g. score=taylor,spread=per-layer}
+              "$PEFT_NEFT" "${common[@]}" --methods "neft[$variant,targets=all-linear]:match-lora:8" --seeds 0 ;;
+  bracket) "$PEFT_NEFT" "${common[@]}" --methods "${2:?give the method}" --seeds 0 --lr-grid 1,0.333333,3 ;;
+  seeds) "$PEFT_NEFT" "${common[@]}" --methods "${2:?give the method}" --seeds 1,2 --lr-grid "${3:?give the factor}" ;;
+  keep) # Stop the phase first. The calibrations and each unfinished training's newest complete checkpoint.
+    dest=${2:?give DEST, e.g. /path/to/checkout/docs/results/scorers-state}
+    rm -rf "$dest.partial" && mkdir -p "$dest.partial"
+    (cd "$CKPT" && find . -name 'calibration*@*.safetensors') | while read -r f; do
+      mkdir -p "$dest.partial/$(dirname "$f")" && cp "$CKPT/$f" "$dest.partial/$f"; done
+    (cd "$CKPT" && find . -path '*/checkpoint-*/keep_best.safetensors' | sed 's|/keep_best.safetensors$||' | sort -V |
+      awk '{training=$0; sub(/\/checkpoint-[0-9]+$/, "", training); newest[training]=$0} END {for (t in newest) print newest[t]}') |
+      while read -r c; do mkdir -p "$dest.partial/$(dirname "$c")" && cp -r "$CKPT/$c" "$dest.partial/$c"
+        rm -f "$dest.partial/$c"/tokenizer* "$dest.partial/$c"/chat_template.jinja; done  # the model's own, 3.5 MB
+    rm -rf "$dest" && mv "$dest.partial" "$dest" && du -sh "$dest" ;;
+  *) echo "usage: $0 screen|all-linear VARIANT|bracket METHOD|seeds METHOD FACTOR|keep DEST" >&2; exit 2 ;;
+esac
