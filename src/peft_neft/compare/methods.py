@@ -214,7 +214,6 @@ KINDS: dict[str, type[Method]] = {kind.kind: kind for kind in (Base, Full, Embed
 DEFAULT_LR = {name: kind.default_lr for name, kind in KINDS.items()}
 
 
-
 def parse_method(text: str) -> Method:
     """Parse one method name such as ``lora:8``, ``neft:0.5%``, ``neft-random:match-lora:8`` or
     ``neft[score=gradient,spread=module]:match-lora:8``; a bad one is a :class:`~peft_neft.errors.UsageError`."""
@@ -240,9 +239,10 @@ def parse_method(text: str) -> Method:
             percent = float(arg.rstrip("%"))
             if 0 < percent <= 100:
                 return Neft(_spec(head, variant, arg), percent=percent, strategy=strategy, **variant)
-    except ValueError as err:
-        if isinstance(err, UsageError):
-            raise
+    except UsageError:
+        raise
+    except ValueError:  # a budget that is no number
+        pass
     raise UsageError(f"Unknown method {text!r}. Known methods: {METHOD_HELP}.")
 
 
