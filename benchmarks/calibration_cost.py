@@ -113,7 +113,7 @@ def main() -> None:
         if done.returncode:
             sys.exit(f"{job} failed:\n{done.stderr[-3000:]}")
         results[job] = json.loads(done.stdout.strip().splitlines()[-1])
-        print(f"{job}: {results[job]['seconds']:.1f} s, peak {results[job]['peak'] / 2**20:.0f} MiB", flush=True)
+        print(json.dumps(results[job]), flush=True)  # each job's figures, also when a later one fails
     report(args, results)
 
 
