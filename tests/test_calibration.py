@@ -188,8 +188,9 @@ def test_calibrate_cli_on_smollm2(smollm2_dir, shared_data, tmp_path, capsys, me
     (["--lora-rank", "0"], "argument --lora-rank/--lora_rank: must be at least 1"),
 ])
 def test_calibrate_cli_refuses_bad_arguments_before_any_work(tmp_path, capsys, flags, message):
-    missing = tmp_path / "not-there.jsonl"  # checked later: an argument error must come first
-    assert main(["calibrate", "--data", str(missing), "--out", str(tmp_path / "s.safetensors"), *flags]) == 2
+    data = tmp_path / "d.jsonl"  # present: a missing data file is refused first, before torch is imported
+    data.write_text(json.dumps({"source": "a", "target": "b"}) + "\n")
+    assert main(["calibrate", "--data", str(data), "--out", str(tmp_path / "s.safetensors"), *flags]) == 2
     assert message in capsys.readouterr().err
 
 
