@@ -37,5 +37,19 @@ __all__ = sorted([*_HOME, "__version__"])
 __getattr__, __dir__ = lazy_exports(__name__, _HOME, globals())
 
 
-call_after_import("peft", lambda: importlib.import_module(".tuner", __name__))  # the tuner registers NeFT
+def _on_config_save(folder: str, config) -> None:
+    from .saving import on_config_save  # the card writer loads on the first save, not with peft
+
+    on_config_save(folder, config)
+
+
+def _register() -> None:
+    """Register NeFT with peft (the tuner does on import), and have every NeFT save write its model card."""
+    hooks = importlib.import_module(".tuner.config", __name__).SAVE_HOOKS
+    importlib.import_module(".tuner", __name__)
+    if _on_config_save not in hooks:
+        hooks.append(_on_config_save)
+
+
+call_after_import("peft", _register)
 logging.getLogger(__name__).addHandler(logging.NullHandler())  # quiet unless the application sets up logging

@@ -31,9 +31,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
 from ..atomic import atomic_dir
+from ..model_card import TrainingRun
 from ..saving import save_pretrained_atomically
 from ..selection import calibrate
-from ..tasks import encode_for_generation, encode_pairs, get_task, hold_out_validation, make_collator
+from ..tasks import encode_for_generation, encode_pairs, get_task, hold_out_validation, make_collator, prompt_text
+from ..tasks.task import language_name
 from ..training import train_model, validation_loss
 from ..training.precision import Precision
 from ..training.trainer import trainable_parameters
@@ -384,7 +386,9 @@ class _Run:
         trainable = 0 if method.kind == "base" else sum(p.numel() for p in trainable_parameters(model))
         mem, mem_kind = memory_mb(model)
         if config.save_adapters != "none" and method.kind in ("lora", "neft") and not failed:
-            save_pretrained_atomically(model, job.folder / "adapter")  # with the card a receiver can follow
+            # with the tokenizer (its chat template builds the prompts) and the card a receiver can follow
+            save_pretrained_atomically(model, job.folder / "adapter", tokenizer=job.tokenizer,
+                                       run=self._card_run(best, scored))
             if self.selection is not None:
                 self.selection.save(job.folder / "adapter" / "selection.safetensors")
         return {
@@ -402,6 +406,21 @@ class _Run:
             "signatures": scored["signatures"],
             "device": str(model_device(model)), "hypotheses": hypotheses,
         }
+
+    def _card_run(self, best: dict[str, Any], scored: dict[str, Any]) -> TrainingRun:
+        """What the saved adapter's card says of this training: task, exact prompt, data, scores."""
+        job, config = self.job, self.config
+        task = config.task if config.task != "translation" else (
+            f"translation, {language_name(config.source_lang)} to {language_name(config.target_lang)}")
+        instruction = get_task(config.task).instruction_for(config.source_lang, config.target_lang)
+        data = (f"{len(job.train_rows)} training, {len(job.val_rows)} validation and {len(job.prompts)} test pairs; "
+                f"sources cut to {config.max_source_tokens} tokens, targets to {config.max_target_tokens}")
+        steps = (f"{best['steps_run']} of at most {best['max_steps']} steps, batch {config.batch_size}, the checkpoint "
+                 f"of lowest validation loss ({best['best_val_loss']:.4f}, step {best['best_step']}) kept")
+        return TrainingRun(task=task, instruction=instruction, prompt=prompt_text(job.tokenizer, instruction, "{source}"),
+                           data=data, method=self.method.spec, seed=self.seed, learning_rate=job.lr, steps=steps,
+                           scores={k: v for k, v in scored.items() if k != "signatures"},
+                           signatures=scored.get("signatures", {}))
 
 
 def _keep_adapter(source: Path, mode: str, spec: str, seed: int, row: dict[str, Any], results: dict[str, Any],

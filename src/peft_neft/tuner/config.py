@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import numbers
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, Optional, Union
@@ -24,6 +24,12 @@ PEFT_MODEL_PREFIX = "base_model.model."
 PEFT_TYPE_NAME = "NEFT"
 """The member of peft's ``PeftType`` enum that importing ``peft_neft`` adds (see :mod:`peft_neft.tuner.registration`)."""
 _PROVENANCE_KEYS = ("method", "strategy", "budget", "parts")
+
+
+SAVE_HOOKS: list[Callable[[str, "NeFTConfig"], None]] = []
+"""Each is called as ``hook(folder, config)`` just before a NeFT config is written to ``folder``, which peft's
+``model.save_pretrained`` does after its own model card. ``import peft_neft`` adds the one that names the base
+model by its Hub id where it has one and writes the NeFT model card (the tuner itself imports no card writer)."""
 
 
 def normalize_rows(module: str, rows: Any) -> torch.Tensor:
@@ -315,6 +321,12 @@ class NeFTConfig(PeftConfig):
             raise ValueError(f"{config_file!r} is not a valid NeFT adapter config ({err}). Save the adapter again.") from err
         _check_weights_file(folder)
         return config
+
+    def save_pretrained(self, save_directory: str, **kwargs: Any) -> None:
+        """peft's config save, after each of :data:`SAVE_HOOKS`."""
+        for hook in SAVE_HOOKS:
+            hook(save_directory, self)
+        super().save_pretrained(save_directory, **kwargs)
 
     @staticmethod
     def _resolve_neurons(spec: Any) -> dict[str, torch.Tensor]:
