@@ -45,7 +45,7 @@ def _on_config_save(folder: str, config) -> None:
 
 def _register() -> None:
     """Register NeFT with peft (the tuner does on import), and have every NeFT save write its model card."""
-    hooks = importlib.import_module(".tuner.config", __name__).SAVE_HOOKS
+    hooks = importlib.import_module(".tuner.hooks", __name__).SAVE_HOOKS  # complete even while peft loads
     importlib.import_module(".tuner", __name__)
     if _on_config_save not in hooks:
         hooks.append(_on_config_save)

@@ -194,7 +194,7 @@ def lora_card_section(source_name: str, base_model: Optional[str], counts: Mappi
                 "of that rank instead (truncated SVD); their relative errors `||delta_W - B @ A||_F / ||delta_W||_F` "
                 "are listed below.")
     parts = ["# LoRA adapter exported from NeFT", "",
-             f"Exported by [peft-neft]({REPOSITORY}) `export-lora` from the NeFT (neuron-level fine-tuning) adapter "
+             f"Exported by `peft-neft export-lora` ({REPOSITORY}) from the NeFT (neuron-level fine-tuning) adapter "
              f"`{source_name}`. "
              + how, "", *_base_note(base), "", "## Selection", ""]
     parts += _rows_summary(counts, shapes)

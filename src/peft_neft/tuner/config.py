@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import numbers
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, Optional, Union
@@ -16,6 +16,7 @@ from peft.tuners.tuners_utils import check_target_module_exists
 from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME, PeftType
 from safetensors import SafetensorError, safe_open
 
+from .hooks import SAVE_HOOKS
 from .integrity import verify
 
 _DELTA_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
@@ -24,12 +25,6 @@ PEFT_MODEL_PREFIX = "base_model.model."
 PEFT_TYPE_NAME = "NEFT"
 """The member of peft's ``PeftType`` enum that importing ``peft_neft`` adds (see :mod:`peft_neft.tuner.registration`)."""
 _PROVENANCE_KEYS = ("method", "strategy", "budget", "parts")
-
-
-SAVE_HOOKS: list[Callable[[str, "NeFTConfig"], None]] = []
-"""Each is called as ``hook(folder, config)`` just before a NeFT config is written to ``folder``, which peft's
-``model.save_pretrained`` does after its own model card. ``import peft_neft`` adds the one that names the base
-model by its Hub id where it has one and writes the NeFT model card (the tuner itself imports no card writer)."""
 
 
 def normalize_rows(module: str, rows: Any) -> torch.Tensor:
@@ -323,7 +318,7 @@ class NeFTConfig(PeftConfig):
         return config
 
     def save_pretrained(self, save_directory: str, **kwargs: Any) -> None:
-        """peft's config save, after each of :data:`SAVE_HOOKS`."""
+        """peft's config save, after each of :data:`~peft_neft.tuner.hooks.SAVE_HOOKS`."""
         for hook in SAVE_HOOKS:
             hook(save_directory, self)
         super().save_pretrained(save_directory, **kwargs)
