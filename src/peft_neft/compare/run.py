@@ -387,8 +387,9 @@ class _Run:
         mem, mem_kind = memory_mb(model)
         if config.save_adapters != "none" and method.kind in ("lora", "neft") and not failed:
             # with the tokenizer (its chat template builds the prompts) and the card a receiver can follow
+            # save_embedding_layers=False: no run resizes the vocabulary, so peft need not look the base up on the Hub
             save_pretrained_atomically(model, job.folder / "adapter", tokenizer=job.tokenizer,
-                                       run=self._card_run(best, scored))
+                                       run=self._card_run(best, scored), save_embedding_layers=False)
             if self.selection is not None:
                 self.selection.save(job.folder / "adapter" / "selection.safetensors")
         return {
