@@ -70,6 +70,7 @@ def compare(
     model_id: str = "",
     progress: bool = True,
     precision: Precision | None = None,
+    data_name: str = "",
 ) -> dict[str, Any]:
     """Train and evaluate every (method, seed) not already in ``out_dir/results.json``; return all results.
 
@@ -82,6 +83,7 @@ def compare(
     above 1, runs go to that many processes (torch's threads shared out among them); ``load_model`` must
     then be picklable (a module-level function or a ``functools.partial``, not a lambda). The folder's
     identity holds a fingerprint of the base model's weights, not its path; ``model_id`` is kept for show.
+    ``data_name`` says where the data came from in the cards of the saved adapters.
     """
     config = config or CompareConfig()
     methods = [parse_method(m) if isinstance(m, str) else m for m in methods]
@@ -129,7 +131,7 @@ def compare(
     jobs = [_Job(load_model, tokenizer, method, seed, lr, config, precision, training_collator, train_rows, val_rows,
                  prompts, list(data["test"]["target"]), calibrations.get(seed) if _calibrated(method) else None,
                  checkpoints / _safe(training_key(method.spec, seed, lr)), total_params, progress and config.workers == 1,
-                 out / "runs" / _safe(training_key(method.spec, seed, lr)))
+                 out / "runs" / _safe(training_key(method.spec, seed, lr)), data_name)
             for seed, method in pending for lr in _rates(config, method)
             if training_key(method.spec, seed, lr) not in results["trainings"]]
     jobs.sort(key=lambda job: (job.seed, _rates(config, job.method).index(job.lr)))  # every method's first rate first
@@ -310,6 +312,7 @@ class _Job:
     total_params: int
     progress: bool
     logs: Path  # where Trainer's loggers (report_to) write, kept after the run
+    data_name: str = ""  # where the data came from, for the saved adapters' cards
 
 
 def _executed(jobs: list[_Job], workers: int) -> Iterator[tuple[_Job, dict[str, Any]]]:
@@ -416,6 +419,7 @@ class _Run:
         instruction = get_task(config.task).instruction_for(config.source_lang, config.target_lang)
         data = (f"{len(job.train_rows)} training, {len(job.val_rows)} validation and {len(job.prompts)} test pairs; "
                 f"sources cut to {config.max_source_tokens} tokens, targets to {config.max_target_tokens}")
+        data = f"{job.data_name}: {data}" if job.data_name else data
         steps = (f"{best['steps_run']} of at most {best['max_steps']} steps, batch {config.batch_size}, the checkpoint "
                  f"of lowest validation loss ({best['best_val_loss']:.4f}, step {best['best_step']}) kept")
         return TrainingRun(task=task, instruction=instruction, prompt=prompt_text(job.tokenizer, instruction, "{source}"),
