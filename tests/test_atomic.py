@@ -15,9 +15,10 @@ from peft import PeftModel, get_peft_model
 
 import peft_neft
 from peft_neft import NeFTConfig
-from peft_neft import atomic, saving
+from peft_neft import atomic
+from peft_neft.adapters import saving
 from peft_neft.atomic import atomic_dir, atomic_path
-from peft_neft.saving import save_pretrained_atomically
+from peft_neft.adapters.saving import save_pretrained_atomically
 
 from conftest import make_tiny_llama
 
@@ -198,7 +199,8 @@ _CHILD = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     import torch
     from peft import PeftModel, get_peft_model
-    from peft_neft import NeFTConfig, saving
+    from peft_neft import NeFTConfig
+    from peft_neft.adapters import saving
     from conftest import make_tiny_llama
 
     target, phase = Path(sys.argv[1]), sys.argv[2]

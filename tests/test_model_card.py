@@ -18,7 +18,7 @@ import peft_neft
 from peft_neft import NeFTConfig, NeuronSelection, save_pretrained_atomically
 from peft_neft._version import REPOSITORY
 from peft_neft.embedded_model import DEFAULT_MODEL, DEFAULT_MODEL_HUB_ID, cache_dir, hub_id
-from peft_neft.model_card import TrainingRun
+from peft_neft.adapters.model_card import TrainingRun
 
 from conftest import make_tiny_llama
 

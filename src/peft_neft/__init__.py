@@ -19,15 +19,15 @@ from ._lazy import lazy_exports
 from ._version import __version__
 
 if TYPE_CHECKING:
-    from .export import export_lora, import_lora
-    from .saving import save_pretrained_atomically
+    from .adapters.export import export_lora, import_lora
+    from .adapters.saving import save_pretrained_atomically
     from .selection import (Budget, NeuronCalibrationCallback, NeuronScores, NeuronSelection, budget_from_lora,
                             calibrate, gradient_scores, overlap, select_neurons)
     from .tuner import NeFTConfig, NeFTModel
 
 _HOME = {
-    "NeFTConfig": "tuner", "NeFTModel": "tuner", "save_pretrained_atomically": "saving",
-    "export_lora": "export", "import_lora": "export",
+    "NeFTConfig": "tuner", "NeFTModel": "tuner", "save_pretrained_atomically": "adapters.saving",
+    "export_lora": "adapters.export", "import_lora": "adapters.export",
     **dict.fromkeys(["Budget", "NeuronCalibrationCallback", "NeuronScores", "NeuronSelection", "budget_from_lora",
                      "calibrate", "gradient_scores", "overlap", "select_neurons"], "selection"),
 }
@@ -38,7 +38,7 @@ __getattr__, __dir__ = lazy_exports(__name__, _HOME, globals())
 
 
 def _on_config_save(folder: str, config) -> None:
-    from .saving import on_config_save  # the card writer loads on the first save, not with peft
+    from .adapters.saving import on_config_save  # the card writer loads on the first save, not with peft
 
     on_config_save(folder, config)
 

@@ -31,8 +31,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
 from ..atomic import atomic_dir
-from ..model_card import TrainingRun
-from ..saving import save_pretrained_atomically
+from ..adapters.model_card import TrainingRun
+from ..adapters.saving import save_pretrained_atomically
 from ..selection import calibrate
 from ..tasks import encode_for_generation, encode_pairs, get_task, hold_out_validation, make_collator, prompt_text
 from ..tasks.task import language_name

@@ -10,10 +10,10 @@ from typing import Optional
 
 from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME
 
-from .atomic import leftovers, recover_folder, remove, umask
-from .embedded_model import portable_name
+from ..atomic import leftovers, recover_folder, remove, umask
+from ..embedded_model import portable_name
+from ..tuner.integrity import add_checksums
 from .model_card import TrainingRun, write_adapter_card
-from .tuner.integrity import add_checksums
 
 _SAVE_PREFIX = ".neft-save."  # the temporary folder of a save, inside the target
 

@@ -21,9 +21,9 @@ from typing import Any, Optional
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from ._version import REPOSITORY, __version__
-from .atomic import atomic_path
-from .embedded_model import DEFAULT_MODEL_HUB_ID, hub_id
+from .._version import REPOSITORY, __version__
+from ..atomic import atomic_path
+from ..embedded_model import DEFAULT_MODEL_HUB_ID, hub_id
 
 _START, _END = "<!-- peft-neft card -->", "<!-- end of peft-neft card -->"
 _ADAPTER_TAG = "base_model:adapter:"

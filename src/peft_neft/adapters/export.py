@@ -24,17 +24,17 @@ from safetensors import SafetensorError
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from ._shapes import meta_model
-from .atomic import atomic_dir
-from .tuner.integrity import save_with_checksums, verify
-from .embedded_model import DEFAULT_MODEL_HUB_ID, hub_id, portable_name, resolve_model_path
+from .._shapes import meta_model
+from ..atomic import atomic_dir
+from ..tuner.integrity import save_with_checksums, verify
+from ..embedded_model import DEFAULT_MODEL_HUB_ID, hub_id, portable_name, resolve_model_path
+from ..outputs import check_output
+from ..tuner import NeFTConfig
+from ..tuner.config import PEFT_MODEL_PREFIX
+from ..tuner.conversion import LoraFactors, lora_to_rows, rows_to_lora
+from ..tuner.layer import NeFTLayer
+from ..tuner.model import names_of_parameters, refuse_tied_weight
 from .model_card import lora_card_section, write_adapter_card, write_model_card
-from .outputs import check_output
-from .tuner import NeFTConfig
-from .tuner.config import PEFT_MODEL_PREFIX
-from .tuner.conversion import LoraFactors, lora_to_rows, rows_to_lora
-from .tuner.layer import NeFTLayer
-from .tuner.model import names_of_parameters, refuse_tied_weight
 
 logger = logging.getLogger(__name__)
 
