@@ -17,6 +17,20 @@ import peft_neft  # noqa: F401  (registers NeFT with peft)
 SHARED_DATA = Path(os.environ.get("PEFT_NEFT_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
 
+def put_in_hub_cache(hub_cache: Path, repo_id: str, folder: Path) -> None:
+    """Lay ``folder``'s files out as huggingface_hub caches a download of ``repo_id`` (its ``main`` revision), so
+    that a process with ``HF_HUB_CACHE=hub_cache`` and ``HF_HUB_OFFLINE=1`` loads ``repo_id`` from it."""
+    revision = "0" * 40
+    repo = hub_cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    for file in Path(folder).iterdir():
+        if file.is_file():
+            (snapshot / file.name).symlink_to(file.resolve())
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+
+
 def make_tiny_llama(seed: int = 0, hidden: int = 32, intermediate: int = 64, layers: int = 2, vocab: int = 128):
     """A randomly initialised Llama small enough for exact, fast unit tests."""
     torch.manual_seed(seed)

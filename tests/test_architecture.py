@@ -19,9 +19,9 @@ SRC = Path(peft_neft.__file__).resolve().parent
 # layer or of a lower one, never of a higher one. Keep this table and the one in docs/design.md alike.
 LAYERS = [
     {"_targets", "_shapes", "_version", "_import_hook", "_lazy", "atomic", "errors", "outputs"},
-    {"embedded_model", "model_card", "settings", "tasks", "training"},
+    {"embedded_model", "settings", "tasks", "training"},
     {"tuner"},
-    {"selection", "export", "saving"},
+    {"selection", "adapters"},
     {"analysis", "compare"},
     {"commands"},
     {"cli"},

@@ -15,9 +15,10 @@ from peft import PeftModel, get_peft_model
 
 import peft_neft
 from peft_neft import NeFTConfig
-from peft_neft import atomic, saving
+from peft_neft import atomic
+from peft_neft.adapters import saving
 from peft_neft.atomic import atomic_dir, atomic_path
-from peft_neft.saving import save_pretrained_atomically
+from peft_neft.adapters.saving import save_pretrained_atomically
 
 from conftest import make_tiny_llama
 
@@ -120,12 +121,12 @@ def _files_written_by_a_save(tmp_path):
     return sum(1 for p in probe.rglob("*") if p.is_file())
 
 
-@pytest.mark.parametrize("step", range(5))
+@pytest.mark.parametrize("step", range(6))
 def test_a_crash_at_any_step_of_the_swap_leaves_each_adapter_old_or_new_and_the_next_save_cleans_up(
     tmp_path, monkeypatch, step
 ):
-    # 2 x (weights, config), the second adapter in its subfolder, and one model card: one step per rename
-    assert _files_written_by_a_save(tmp_path) == 5
+    # 2 x (weights, config, model card), the second adapter in its subfolder: one step per rename
+    assert _files_written_by_a_save(tmp_path) == 6
     target = tmp_path / "adapter"
     old = _two_adapter_model(seed=1)
     save_pretrained_atomically(old, target)
@@ -198,7 +199,8 @@ _CHILD = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     import torch
     from peft import PeftModel, get_peft_model
-    from peft_neft import NeFTConfig, saving
+    from peft_neft import NeFTConfig
+    from peft_neft.adapters import saving
     from conftest import make_tiny_llama
 
     target, phase = Path(sys.argv[1]), sys.argv[2]

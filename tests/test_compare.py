@@ -396,3 +396,17 @@ def test_changed_settings_on_resume_are_a_usage_error(tokenizer, data, tmp_path)
     compare(_loader(tokenizer), tokenizer, data, ["base"], [0], out, _config(), model_id="tiny", progress=False)
     with pytest.raises(UsageError, match="different configuration"):
         compare(_loader(tokenizer), tokenizer, data, ["base"], [0], out, _config(max_steps=5), model_id="tiny")
+
+
+def test_saved_adapters_carry_their_tokenizer_and_a_card_of_their_run(tokenizer, data, tmp_path):
+    """A receiver gets the tokenizer (its chat template builds the prompts) and a card with the task, the exact
+    prompt, where the data came from and the scores with their signatures; LoRA's card too, no peft template."""
+    compare(_loader(tokenizer), tokenizer, data, ["lora:2", "neft-random:match-lora:2"], [0], tmp_path / "out",
+            _config(max_steps=2), model_id="tiny", progress=False, data_name="the test's pairs")
+    for name in ("lora_2", "neft-random_match-lora_2"):
+        folder = tmp_path / "out" / "adapters" / name
+        card = (folder / "README.md").read_text()
+        assert "More Information Needed" not in card and "https://github.com/peft-neft/peft-neft" in card
+        assert "- data: the test's pairs: " in card and "### Prompt format" in card
+        assert "{source}<|im_end|>" in card and "- bleu: " in card and "`nrefs:1|" in card
+        assert AutoTokenizer.from_pretrained(folder).chat_template == tokenizer.chat_template

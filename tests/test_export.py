@@ -224,7 +224,7 @@ OUT_FEATURES = {"model.layers.0.mlp.up_proj": 64, "model.layers.0.mlp.down_proj"
 
 def test_max_rank_gives_the_best_rank_r_approximation_and_reports_each_modules_error(exported, tmp_path, caplog):
     case = exported["llama"]
-    with caplog.at_level("WARNING", logger="peft_neft.export"):
+    with caplog.at_level("WARNING", logger="peft_neft.adapters.export"):
         out = export_lora(case["neft"], tmp_path / "out", max_rank=2)
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["rank_pattern"] == {name: min(len(rows), 2) for name, rows in LLAMA_ROWS.items()}
@@ -488,7 +488,7 @@ def test_import_of_several_adapters_takes_one_or_all_or_lists_them(tmp_path, cap
 
 
 def test_logs_name_the_folders_the_user_gave_never_a_temporary_one(exported, tmp_path, caplog):
-    with caplog.at_level("INFO", logger="peft_neft.export"):
+    with caplog.at_level("INFO", logger="peft_neft.adapters.export"):
         export_lora(exported["llama"]["neft"], tmp_path / "lora", max_rank=2)
         import_lora(exported["gpt2"]["lora"], tmp_path / "neft")
     assert f"to {tmp_path / 'lora'}" in caplog.text and f"to {tmp_path / 'neft'}" in caplog.text

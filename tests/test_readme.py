@@ -26,8 +26,8 @@ def test_minimal_example_runs_without_warnings(smollm2_dir, tmp_path, monkeypatc
 
 
 def test_relative_links_name_their_file_and_it_ships():
-    # No repository URL is published, so links stay relative; each one's text is the path it points to, so the
-    # long description on a package index still says where to look, and MANIFEST.in ships those files.
+    # Links to the project's own files stay relative; each one's text is the path it points to, so the long
+    # description on a package index still says where to look, and MANIFEST.in ships those files.
     root = README.parent
     manifest = (root / "MANIFEST.in").read_text()
     shipped = [p for line in manifest.splitlines() if line.startswith("include ") for p in line.split()[1:]]

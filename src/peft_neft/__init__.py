@@ -19,15 +19,15 @@ from ._lazy import lazy_exports
 from ._version import __version__
 
 if TYPE_CHECKING:
-    from .export import export_lora, import_lora
-    from .saving import save_pretrained_atomically
+    from .adapters.export import export_lora, import_lora
+    from .adapters.saving import save_pretrained_atomically
     from .selection import (Budget, NeuronCalibrationCallback, NeuronScores, NeuronSelection, budget_from_lora,
                             calibrate, gradient_scores, overlap, select_neurons)
     from .tuner import NeFTConfig, NeFTModel
 
 _HOME = {
-    "NeFTConfig": "tuner", "NeFTModel": "tuner", "save_pretrained_atomically": "saving",
-    "export_lora": "export", "import_lora": "export",
+    "NeFTConfig": "tuner", "NeFTModel": "tuner", "save_pretrained_atomically": "adapters.saving",
+    "export_lora": "adapters.export", "import_lora": "adapters.export",
     **dict.fromkeys(["Budget", "NeuronCalibrationCallback", "NeuronScores", "NeuronSelection", "budget_from_lora",
                      "calibrate", "gradient_scores", "overlap", "select_neurons"], "selection"),
 }
@@ -37,5 +37,19 @@ __all__ = sorted([*_HOME, "__version__"])
 __getattr__, __dir__ = lazy_exports(__name__, _HOME, globals())
 
 
-call_after_import("peft", lambda: importlib.import_module(".tuner", __name__))  # the tuner registers NeFT
+def _on_config_save(folder: str, config) -> None:
+    from .adapters.saving import on_config_save  # the card writer loads on the first save, not with peft
+
+    on_config_save(folder, config)
+
+
+def _register() -> None:
+    """Register NeFT with peft (the tuner does on import), and have every NeFT save write its model card."""
+    hooks = importlib.import_module(".tuner.hooks", __name__).SAVE_HOOKS  # complete even while peft loads
+    importlib.import_module(".tuner", __name__)
+    if _on_config_save not in hooks:
+        hooks.append(_on_config_save)
+
+
+call_after_import("peft", _register)
 logging.getLogger(__name__).addHandler(logging.NullHandler())  # quiet unless the application sets up logging

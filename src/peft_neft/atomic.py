@@ -1,7 +1,7 @@
 """Atomic writes: a file appears complete under its final name, or not at all; nothing else is touched.
 
 Every writer here first writes to a hidden temporary on the target's file system (``.<target name>.<random>.tmp``
-beside a file or folder; :mod:`peft_neft.saving` uses ``.neft-save.<random>.tmp`` inside an adapter folder) and moves the result into place
+beside a file or folder; :mod:`peft_neft.adapters.saving` uses ``.neft-save.<random>.tmp`` inside an adapter folder) and moves the result into place
 with ``os.replace`` (one atomic rename on POSIX and Windows). A process killed mid-write leaves only such hidden
 temporaries; the next write to the same target removes them. One writer per target at a time is assumed: a
 second concurrent writer's temporaries would be removed as leftovers.

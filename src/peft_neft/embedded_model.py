@@ -73,14 +73,26 @@ def hub_id(name_or_path: str | os.PathLike | None) -> str | None:
     return None if _looks_local(path) else path
 
 
+def portable_name(name_or_path: str | os.PathLike) -> str:
+    """The name an adapter records for its base model: the Hub id where the model came from the Hub (the embedded
+    SmolLM2's cache folder is named by its Hub id), else the path as given (a folder of the user's own)."""
+    return hub_id(name_or_path) or os.fspath(name_or_path)
+
+
 def _looks_local(path: str) -> bool:
     """No Hub id is absolute, starts with "." or "~", or has two slashes or a backslash."""
     return os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1 or "\\" in path
 
 
 def resolve_model_path(name_or_path: str | os.PathLike | None) -> str:
-    """``None`` or ``"default"`` means the embedded SmolLM2; anything else is passed to transformers."""
-    if name_or_path is None or str(name_or_path) in ("default", DEFAULT_MODEL):
+    """``None``, ``"default"`` or the embedded model's Hub id mean the embedded SmolLM2; anything else is passed to
+    transformers.
+
+    The Hub id is what adapters trained on the embedded model record (:func:`portable_name`); resolving it to the
+    embedded copy gives peft-neft's own commands (``export-lora``, the analyses) the exact weights such an adapter
+    was trained on, the GGUF's dequantized ones, without the network.
+    """
+    if name_or_path is None or str(name_or_path) in ("default", DEFAULT_MODEL, DEFAULT_MODEL_HUB_ID):
         return str(default_model_dir())
     path = os.fspath(name_or_path)
     # Refuse before transformers turns a mistyped local path into a Hub lookup; offline, every missing path is refused.
@@ -98,9 +110,18 @@ def load_tokenizer(name_or_path: str | os.PathLike | None = None) -> PreTrainedT
     return tokenizer
 
 
+def load_model(name_or_path: str | os.PathLike | None = None, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """Load a causal LM (the embedded SmolLM2 by default) named by :func:`portable_name`, which is what peft records
+    as ``base_model_name_or_path`` in every adapter trained on it: the Hub id for the embedded model."""
+    path = resolve_model_path(name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    model.name_or_path = model.config.name_or_path = portable_name(path)
+    return model
+
+
 def load_model_and_tokenizer(
     name_or_path: str | os.PathLike | None = None, dtype: torch.dtype = torch.float32
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer (the embedded SmolLM2 by default), pad token set."""
+    """Load a causal LM (:func:`load_model`) and its tokenizer (the embedded SmolLM2 by default), pad token set."""
     path = resolve_model_path(name_or_path)
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype), load_tokenizer(path)
+    return load_model(path, dtype), load_tokenizer(path)

@@ -317,23 +317,23 @@ def compare_config(args: argparse.Namespace, **fixed: Any) -> tuple[CompareConfi
 
 
 def run_comparison(args: argparse.Namespace, config: CompareConfig, precision: Precision, data: dict,
-                   model_path: str, model_id: str) -> None:
+                   model_path: str, model_id: str, data_name: str = "") -> None:
     """Train and evaluate ``args.methods`` x ``args.seeds`` into ``args.out``, then print the table and the adapters."""
     import functools
 
     import torch
-    from transformers import AutoModelForCausalLM
 
     from ..compare import compare, parse_methods
-    from ..embedded_model import load_tokenizer
+    from ..embedded_model import load_model, load_tokenizer
 
     if args.threads:
         torch.set_num_threads(args.threads)
     if not has_matplotlib():
         print("matplotlib is not installed, so the plot (results.png) is skipped; pip install matplotlib to draw it.")
-    load = functools.partial(AutoModelForCausalLM.from_pretrained, model_path, dtype=torch.float32)  # picklable
+    # picklable; named by its Hub id where it has one, which every adapter saved from it records
+    load = functools.partial(load_model, model_path, dtype=torch.float32)
     compare(load, load_tokenizer(model_path), data, parse_methods(args.methods), args.seeds, args.out, config,
-            model_id=model_id, progress=args.progress, precision=precision)
+            model_id=model_id, progress=args.progress, precision=precision, data_name=data_name)
     print(Path(args.out, "results.md").read_text(encoding="utf-8"), end="")  # table and paired tests
     adapters = sorted(p.name for p in Path(args.out, "adapters").glob("*") if p.is_dir())
     if adapters:

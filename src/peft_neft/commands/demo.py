@@ -49,7 +49,9 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     data = django_translation_pairs("fr")
     print("data: Django's English->French catalogs, " + ", ".join(f"{k} {len(v)}" for k, v in data.items()) + " pairs")
-    run_comparison(args, config, precision, data, str(default_model_dir()), model_id="smollm2-135m-instruct")
+    run_comparison(args, config, precision, data, str(default_model_dir()), model_id="smollm2-135m-instruct",
+                   data_name="English->French message pairs of Django's translation catalogs "
+                             "(peft_neft.tasks.django_translation_pairs)")
     plot = f"{args.out}/results.png" if has_matplotlib() else "skipped (no matplotlib)"
     print(f"table: {args.out}/results.md, plot: {plot}, outputs: {args.out}/outputs/ "
           f"({time.perf_counter() - start:.0f} s)")

@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..export import export_lora
+    from ..adapters.export import export_lora
 
     out = export_lora(args.adapter_dir, args.out_dir, base=args.base, adapter_name=args.adapter_name,
                       max_rank=args.max_rank, overwrite=args.overwrite)

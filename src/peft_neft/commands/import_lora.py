@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..export import import_lora
+    from ..adapters.export import import_lora
 
     out = import_lora(args.lora_dir, args.out_dir, adapter_name=args.adapter_name, overwrite=args.overwrite)
     print(f"Wrote NeFT adapter to {out}")

@@ -70,7 +70,7 @@ def adapter_bytes(model: torch.nn.Module, method: Method) -> int:
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         if method.keeps_adapter:
-            model.save_pretrained(tmp)
+            model.save_pretrained(tmp, save_embedding_layers=False)  # as run.py saves it: no Hub lookup
             return (Path(tmp) / "adapter_model.safetensors").stat().st_size
         tensors = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
         save_file(tensors, str(Path(tmp) / "trained.safetensors"))

@@ -31,8 +31,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
 from ..atomic import atomic_dir
-from ..saving import save_pretrained_atomically
-from ..tasks import encode_for_generation, encode_pairs, get_task, hold_out_validation, make_collator
+from ..adapters.model_card import TrainingRun
+from ..adapters.saving import save_pretrained_atomically
+from ..tasks import encode_for_generation, encode_pairs, get_task, hold_out_validation, make_collator, prompt_text
+from ..tasks.task import language_name
 from ..training import train_model, validation_loss
 from ..training.precision import Precision
 from ..training.trainer import trainable_parameters
@@ -68,6 +70,7 @@ def compare(
     model_id: str = "",
     progress: bool = True,
     precision: Precision | None = None,
+    data_name: str = "",
 ) -> dict[str, Any]:
     """Train and evaluate every (method, seed) not already in ``out_dir/results.json``; return all results.
 
@@ -80,6 +83,7 @@ def compare(
     above 1, runs go to that many processes (torch's threads shared out among them); ``load_model`` must
     then be picklable (a module-level function or a ``functools.partial``, not a lambda). The folder's
     identity holds a fingerprint of the base model's weights, not its path; ``model_id`` is kept for show.
+    ``data_name`` says where the data came from in the cards of the saved adapters.
     """
     config = config or CompareConfig()
     methods = [parse_method(m) if isinstance(m, str) else m for m in methods]
@@ -124,7 +128,7 @@ def compare(
     jobs = [_Job(load_model, tokenizer, method, seed, lr, config, precision, training_collator, train_rows, val_rows,
                  prompts, list(data["test"]["target"]), None,
                  checkpoints / _safe(training_key(method.spec, seed, lr)), total_params, progress and config.workers == 1,
-                 out / "runs" / _safe(training_key(method.spec, seed, lr)))
+                 out / "runs" / _safe(training_key(method.spec, seed, lr)), data_name)
             for seed, method in pending for lr in _rates(config, method)
             if training_key(method.spec, seed, lr) not in results["trainings"]]
     jobs.sort(key=lambda job: (job.seed, _rates(config, job.method).index(job.lr)))  # every method's first rate first
@@ -287,6 +291,7 @@ class _Job:
     total_params: int
     progress: bool
     logs: Path  # where Trainer's loggers (report_to) write, kept after the run
+    data_name: str = ""  # where the data came from, for the saved adapters' cards
 
 
 @dataclass
@@ -400,7 +405,10 @@ class _Run:
         trainable = sum(p.numel() for p in trainable_parameters(model)) if method.trains else 0
         mem, mem_kind = memory_mb(model)
         if config.save_adapters != "none" and method.keeps_adapter and not failed:
-            save_pretrained_atomically(model, job.folder / "adapter")  # with the card a receiver can follow
+            # with the tokenizer (its chat template builds the prompts) and the card a receiver can follow
+            # save_embedding_layers=False: no run resizes the vocabulary, so peft need not look the base up on the Hub
+            save_pretrained_atomically(model, job.folder / "adapter", tokenizer=job.tokenizer,
+                                       run=self._card_run(best, scored), save_embedding_layers=False)
             if self.selection is not None:
                 self.selection.save(job.folder / "adapter" / "selection.safetensors")
         return {
@@ -418,6 +426,22 @@ class _Run:
             "signatures": scored["signatures"],
             "device": str(model_device(model)), "hypotheses": hypotheses,
         }
+
+    def _card_run(self, best: dict[str, Any], scored: dict[str, Any]) -> TrainingRun:
+        """What the saved adapter's card says of this training: task, exact prompt, data, scores."""
+        job, config = self.job, self.config
+        task = config.task if config.task != "translation" else (
+            f"translation, {language_name(config.source_lang)} to {language_name(config.target_lang)}")
+        instruction = get_task(config.task).instruction_for(config.source_lang, config.target_lang)
+        data = (f"{len(job.train_rows)} training, {len(job.val_rows)} validation and {len(job.prompts)} test pairs; "
+                f"sources cut to {config.max_source_tokens} tokens, targets to {config.max_target_tokens}")
+        data = f"{job.data_name}: {data}" if job.data_name else data
+        steps = (f"{best['steps_run']} of at most {best['max_steps']} steps, batch {config.batch_size}, the checkpoint "
+                 f"of lowest validation loss ({best['best_val_loss']:.4f}, step {best['best_step']}) kept")
+        return TrainingRun(task=task, instruction=instruction, prompt=prompt_text(job.tokenizer, instruction, "{source}"),
+                           data=data, method=self.method.spec, seed=self.seed, learning_rate=job.lr, steps=steps,
+                           scores={k: v for k, v in scored.items() if k != "signatures"},
+                           signatures=scored.get("signatures", {}))
 
 
 def _keep_adapter(source: Path, mode: str, spec: str, seed: int, row: dict[str, Any], results: dict[str, Any],

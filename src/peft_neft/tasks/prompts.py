@@ -24,13 +24,16 @@ def _truncate(tokenizer: PreTrainedTokenizerBase, text: str, max_tokens: int | N
     return ids if max_tokens is None else ids[:max_tokens]
 
 
-def _prompt_ids(tokenizer: PreTrainedTokenizerBase, instruction: str, source_ids: list[int]) -> list[int]:
-    source = tokenizer.decode(source_ids)
+def prompt_text(tokenizer: PreTrainedTokenizerBase, instruction: str, source: str) -> str:
+    """The prompt the model continues, as text: the chat template's, or the plain format without one."""
     if tokenizer.chat_template:
         messages = [{"role": "system", "content": instruction}, {"role": "user", "content": source}]
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    else:
-        text = f"{instruction}\n\n{source}\n\nAnswer: "
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return f"{instruction}\n\n{source}\n\nAnswer: "
+
+
+def _prompt_ids(tokenizer: PreTrainedTokenizerBase, instruction: str, source_ids: list[int]) -> list[int]:
+    text = prompt_text(tokenizer, instruction, tokenizer.decode(source_ids))
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 

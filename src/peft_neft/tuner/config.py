@@ -16,6 +16,7 @@ from peft.tuners.tuners_utils import check_target_module_exists
 from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME, PeftType
 from safetensors import SafetensorError, safe_open
 
+from .hooks import SAVE_HOOKS
 from .integrity import verify
 
 _DELTA_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
@@ -315,6 +316,12 @@ class NeFTConfig(PeftConfig):
             raise ValueError(f"{config_file!r} is not a valid NeFT adapter config ({err}). Save the adapter again.") from err
         _check_weights_file(folder)
         return config
+
+    def save_pretrained(self, save_directory: str, **kwargs: Any) -> None:
+        """peft's config save, after each of :data:`~peft_neft.tuner.hooks.SAVE_HOOKS`."""
+        for hook in SAVE_HOOKS:
+            hook(save_directory, self)
+        super().save_pretrained(save_directory, **kwargs)
 
     @staticmethod
     def _resolve_neurons(spec: Any) -> dict[str, torch.Tensor]:

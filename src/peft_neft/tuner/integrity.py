@@ -1,7 +1,7 @@
 """Adapter weights that tell when they were changed: a sha256 of each tensor in the safetensors metadata.
 
 safetensors itself has no checksum, so a flipped byte in a delta loads silently. peft-neft's own saves
-(:func:`~peft_neft.saving.save_pretrained_atomically`, export and import) store one digest per tensor under
+(:func:`~peft_neft.adapters.saving.save_pretrained_atomically`, export and import) store one digest per tensor under
 :data:`METADATA_KEY`; :func:`verify` checks them where a file carries them, and accepts files without them
 (saved by plain peft) as they are.
 """

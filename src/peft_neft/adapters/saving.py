@@ -6,30 +6,38 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME
 
-from .atomic import leftovers, recover_folder, remove, umask
-from .tuner.integrity import add_checksums
-from .model_card import neft_card_section, write_model_card
+from ..atomic import leftovers, recover_folder, remove, umask
+from ..embedded_model import portable_name
+from ..tuner.integrity import add_checksums
+from .model_card import TrainingRun, write_adapter_card
 
 _SAVE_PREFIX = ".neft-save."  # the temporary folder of a save, inside the target
 
 
-def write_neft_card(directory: str | os.PathLike, model) -> None:
-    """Write the NeFT model card of ``model``'s NeFT adapters into ``directory/README.md``."""
-    configs = {name: config for name, config in model.peft_config.items() if config.peft_type == "NEFT"}
-    if not configs:
-        return
-    first = next(iter(configs.values()))
+def on_config_save(folder: str | os.PathLike, config) -> None:
+    """Before a NeFT config is written (peft's ``model.save_pretrained`` included): name its base model portably
+    (the Hub id of the embedded SmolLM2 rather than its cache folder) and write its model card into ``folder``."""
+    if config.base_model_name_or_path:
+        config.base_model_name_or_path = portable_name(config.base_model_name_or_path)
+    write_adapter_card(folder, {"default": config})
+
+
+def write_card(directory: str | os.PathLike, model, run: Optional[TrainingRun] = None) -> None:
+    """Write the model card of ``model``'s adapters (NeFT, or one LoRA) into ``directory/README.md``."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PeftModel, or transformers'
-    causal = first.task_type == "CAUSAL_LM" or type(base).__name__.endswith("ForCausalLM")
-    write_model_card(directory, neft_card_section(configs), first.base_model_name_or_path,
-                     pipeline_tag="text-generation" if causal else None)
+    write_adapter_card(directory, model.peft_config, run, causal_lm=type(base).__name__.endswith("ForCausalLM"))
 
 
-def save_pretrained_atomically(model, save_directory: str | os.PathLike, **kwargs) -> None:
-    """``model.save_pretrained(save_directory, **kwargs)`` with a NeFT model card, and no file ever half-written.
+def save_pretrained_atomically(model, save_directory: str | os.PathLike, *, tokenizer=None,
+                               run: Optional[TrainingRun] = None, **kwargs) -> None:
+    """``model.save_pretrained(save_directory, **kwargs)`` with a model card, and no file ever half-written.
+
+    The card (:mod:`peft_neft.model_card`) describes NeFT adapters or a LoRA adapter, and the training ``run``
+    where given; ``tokenizer`` is saved beside the adapter where given, as TRL's ``save_model`` does.
 
     Each weights file carries a sha256 of every tensor in its metadata (:mod:`peft_neft.tuner.integrity`), which
     loading checks.
@@ -53,6 +61,9 @@ def save_pretrained_atomically(model, save_directory: str | os.PathLike, **kwarg
     target.mkdir(exist_ok=True)
     for leftover in leftovers(target, _SAVE_PREFIX, ".tmp"):
         remove(leftover)
+    for config in model.peft_config.values():  # the Hub id of the embedded model, not its cache folder
+        if config.base_model_name_or_path:
+            config.base_model_name_or_path = portable_name(config.base_model_name_or_path)
     tmp = Path(tempfile.mkdtemp(prefix=_SAVE_PREFIX, suffix=".tmp", dir=target))
     try:
         if (target / "README.md").is_file():
@@ -60,7 +71,9 @@ def save_pretrained_atomically(model, save_directory: str | os.PathLike, **kwarg
         model.save_pretrained(tmp, **kwargs)
         for weights in tmp.rglob(SAFETENSORS_WEIGHTS_NAME):  # a sha256 per tensor, checked on load
             add_checksums(weights)
-        write_neft_card(tmp, model)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        write_card(tmp, model, run)
         written = sorted(p.relative_to(tmp) for p in tmp.rglob("*") if p.is_file())  # weights first, configs last
         mode = 0o666 & ~umask()
         for relative in sorted(written, key=lambda p: (p.name == CONFIG_NAME, p.name == "README.md")):

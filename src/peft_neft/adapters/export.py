@@ -24,16 +24,17 @@ from safetensors import SafetensorError
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from ._shapes import meta_model
-from .atomic import atomic_dir
-from .tuner.integrity import save_with_checksums, verify
-from .model_card import lora_card_section, neft_card_section, write_model_card
-from .outputs import check_output
-from .tuner import NeFTConfig
-from .tuner.config import PEFT_MODEL_PREFIX
-from .tuner.conversion import LoraFactors, lora_to_rows, rows_to_lora
-from .tuner.layer import NeFTLayer
-from .tuner.model import names_of_parameters, refuse_tied_weight
+from .._shapes import meta_model
+from ..atomic import atomic_dir
+from ..tuner.integrity import save_with_checksums, verify
+from ..embedded_model import DEFAULT_MODEL_HUB_ID, hub_id, portable_name, resolve_model_path
+from ..outputs import check_output
+from ..tuner import NeFTConfig
+from ..tuner.config import PEFT_MODEL_PREFIX
+from ..tuner.conversion import LoraFactors, lora_to_rows, rows_to_lora
+from ..tuner.layer import NeFTLayer
+from ..tuner.model import names_of_parameters, refuse_tied_weight
+from .model_card import lora_card_section, write_adapter_card, write_model_card
 
 logger = logging.getLogger(__name__)
 
@@ -194,11 +195,18 @@ def _base_model(base: Union[PathLike, nn.Module, None], config: NeFTConfig) -> n
                              "pass the base model with --base / base=.")
     if isinstance(base, nn.Module):
         return base.get_base_model() if isinstance(base, PeftModel) else base
+    if hub_id(base) == DEFAULT_MODEL_HUB_ID:  # the embedded model's Hub id: its embedded copy, no network
+        base = resolve_model_path(base)
     try:
         return meta_model(base)
     except (OSError, ValueError) as err:
         raise ValueError(f"Cannot read the base model config at {str(base)!r} ({err}). Pass the base model "
                          "folder or hub id with --base / base=.") from err
+
+
+def _portable(name: Optional[str]) -> Optional[str]:
+    """The base model name an exported adapter records: the Hub id where there is one (:func:`portable_name`)."""
+    return portable_name(name) if name else name
 
 
 def _check_base(updates: dict[str, RowUpdate], model: nn.Module, config: NeFTConfig) -> dict[str, tuple[int, bool]]:
@@ -287,7 +295,7 @@ def _export_one(folder: Path, out: Path, base, max_rank: Optional[int], shown_as
         r=top, lora_alpha=top, target_modules=_target_modules(list(updates), module_names),
         rank_pattern=_pattern(ranks, module_names), alpha_pattern=_pattern(ranks, module_names), lora_dropout=0.0,
         bias="none", use_rslora=False, fan_in_fan_out=any(conv for _, conv in shapes.values()),
-        base_model_name_or_path=config.base_model_name_or_path, task_type=_task_type(config, model),
+        base_model_name_or_path=_portable(config.base_model_name_or_path), task_type=_task_type(config, model),
         revision=config.revision, inference_mode=True,
     )
     tensors = dict(base_weights)  # plain peft loads them into the LoRA layer's base layer as it does for NeFT
@@ -407,7 +415,7 @@ def _import_one(source: Path, out: Path, shown_as: Path) -> None:
         raise ValueError(f"{source}: lora_A tensors have dtypes {sorted(map(str, dtypes))}; NeFT needs one float dtype.")
     neft_config = NeFTConfig(
         neurons={n: u.rows for n, u in updates.items()}, delta_dtype=_DTYPE_NAMES[next(iter(dtypes))],
-        base_model_name_or_path=config.get("base_model_name_or_path"), revision=config.get("revision"),
+        base_model_name_or_path=_portable(config.get("base_model_name_or_path")), revision=config.get("revision"),
         task_type=config.get("task_type"), inference_mode=True,
     )
     tensors = {}
@@ -417,7 +425,7 @@ def _import_one(source: Path, out: Path, shown_as: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     neft_config.save_pretrained(out)
     _save_tensors(tensors, out)
-    write_model_card(out, neft_card_section({"default": neft_config}), neft_config.base_model_name_or_path)
+    write_adapter_card(out, {"default": neft_config})
     logger.info("Imported row-sparse LoRA %s as a NeFT adapter of %d modules to %s", source, len(updates), shown_as)
 
 
