@@ -5,6 +5,8 @@ Run by .ci/setup as ``.venv/bin/python .ci/setup_torch.py``; standard library on
 - A torch within the range pyproject.toml allows (CPU or CUDA build, any version of that range) is kept.
 - Where none is installed, torch==2.13.0 is: the CPU build, from PyTorch's CPU wheel index on Linux, where the
   package index's torch is the multi-GB CUDA build (``TORCH_INDEX_URL`` names another index, e.g. a CUDA one).
+  Where that index cannot be reached (an offline machine with a local wheel mirror), pip's own configured sources
+  are used instead, and it says so; ``TORCH_CPU_INDEX_URL`` replaces the CPU index's address (a mirror).
 - A torch outside the range is left as it is, and the set-up stops, saying how to fix it.
 
 It prints what it did. ``--dry-run`` prints the pip command instead of running it.
@@ -16,8 +18,10 @@ import operator
 import os
 import platform
 import re
+import socket
 import subprocess
 import sys
+import urllib.parse
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -50,9 +54,27 @@ def within(installed: str, spec: str) -> bool:
     return True
 
 
+def reachable(url: str, timeout: float = 5.0) -> bool:
+    """Whether a TCP connection to ``url``'s host and port opens within ``timeout`` seconds."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        socket.create_connection((parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)),
+                                 timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def install_command() -> list[str]:
+    """pip's command for torch==DEFAULT: a named index, else the CPU index on Linux where it can be reached."""
     command = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "-q", f"torch=={DEFAULT}"]
-    index = os.environ.get("TORCH_INDEX_URL") or (CPU_INDEX if platform.system() == "Linux" else "")
+    index = os.environ.get("TORCH_INDEX_URL")
+    if not index and platform.system() == "Linux":
+        cpu_index = os.environ.get("TORCH_CPU_INDEX_URL") or CPU_INDEX
+        if reachable(cpu_index):
+            index = cpu_index
+        else:  # pip would retry it for every package; an offline machine has its wheels in pip's own sources
+            print(f"torch: {cpu_index} cannot be reached; using pip's configured sources")
     return command + (["--extra-index-url", index] if index else [])
 
 

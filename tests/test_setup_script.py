@@ -6,6 +6,7 @@ without the multi-GB wheel."""
 
 import os
 import re
+import socket
 import subprocess
 import sys
 import venv
@@ -54,13 +55,27 @@ def test_a_torch_within_the_range_is_kept_and_it_says_so(tmp_path, installed):
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 
 
-def test_without_torch_it_installs_2_13_0_the_cpu_build(tmp_path):
-    result = run_setup_torch(make_venv(tmp_path / "venv", None), "--dry-run")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the CPU index is added on Linux only")
+def test_without_torch_it_installs_2_13_0_the_cpu_build_from_the_cpu_index(tmp_path, monkeypatch):
+    with socket.create_server(("127.0.0.1", 0)) as server:  # a reachable stand-in for PyTorch's CPU index
+        index = f"http://127.0.0.1:{server.getsockname()[1]}/whl/cpu"
+        monkeypatch.setenv("TORCH_CPU_INDEX_URL", index)
+        result = run_setup_torch(make_venv(tmp_path / "venv", None), "--dry-run")
     assert result.returncode == 0, result.stderr
     assert "torch: none installed; installing torch 2.13.0, the CPU build: pip install" in result.stdout
     assert "torch==2.13.0" in result.stdout
-    if sys.platform.startswith("linux"):
-        assert "--extra-index-url https://download.pytorch.org/whl/cpu" in result.stdout
+    assert f"--extra-index-url {index}" in result.stdout
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the CPU index is added on Linux only")
+def test_an_unreachable_cpu_index_is_left_out_and_it_says_so(tmp_path, monkeypatch):
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]  # closed when the block ends: nothing listens there any more
+    monkeypatch.setenv("TORCH_CPU_INDEX_URL", f"http://127.0.0.1:{port}/whl/cpu")
+    result = run_setup_torch(make_venv(tmp_path / "venv", None), "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert f"torch: http://127.0.0.1:{port}/whl/cpu cannot be reached; using pip's configured sources" in result.stdout
+    assert "--extra-index-url" not in result.stdout and "torch==2.13.0" in result.stdout
 
 
 def test_a_torch_outside_the_range_is_left_alone_and_the_setup_stops_saying_how_to_fix_it(tmp_path):
