@@ -73,17 +73,6 @@ case "${1:-search}" in
         "$PEFT_NEFT" "${common[@]}" "${long[@]}" --methods neft-random:match-lora:8,neft-reversed:match-lora:8 --seeds 0 \
           --lr-grid "${2:?give the factor seed 0 of NeFT chose, e.g. 0.333333}" --checkpoint-dir "$CKPT/long" --out "$OUT-long" ;;
   report) "$PEFT_NEFT" report "$OUT-search" "$OUT-seeds-lora" "$OUT-seeds-neft" "$OUT-ablations" --out "$OUT" ;;
-  keep) # Stop the phase first. Keeps the calibrations and each unfinished training's newest complete checkpoint
-        # (one that holds keep_best.safetensors); a finished training is in the committed results.json already.
-        # DEST is replaced as a whole.
-    dest=${2:?give DEST, e.g. /path/to/checkout/docs/results/converged-state}
-    rm -rf "$dest.partial" && mkdir -p "$dest.partial"
-    (cd "$CKPT" && find . -name 'calibration@*.safetensors') | while read -r f; do
-      mkdir -p "$dest.partial/$(dirname "$f")" && cp "$CKPT/$f" "$dest.partial/$f"; done
-    (cd "$CKPT" && find . -path '*/checkpoint-*/keep_best.safetensors' | sed 's|/keep_best.safetensors$||' | sort -V |
-      awk '{training=$0; sub(/\/checkpoint-[0-9]+$/, "", training); newest[training]=$0} END {for (t in newest) print newest[t]}') |
-      while read -r c; do mkdir -p "$dest.partial/$(dirname "$c")" && cp -r "$CKPT/$c" "$dest.partial/$c"
-        rm -f "$dest.partial/$c"/tokenizer* "$dest.partial/$c"/chat_template.jinja; done  # the model's own, 3.5 MB
-    rm -rf "$dest" && mv "$dest.partial" "$dest" && du -sh "$dest" ;;
+  keep) docs/results/keep.sh "$CKPT" "${2:?give DEST, e.g. /path/to/checkout/docs/results/converged-state}" ;;  # stop the phase first
   *) echo "usage: $0 search|widen METHOD FACTORS|seeds METHOD RATE|ablations RATE|report|long LORA_RATE NEFT_RATE|long-search|long-seeds METHOD FACTOR|long-ablations FACTOR|keep DEST" >&2; exit 2 ;;
 esac

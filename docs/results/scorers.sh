@@ -34,15 +34,6 @@ case "${1:-screen}" in
               "$PEFT_NEFT" "${common[@]}" --methods "neft[$variant,targets=all-linear]:match-lora:8" --seeds 0 ;;
   bracket) "$PEFT_NEFT" "${common[@]}" --methods "${2:?give the method}" --seeds 0 --lr-grid 1,0.333333,3 ;;
   seeds) "$PEFT_NEFT" "${common[@]}" --methods "${2:?give the method}" --seeds 1,2 --lr-grid "${3:?give the factor}" ;;
-  keep) # Stop the phase first. The calibrations and each unfinished training's newest complete checkpoint.
-    dest=${2:?give DEST, e.g. /path/to/checkout/docs/results/scorers-state}
-    rm -rf "$dest.partial" && mkdir -p "$dest.partial"
-    (cd "$CKPT" && find . -name 'calibration*@*.safetensors') | while read -r f; do
-      mkdir -p "$dest.partial/$(dirname "$f")" && cp "$CKPT/$f" "$dest.partial/$f"; done
-    (cd "$CKPT" && find . -path '*/checkpoint-*/keep_best.safetensors' | sed 's|/keep_best.safetensors$||' | sort -V |
-      awk '{training=$0; sub(/\/checkpoint-[0-9]+$/, "", training); newest[training]=$0} END {for (t in newest) print newest[t]}') |
-      while read -r c; do mkdir -p "$dest.partial/$(dirname "$c")" && cp -r "$CKPT/$c" "$dest.partial/$c"
-        rm -f "$dest.partial/$c"/tokenizer* "$dest.partial/$c"/chat_template.jinja; done  # the model's own, 3.5 MB
-    rm -rf "$dest" && mv "$dest.partial" "$dest" && du -sh "$dest" ;;
+  keep) docs/results/keep.sh "$CKPT" "${2:?give DEST, e.g. /path/to/checkout/docs/results/scorers-state}" ;;  # stop the phase first
   *) echo "usage: $0 screen|all-linear VARIANT|bracket METHOD|seeds METHOD FACTOR|keep DEST" >&2; exit 2 ;;
 esac
