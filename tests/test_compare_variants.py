@@ -158,6 +158,9 @@ def test_compare_trains_lora_and_a_neft_variant_in_one_folder(tokenizer, tmp_pat
     assert logged.index("lora:2@seed0: bleu") < logged.index("calibration[score=taylor]@seed0: computed")
     assert "neft[score=taylor,spread=per-module]:match-lora:2" in (tmp_path / "out" / "results.md").read_text()
     assert not (tmp_path / "out" / "checkpoints").exists()  # the calibration cache goes once every run is done
+    card = (tmp_path / "out" / "adapters" / "lora_2" / "README.md").read_text()
+    assert "train: train.en + train.fr; test: test.en + test.fr: " in card  # the data's names, no local folders
+    assert str(tmp_path) not in card
 
 
 def test_a_config_file_names_variants_as_text_or_as_mappings(tokenizer, tmp_path, capsys):

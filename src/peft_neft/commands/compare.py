@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ._options import (UsageError, add_comparison_arguments, add_config_argument, add_overwrite_argument,
                        check_data, check_methods, check_out_folder, check_report_to, compare_config, has_matplotlib,
@@ -62,6 +63,12 @@ def _pairs(files: list[str], split: str, task, args: argparse.Namespace, limit: 
                       target_field=args.target_field or task.target_field, limit=limit)
 
 
+def _data_name(args: argparse.Namespace) -> str:
+    """Where the pairs came from, for the saved adapters' cards: each split's file or dataset names (no folders)."""
+    named = {"train": args.train, "validation": args.validation, "test": args.eval}
+    return "; ".join(f"{split}: {' + '.join(Path(str(f)).name for f in files)}" for split, files in named.items() if files)
+
+
 def run(args: argparse.Namespace) -> int:
     inputs = _check_files(args)
     check_report_to(args.report_to)
@@ -81,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         train, validation = hold_out_validation(train)
     test = _pairs(args.eval, "test", task, args, args.limit_eval)
     run_comparison(args, config, precision, {"train": train, "validation": validation, "test": test},
-                   resolve_model_path(args.model), model_id=str(args.model))
+                   resolve_model_path(args.model), model_id=str(args.model), data_name=_data_name(args))
     print(f"results, table and plot written to {args.out}/" if has_matplotlib()
           else f"results and table written to {args.out}/ (no plot: matplotlib is not installed)")
     return 0
