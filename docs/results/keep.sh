@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # keep.sh CKPT DEST: a comparison's resumable state, copied from CKPT to DEST (DEST is replaced as a whole), for
-# the results scripts' `keep` phase. Stop the phase first. Keeps every calibration cache and each unfinished
-# training's newest complete checkpoint (one that holds keep_best.safetensors); a finished training is in the
-# committed results.json already.
+# the results scripts' `keep` phase. Stop the phase first. Keeps every calibration cache, the test-set batches a
+# stopped decoding finished (decoded.jsonl), and each unfinished training's newest complete checkpoint (one that
+# holds keep_best.safetensors); a finished training is in the committed results.json already.
 set -euo pipefail
 ckpt=${1:?give CKPT}; dest=${2:?give DEST}
 rm -rf "$dest.partial" && mkdir -p "$dest.partial"
-(cd "$ckpt" && find . -name 'calibration*@*.safetensors') | while read -r f; do
+(cd "$ckpt" && find . -name 'calibration*@*.safetensors' -o -name decoded.jsonl) | while read -r f; do
   mkdir -p "$dest.partial/$(dirname "$f")" && cp "$ckpt/$f" "$dest.partial/$f"; done
 (cd "$ckpt" && find . -path '*/checkpoint-*/keep_best.safetensors' | sed 's|/keep_best.safetensors$||' | sort -V |
   awk '{training=$0; sub(/\/checkpoint-[0-9]+$/, "", training); newest[training]=$0} END {for (t in newest) print newest[t]}') |

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -12,9 +16,12 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from ..atomic import atomic_path
 from ..training.precision import Precision
 from ..training.trainer import trainable_parameters
 from .methods import Method
+
+logger = logging.getLogger(__name__)
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -39,19 +46,55 @@ def contiguous_head_input(model: torch.nn.Module) -> Iterator[None]:
             handle.remove()
 
 
+def _prompts_digest(prompts: Sequence[list[int]], max_new_tokens: int, batch_size: int) -> str:
+    return hashlib.sha256(json.dumps([max_new_tokens, batch_size, [list(p) for p in prompts]]).encode()).hexdigest()
+
+
+def _decoded_so_far(path: Path, digest: str) -> dict[int, str]:
+    """The continuations a stopped :func:`generate` stored in ``path`` for the same prompts (else none)."""
+    if not path.is_file():
+        return {}
+    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        if not lines or json.loads(lines[0]).get("prompts") != digest:
+            return {}
+    except ValueError:
+        return {}
+    done = {}
+    for line in lines[1:]:
+        try:
+            record = json.loads(line)
+        except ValueError:  # a line cut short by a kill: its batch is decoded again
+            break
+        done.update({int(i): text for i, text in record["outputs"].items()})
+    return done
+
+
 @torch.no_grad()
 def generate(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[list[int]], *,
              max_new_tokens: int, batch_size: int, precision: Precision | None = None, desc: str = "generate",
-             progress: bool = True) -> list[str]:
+             progress: bool = True, decoded: Path | None = None) -> list[str]:
     """Greedy continuations of token-id prompts (left-padded batches, stop at EOS), decoded and stripped.
 
-    Under ``precision``'s autocast (default: none) on the model's device."""
+    Under ``precision``'s autocast (default: none) on the model's device. With ``decoded``, each batch's
+    continuations are appended to that JSON-lines file as it ends, and a later call with the same prompts and
+    settings (after a kill) decodes only the batches it lacks; a file made for other prompts is started anew.
+    """
     model.eval()
     pad_id, device = tokenizer.pad_token_id, model_device(model)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    outputs: dict[int, str] = {}
+    digest = _prompts_digest(prompts, max_new_tokens, batch_size) if decoded is not None else ""
+    outputs = _decoded_so_far(decoded, digest) if decoded is not None else {}
+    if decoded is not None:  # written anew (atomically) with what it holds: a line a kill cut short is dropped
+        if outputs:
+            logger.info("%s: %d of %d continuations decoded before, in %s", desc, len(outputs), len(prompts), decoded)
+        records = [{"prompts": digest}] + ([{"outputs": outputs}] if outputs else [])
+        with atomic_path(decoded) as tmp:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=not progress):
         chunk = order[start:start + batch_size]
+        if all(i in outputs for i in chunk):
+            continue
         width = max(len(prompts[i]) for i in chunk)
         ids = torch.tensor([[pad_id] * (width - len(prompts[i])) + prompts[i] for i in chunk], device=device)
         mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in chunk], device=device)
@@ -59,8 +102,13 @@ def generate(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompts
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                                  num_beams=1, temperature=None, top_p=None, top_k=None,
                                  pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)
-        for i, row in zip(chunk, out[:, width:]):
-            outputs[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
+        texts = {i: tokenizer.decode(row, skip_special_tokens=True).strip() for i, row in zip(chunk, out[:, width:])}
+        outputs.update(texts)
+        if decoded is not None:
+            with open(decoded, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"outputs": texts}) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
     return [outputs[i] for i in range(len(prompts))]
 
 

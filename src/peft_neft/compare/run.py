@@ -398,7 +398,8 @@ class _Run:
         failed = diverged(best)  # its weights are no result: not evaluated, not saved
         hypotheses = [] if failed else generate(
             model, job.tokenizer, job.prompts, max_new_tokens=config.max_new_tokens, batch_size=config.eval_batch_size,
-            precision=job.precision, desc=f"{method.spec} test", progress=job.progress)
+            precision=job.precision, desc=f"{method.spec} test", progress=job.progress,
+            decoded=job.folder / "decoded.jsonl")  # a kill mid-decoding keeps the batches done
         eval_seconds = time.perf_counter() - start
         scored = {"signatures": {}} if failed else get_task(config.task).score(hypotheses, job.references,
                                                                                 char_level=config.char_level)
