@@ -32,19 +32,24 @@ _CHUNK_ELEMENTS = 1 << 22
 logger = logging.getLogger(__name__)
 
 
+def _row_chunks(original: torch.Tensor, finetuned: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The two weights' rows in float64, a bounded chunk at a time (the shapes must agree)."""
+    if original.shape != finetuned.shape:
+        raise ValueError(f"Cannot compare rows of shapes {tuple(original.shape)} and {tuple(finetuned.shape)}.")
+    step = max(1, _CHUNK_ELEMENTS // max(1, original.shape[1]))
+    for start in range(0, original.shape[0], step):
+        a = original[start:start + step].detach().to(torch.float64)
+        yield a, finetuned[start:start + step].detach().to(device=a.device, dtype=torch.float64)
+
+
 def cosine_rows(original: torch.Tensor, finetuned: torch.Tensor) -> torch.Tensor:
     """Cosine similarity of each row pair, in float64, never NaN.
 
     Identical rows (including two zero rows) score exactly 1; a zero row against a non-zero one
     scores 0 (its direction changed completely).
     """
-    if original.shape != finetuned.shape:
-        raise ValueError(f"Cannot compare rows of shapes {tuple(original.shape)} and {tuple(finetuned.shape)}.")
-    step = max(1, _CHUNK_ELEMENTS // max(1, original.shape[1]))
     out = []
-    for start in range(0, original.shape[0], step):
-        a = original[start:start + step].detach().to(torch.float64)
-        b = finetuned[start:start + step].detach().to(device=a.device, dtype=torch.float64)
+    for a, b in _row_chunks(original, finetuned):
         norms = a.norm(dim=1) * b.norm(dim=1)
         cos = (a * b).sum(dim=1) / norms.clamp_min(torch.finfo(torch.float64).tiny)
         cos = torch.where(norms > 0, cos.clamp(-1.0, 1.0), torch.zeros_like(cos))
@@ -59,15 +64,7 @@ def movement_rows(original: torch.Tensor, finetuned: torch.Tensor) -> torch.Tens
     ranks weights by how far fine-tuning moves them; here per row. Negated so that lower = selected first:
     the rows that moved most come first.
     """
-    if original.shape != finetuned.shape:
-        raise ValueError(f"Cannot compare rows of shapes {tuple(original.shape)} and {tuple(finetuned.shape)}.")
-    step = max(1, _CHUNK_ELEMENTS // max(1, original.shape[1]))
-    out = []
-    for start in range(0, original.shape[0], step):
-        a = original[start:start + step].detach().to(torch.float64)
-        b = finetuned[start:start + step].detach().to(device=a.device, dtype=torch.float64)
-        out.append(-(b - a).norm(dim=1).cpu())
-    return torch.cat(out)
+    return torch.cat([-(b - a).norm(dim=1).cpu() for a, b in _row_chunks(original, finetuned)])
 
 
 # Scores made by comparing each row before and after a fine-tune (lower = selected first); the calibration
