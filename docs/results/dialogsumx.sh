@@ -20,7 +20,7 @@ common=(compare --task summarization --source-lang en --target-lang fr --source-
   --train "$D/dialogsumx.train.jsonl.gz" --validation "$D/dialogsumx.dev.jsonl.gz" --eval "$D/dialogsumx.test.jsonl.gz"
   --max-source-tokens 512 --max-target-tokens 128 --max-new-tokens 128
   --batch-size 8 --eval-every 12 --patience 3 --epochs 8 --steps 400 --calibration-steps 12
-  --eval-batch-size 8 --workers "${WORKERS:-1}" --save-adapters none --no-progress --device cpu --dtype float32
+  --eval-batch-size 8 --workers "${WORKERS:-1}" ${THREADS:+--threads "$THREADS"} --save-adapters none --no-progress --device cpu --dtype float32
   --lr lora=1.5e-3 --lr neft=4.5e-3 --checkpoint-dir "$CKPT" --out "$OUT")
 case "${1:-search}" in
   search) "$PEFT_NEFT" "${common[@]}" --methods base,lora:8,neft:match-lora:8 --seeds 0 --lr-grid 1,0.333333,3 ;;

@@ -18,7 +18,7 @@ common=(compare --task translation --source-lang en --target-lang fr
   --validation "$DATA/multi30k/val.en.gz" "$DATA/multi30k/val.fr.gz" --limit-validation 200
   --eval "$DATA/multi30k/test_2016_flickr.en.gz" "$DATA/multi30k/test_2016_flickr.fr.gz" --limit-eval 1000
   --batch-size 8 --eval-every 94 --patience 3 --calibration-steps 94 --epochs 4 --steps 1500
-  --max-new-tokens 40 --eval-batch-size 32 --workers "${WORKERS:-1}" --save-adapters none --no-progress
+  --max-new-tokens 40 --eval-batch-size 32 --workers "${WORKERS:-1}" ${THREADS:+--threads "$THREADS"} --save-adapters none --no-progress
   --device cpu --dtype float32 --lr neft=1.35e-2 --checkpoint-dir "$CKPT" --out "$OUT")
 screen=("neft[score=movement]:match-lora:8" "neft[score=taylor]:match-lora:8" "neft[score=taylor,spread=per-layer]:match-lora:8"
   "neft[score=gradient]:match-lora:8" "neft[score=activation]:match-lora:8"
