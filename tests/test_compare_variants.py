@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -174,3 +175,89 @@ def test_a_config_file_names_variants_as_text_or_as_mappings(tokenizer, tmp_path
     config.write_text("methods:\n  - {method: 'neft:1', spread: wide}\n")
     assert main([*args, "--overwrite"]) == 2
     assert "Unknown spread 'wide'" in capsys.readouterr().err
+
+
+def test_a_stored_calibration_is_named_in_the_brackets_and_keyed_apart_from_the_seeds():
+    method = parse_method("NEFT[calibration=Multi30k, spread=layer]:match-lora:8")
+    assert method.spec == "neft[spread=per-layer,calibration=multi30k]:match-lora:8"
+    assert method.calibration == "multi30k" and parse_method(method.spec) == method
+    assert calibration_key(method, 0) == calibration_key(method, 2) == "calibration[stored=multi30k]"
+    assert paired_baseline(method.spec) == "lora:8"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("neft-random[calibration=x]:1", r"random rows.*no calibration"),
+    ("neft[score=taylor,calibration=x]:1", r"stored calibration.*its own score"),
+    ("neft[targets=all-linear,calibration=x]:1", r"stored calibration.*its own modules"),
+    ("neft[calibration=a/b]:1", r"calibration.*a name"),
+])
+def test_bad_stored_calibration_variants_are_usage_errors(text, message):
+    with pytest.raises(UsageError, match=message):
+        parse_method(text)
+
+
+def _stored_calibration(path, model_dir, tokenizer):
+    """A calibration computed elsewhere (``taylor`` on other pairs), cached as a comparison caches it."""
+    from transformers import AutoModelForCausalLM
+
+    from peft_neft.compare.results import save_scores
+    from peft_neft.selection.scorers import get_scorer
+    from peft_neft.tasks import encode_pairs
+    from peft_neft.tasks import make_collator
+
+    pairs = django_translation_pairs("de")["train"]
+    rows = encode_pairs(tokenizer, "Translate.", pairs["source"][:8], pairs["target"][:8], 32, 32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    scores = get_scorer("taylor").score(model, rows, collate_fn=make_collator(tokenizer), steps=2, batch_size=4,
+                                        lr=1e-4, seed=0, target_modules=("up_proj", "down_proj"), progress=False)
+    save_scores(path, scores, {"score": "taylor", "steps": 2})
+    return scores
+
+
+def test_compare_trains_neft_on_rows_a_stored_calibration_selects(tokenizer, tmp_path, capsys):
+    """The paper's Trans: rows chosen on another task's calibration, at this comparison's budget; the computed
+    calibrations are kept in the results folder, where a later call (and another comparison) finds them."""
+    from peft_neft import NeuronSelection
+    from peft_neft.compare.methods import select_for
+
+    args = _write_pairs(tmp_path, tokenizer)
+    stored = tmp_path / "elsewhere.safetensors"
+    scores = _stored_calibration(stored, tmp_path / "tiny", tokenizer)
+    out = tmp_path / "out"
+    spec = "neft[calibration=other]:match-lora:2"
+    assert main([*args, "--out", str(out), "--methods", f"neft:match-lora:2,{spec}",
+                 "--stored-calibration", f"other={stored}"]) == 0
+    logged = capsys.readouterr().err
+    run = json.loads((out / "results.json").read_text())["runs"][f"{spec}@seed0"]
+    assert run["calibration"]["score"] == "taylor" and run["calibration"]["stored"] == {
+        "name": "other", "file": str(stored), "sha256": hashlib.sha256(stored.read_bytes()).hexdigest()}
+    model = make_tiny_llama(vocab=len(tokenizer))
+    expected = select_for(model, parse_method(spec), scores, 0)
+    trained = NeuronSelection.load(out / "adapters" / "neft_calibration_other_match-lora_2" / "selection.safetensors")
+    assert {n: r.tolist() for n, r in trained.rows.items()} == {n: r.tolist() for n, r in expected.rows.items()}
+    assert "calibration[stored=other]: from" in logged and "calibration[stored=other]: computed" not in logged
+    kept = out / "calibrations" / "calibration@seed0.safetensors"  # the computed one, kept for reuse
+    assert kept.is_file() and stored.is_file() and not (out / "calibrations" / "calibration[stored=other].safetensors").exists()
+    assert not (out / "checkpoints").exists()
+    # a later call in the same folder (a widened grid) reuses the kept calibration instead of computing it again
+    assert main([*args, "--out", str(out), "--methods", "neft:match-lora:2", "--lr-grid", "1,2"]) == 0
+    logged = capsys.readouterr().err
+    assert "calibration@seed0: cached" in logged and "calibration@seed0: computed" not in logged
+
+
+def test_a_stored_calibration_that_is_missing_or_from_another_model_is_refused_before_training(tokenizer, tmp_path,
+                                                                                                 capsys):
+    args = [*_write_pairs(tmp_path, tokenizer), "--out", str(tmp_path / "out"), "--methods",
+            "neft[calibration=other]:match-lora:2"]
+    assert main(args) == 2
+    assert "--stored-calibration other=FILE" in capsys.readouterr().err
+    assert main([*args, "--stored-calibration", f"other={tmp_path / 'nope.safetensors'}"]) == 2
+    assert "nope.safetensors" in capsys.readouterr().err
+    wider = tmp_path / "wider"
+    make_tiny_llama(vocab=len(tokenizer), intermediate=48).save_pretrained(wider)
+    tokenizer.save_pretrained(wider)
+    _stored_calibration(tmp_path / "wider.safetensors", wider, tokenizer)
+    assert main([*args, "--stored-calibration", f"other={tmp_path / 'wider.safetensors'}"]) == 2
+    err = capsys.readouterr().err
+    assert "another base model" in err and "other" in err
+    assert not (tmp_path / "out" / "results.json").exists()

@@ -7,6 +7,7 @@
 #   docs/results/dialogsumx.sh widen METHOD FACTORS    # one method's seed-0 grid widened: every factor, old and new
 #   docs/results/dialogsumx.sh seeds METHOD FACTOR     # seeds 1 and 2 at the factor seed 0 chose
 #   docs/results/dialogsumx.sh random FACTOR           # random rows at NeFT's chosen factor, seed 0
+#   docs/results/dialogsumx.sh trans FACTOR            # the paper's Trans: rows chosen on Multi30k en->fr, seed 0
 #   docs/results/dialogsumx.sh keep DEST               # $CKPT's resumable state, copied to DEST (DEST is replaced)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -30,6 +31,9 @@ case "${1:-search}" in
            --lr-grid "${3:?give the factor seed 0 chose, e.g. 1}" ;;
   random) "$PEFT_NEFT" "${common[@]}" --methods neft-random:match-lora:8 --seeds 0 \
             --lr-grid "${2:?give the factor seed 0 of NeFT chose, e.g. 1}" ;;
+  trans) "$PEFT_NEFT" "${common[@]}" --methods "neft[calibration=multi30k-en-fr]:match-lora:8" --seeds 0 \
+           --stored-calibration multi30k-en-fr=docs/results/converged-state/calibration@seed0.safetensors \
+           --lr-grid "${2:?give the factor seed 0 of NeFT chose, e.g. 1}" ;;
   keep) docs/results/keep.sh "$CKPT" "${2:?give DEST, e.g. /path/to/checkout/docs/results/dialogsumx-state}" ;;  # stop the phase first
-  *) echo "usage: $0 search|widen METHOD FACTORS|seeds METHOD FACTOR|random FACTOR|keep DEST" >&2; exit 2 ;;
+  *) echo "usage: $0 search|widen METHOD FACTORS|seeds METHOD FACTOR|random FACTOR|trans FACTOR|keep DEST" >&2; exit 2 ;;
 esac

@@ -48,6 +48,10 @@ class CompareSettings:
     lr_grid: tuple[float, ...] = _setting((1.0,), "factors tried around each method's lr, the best on validation "
                                                   "loss wins, e.g. 0.33,1,3", above=0)
     calibration_steps: int = _setting(50, "full fine-tuning steps that score neurons", at_least=1)
+    stored_calibrations: dict[str, str] = _setting(
+        {}, "calibrations computed elsewhere, for NeFT variants that name one (neft[calibration=NAME]:...): a file "
+            "a comparison cached (OUT/calibrations/*.safetensors), repeatable", aliases=("--stored-calibration",),
+        metavar="NAME=FILE")
     calibration_lr: float | None = _setting(None, "learning rate of the calibration fine-tune (default: full's lr)",
                                           above=0)
     neft_target_modules: tuple[str, ...] = _setting(DEFAULT_TARGET_MODULES, "Linear layers whose rows NeFT scores "

@@ -33,7 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", required=True,
                         help="comma-separated: base, full, embed, in-out, lora:R, neft:P, neft:match-lora:R, "
                              "neft-random:..., neft-reversed:...; a NeFT variant names its score, spread and targets: "
-                             "neft[score=gradient,spread=module,targets=all-linear]:match-lora:8 (docs/compare.md)")
+                             "neft[score=gradient,spread=module,targets=all-linear]:match-lora:8, or rows from a calibration "
+                             "computed elsewhere: neft[calibration=NAME]:match-lora:8 with --stored-calibration "
+                             "NAME=FILE (README: Comparing NeFT and LoRA)")
     parser.add_argument("--out", "--output-dir", required=True,
                         help="results folder; rerun with the same settings to resume")
     add_overwrite_argument(parser, "the results")

@@ -45,6 +45,10 @@ class CompareConfig(CompareSettings):
                                  f"(--lr {kind}=...).")
         if self.calibration_lr is not None and not _positive(self.calibration_lr):
             raise ValueError(f"calibration_lr must be a finite number above 0, got {self.calibration_lr!r}.")
+        empty = [name for name, file in self.stored_calibrations.items() if not str(file).strip()]
+        if empty:
+            raise ValueError(f"The stored calibration(s) {empty} name no file; give NAME=FILE (--stored-calibration).")
+        self.stored_calibrations = {name.strip().lower(): str(file) for name, file in self.stored_calibrations.items()}
         self.lr_grid = tuple(float(f) for f in self.lr_grid)
         self.learning_rates = {kind: float(self.learning_rates.get(kind, lr)) for kind, lr in DEFAULT_LR.items()}
         self.neft_target_modules = tuple(self.neft_target_modules)

@@ -17,6 +17,10 @@ A NeFT method may name its variant in brackets, ``neft[score=gradient,spread=mod
                decoder block, or each target module, gets a share of the budget in proportion to its size)
   ``targets``  the modules whose rows are scored and trained: ``all-linear`` (LoRA's modules) or names joined by
                ``+`` (``q_proj+v_proj``); default: the comparison's ``neft_target_modules``
+  ``calibration``  a calibration computed elsewhere, by the name the comparison's ``stored_calibrations``
+               (``--stored-calibration NAME=FILE``) gives its file: the rows are chosen from its scores, at this
+               method's budget and spread (the paper's ``Trans``: neurons found on another task). It carries its own
+               score and modules, so it takes neither ``score`` nor ``targets``
 
 The canonical text (defaults left out, keys in this order, long spread names) is the method's key in the results,
 so ``neft:match-lora:8`` is the paper's selection as before.
@@ -47,7 +51,7 @@ METHOD_HELP = ("base, full, embed, in-out, lora:R, neft:P, neft:match-lora:R, ne
                "neft[score=S,spread=G,targets=T]:...")
 # The spreads of a NeFT budget, each with its short name.
 SPREADS = {spread: spread.removeprefix("per-") for spread in SPREAD_NAMES}
-OPTIONS = ("score", "spread", "targets")
+OPTIONS = ("score", "spread", "targets", "calibration")
 ALL_LINEAR = "all-linear"
 # peft's regex for every Linear inside a numbered decoder block (what LoRA's all-linear adapts there).
 _BLOCK_LINEARS = r"(.*\.)?\d+\..*"
@@ -167,6 +171,7 @@ class Neft(Method):
     score: str = "cosine"
     spread: str = "global"
     targets: str | None = None  # "all-linear", names joined by "+", or None (the comparison's targets)
+    calibration: str | None = None  # the name of a stored calibration (None: computed in the comparison)
     kind, default_lr, keeps_adapter = "neft", 5e-4, True
 
     @property
@@ -201,9 +206,12 @@ class Neft(Method):
     def calibration_key(self, seed: int) -> str | None:
         """``calibration@seed0`` for the paper's cosine on the comparison's targets (the name older folders cached it
         under), ``calibration[score=gradient,targets=all-linear]@seed0`` otherwise; random rows need none. The
-        spread only selects, so variants that differ in it share one calibration."""
+        spread only selects, so variants that differ in it share one calibration. A stored calibration is
+        ``calibration[stored=NAME]`` whatever the seed: it was computed once, elsewhere."""
         if self.strategy == "random":
             return None
+        if self.calibration:
+            return f"calibration[stored={self.calibration}]"
         options = ",".join(f"{k}={v}" for k, v in (("score", self.score), ("targets", self.targets))
                            if v not in ("cosine", None))
         return f"calibration{f'[{options}]' if options else ''}@seed{seed}"
@@ -258,8 +266,13 @@ def _variant(options: str, strategy: str, text: str) -> dict[str, str]:
         if key in variant:
             raise UsageError(f"{text!r} gives {key} twice; give it once.")
         variant[key] = _option(key, value, text)
-    if strategy == "random" and "score" in variant:
-        raise UsageError(f"{text!r}: random rows are drawn by the seed, so they take no score; leave score= out.")
+    if strategy == "random" and ("score" in variant or "calibration" in variant):
+        taken = "score" if "score" in variant else "calibration"
+        raise UsageError(f"{text!r}: random rows are drawn by the seed, so they take no {taken}; leave {taken}= out.")
+    for key in ("score", "targets"):
+        if "calibration" in variant and key in variant:
+            own = "score" if key == "score" else "modules"
+            raise UsageError(f"{text!r}: a stored calibration carries its own {own}; leave {key}= out.")
     defaults = {"score": "cosine", "spread": "global"}
     return {k: v for k, v in variant.items() if defaults.get(k) != v}
 
@@ -276,6 +289,11 @@ def _option(key: str, value: str, text: str) -> str:
             known = ", ".join(long if long == short else f"{long} ({short})" for long, short in SPREADS.items())
             raise UsageError(f"{text!r}: Unknown spread {value!r}; the spreads are {known}.")
         return spread
+    if key == "calibration":
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", value):
+            raise UsageError(f"{text!r}: calibration= takes a name (letters, digits, _ . -), not {value!r}; give its "
+                             f"file with --stored-calibration NAME=FILE.")
+        return value
     if value != ALL_LINEAR and not re.fullmatch(r"[a-z0-9_.]+(\+[a-z0-9_.]+)*", value):
         raise UsageError(f"{text!r}: targets must be {ALL_LINEAR} (LoRA's modules) or module names joined by + "
                          f"(q_proj+v_proj), not {value!r}.")

@@ -43,7 +43,7 @@ from .config import CompareConfig
 from .evaluate import adapter_bytes, generate, memory_mb, model_device
 from .methods import Method, neft_targets, parse_method
 from .report import write_report
-from .scoring import cached_calibration
+from .scoring import KEPT, cached_calibration, check_stored_calibrations, keep_calibration, stored_calibration
 from .results import (RunResult, data_fingerprint, diverged, load_results, outputs_path, run_key, save_results,
                       training_key, weights_fingerprint, write_outputs)
 from .significance import metric_names, store_figures
@@ -54,7 +54,8 @@ logger = logging.getLogger(__name__)
 # Settings that change how a run is shown, not what it computes: left out of a folder's identity.
 # lr_grid too: trainings are keyed by their rate, so a grid extended on resume adds trainings and reopens the runs
 # whose search it widens.
-_NOT_IDENTITY = ("device", "dtype", "report_to", "workers", "checkpoint_dir", "save_adapters", "lr_grid")
+_NOT_IDENTITY = ("device", "dtype", "report_to", "workers", "checkpoint_dir", "save_adapters", "lr_grid",
+                 "stored_calibrations")  # a stored file is recorded, with its sha256, in the runs that used it
 # A setting added after a folder was made is taken at its default there (the default keeps the earlier behaviour).
 _SETTINGS_DEFAULTS = json.loads(json.dumps(asdict(CompareSettings())))
 
@@ -106,6 +107,7 @@ def compare(
     settings = {k: v for k, v in asdict(config).items() if k not in _NOT_IDENTITY}
     identity = {"config": json.loads(json.dumps(settings)), "data": data_fingerprint(data),
                 "model": weights_fingerprint(base), "device": str(precision.device), "dtype": precision.name}
+    check_stored_calibrations(methods, config, base)
     del base
     results = load_results(out / "results.json", identity, _NOT_IDENTITY, _SETTINGS_DEFAULTS)
     results["model_id"] = model_id
@@ -133,7 +135,7 @@ def compare(
             if training_key(method.spec, seed, lr) not in results["trainings"]]
     jobs.sort(key=lambda job: (job.seed, _rates(config, job.method).index(job.lr)))  # every method's first rate first
     calibrations = {key: _Calibration(key, job.method, job.seed, checkpoints, load_model, train_rows, collator, config,
-                                      precision.device, progress and config.workers == 1)
+                                      precision.device, progress and config.workers == 1, out / KEPT)
                     for job in jobs if (key := job.method.calibration_key(job.seed))}
     logger.debug("%d trainings to run (%s); %d already in %s", len(jobs),
                  ", ".join(training_key(j.method.spec, j.seed, j.lr) for j in jobs) or "none",
@@ -155,8 +157,8 @@ def compare(
         _report(results, out, methods)
         bar.update()
     bar.close()
-    for key in calibrations:  # every run that needed it has finished
-        (checkpoints / f"{key}.safetensors").unlink(missing_ok=True)
+    for key in calibrations:  # every run that needed it has finished: kept beside the results, for reuse
+        keep_calibration(checkpoints, key, out)
     if checkpoints.is_dir() and not any(checkpoints.iterdir()):
         checkpoints.rmdir()
     _report(results, out, methods)
@@ -308,11 +310,15 @@ class _Calibration:
     config: CompareConfig
     device: torch.device
     progress: bool
+    kept: Path  # where finished calibrations are kept (OUT/calibrations)
 
     def __call__(self) -> tuple[Any, dict[str, Any]]:
+        stored = getattr(self.method, "calibration", None)  # a NeFT variant's stored calibration's name
+        if stored:
+            return stored_calibration(stored, self.config)
         return cached_calibration(self.folder, self.key, self.method.score, neft_targets(self.method, self.config),
                                   self.load_model, self.train_rows, self.collator, self.config, self.seed, self.device,
-                                  self.progress)
+                                  self.progress, self.kept)
 
 
 def _executed(jobs: list[_Job], calibrations: dict[str, _Calibration],
