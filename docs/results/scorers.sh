@@ -6,6 +6,7 @@
 #   docs/results/scorers.sh all-linear VARIANT      # the screen's best variant (its bracket text) on all-linear targets
 #   docs/results/scorers.sh bracket METHOD          # a method's rate, 3x each side (factors of 1.35e-2)
 #   docs/results/scorers.sh seeds METHOD FACTOR     # seeds 1 and 2 at the factor its bracket chose
+#   docs/results/scorers.sh placement               # where each screen selection sits (OUT/placement.md, .png)
 #   docs/results/scorers.sh keep DEST               # $CKPT's resumable state, copied to DEST (DEST is replaced)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -34,6 +35,18 @@ case "${1:-screen}" in
               "$PEFT_NEFT" "${common[@]}" --methods "neft[$variant,targets=all-linear]:match-lora:8" --seeds 0 ;;
   bracket) "$PEFT_NEFT" "${common[@]}" --methods "${2:?give the method}" --seeds 0 --lr-grid 1,0.333333,3 ;;
   seeds) "$PEFT_NEFT" "${common[@]}" --methods "${2:?give the method}" --seeds 1,2 --lr-grid "${3:?give the factor}" ;;
+  placement)  # each kept calibration's selection at LoRA r=8's count, as the screen trained it; missing ones are named
+    tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT; labelled=()
+    for v in paper=global: movement=global:movement taylor=global:taylor taylor-per-layer=per-layer:taylor \
+             gradient=global:gradient activation=global:activation activation-per-layer=per-layer:activation \
+             cosine-per-module=per-module:; do
+      label=${v%%=*}; spread=${v#*=}; spread=${spread%%:*}; score=${v##*:}
+      file=$OUT/calibrations/calibration${score:+[score=$score]}@seed0.safetensors
+      [ -n "$score" ] || [ -e "$file" ] || file=docs/results/converged-state/calibration@seed0.safetensors
+      if [ ! -e "$file" ]; then echo "placement: $label has no kept calibration yet ($file)" >&2; continue; fi
+      "$PEFT_NEFT" select --scores "$file" --lora-rank 8 --spread "$spread" --out "$tmp/$label.safetensors" --no-progress
+      labelled+=("$label=$tmp/$label.safetensors"); done
+    "$PEFT_NEFT" inspect "${labelled[@]}" --model default --out "$OUT/placement.md" --plot "$OUT/placement.png" --no-progress ;;
   keep) docs/results/keep.sh "$CKPT" "${2:?give DEST, e.g. /path/to/checkout/docs/results/scorers-state}" ;;  # stop the phase first
-  *) echo "usage: $0 screen|all-linear VARIANT|bracket METHOD|seeds METHOD FACTOR|keep DEST" >&2; exit 2 ;;
+  *) echo "usage: $0 screen|all-linear VARIANT|bracket METHOD|seeds METHOD FACTOR|placement|keep DEST" >&2; exit 2 ;;
 esac
