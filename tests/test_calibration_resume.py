@@ -4,6 +4,7 @@ uninterrupted one, to the bit; the state of another run is refused."""
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -102,3 +103,62 @@ def test_save_every_must_be_a_positive_whole_number(tmp_path):
         with pytest.raises(ValueError, match="save_every must be"):
             get_scorer(score).score(make_tiny_llama(), toy_data(), collate_fn=COLLATE, steps=2, batch_size=4, lr=1e-3,
                                     seed=0, target_modules=TARGETS, checkpoint_dir=tmp_path, save_every=0)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(smollm2_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_dir)
+
+
+def _loader(tokenizer, kill_at: int | None = None):
+    """``compare``'s ``load_model``: tiny Llamas whose first decoder layer raises once, on the ``kill_at``-th forward
+    pass counted over every model loaded (the calibration's come first: the comparison has one NeFT method)."""
+    forwards = []
+
+    def load():
+        model = make_tiny_llama(vocab=len(tokenizer))
+        if kill_at is not None:
+            def hook(module, args):
+                forwards.append(1)
+                if len(forwards) == kill_at:
+                    raise Interrupted
+
+            model.model.layers[0].register_forward_pre_hook(hook)
+        return model
+
+    return load
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["neft[score=taylor]:match-lora:2", "neft:match-lora:2"])
+def test_a_killed_compare_resumes_its_running_calibration(method, tokenizer, tmp_path, caplog):
+    from peft_neft.compare import CompareConfig, compare, parse_method
+    from peft_neft.compare.results import load_scores
+    from peft_neft.tasks import django_translation_pairs
+
+    pairs = django_translation_pairs("fr")
+    data = {"train": pairs["train"].select(range(16)), "validation": pairs["validation"].select(range(4)),
+            "test": pairs["test"].select(range(2))}
+    config = CompareConfig(max_steps=1, eval_every=1, batch_size=4, calibration_steps=12, max_new_tokens=1,
+                           dtype="float32")  # a calibration of 12 steps or batches: saved after 10
+    key = parse_method(method).calibration_key(0)
+
+    def run(out, kill_at=None):
+        return compare(_loader(tokenizer, kill_at), tokenizer, data, [method], [0], tmp_path / out, config,
+                       progress=False)
+
+    run("whole")
+    with pytest.raises(Interrupted):
+        run("killed", kill_at=11)
+    partial = tmp_path / "killed" / "checkpoints" / f"{key}.partial"
+    assert partial.is_dir() and not (tmp_path / "killed" / "checkpoints" / f"{key}.safetensors").exists()
+    with caplog.at_level(logging.INFO, logger="peft_neft"):
+        run("killed")
+    assert f"calibration: resumed from {partial}" in caplog.text and "after 10 of 12" in caplog.text
+    expected, _ = load_scores(tmp_path / "whole" / "calibrations" / f"{key}.safetensors")
+    resumed, _ = load_scores(tmp_path / "killed" / "calibrations" / f"{key}.safetensors")
+    _same_scores(resumed, expected)
+    assert resumed.metadata == expected.metadata
+    assert not (tmp_path / "killed" / "checkpoints").exists()  # the state went with the cached scores
