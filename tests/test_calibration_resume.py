@@ -12,7 +12,7 @@ import torch
 from conftest import make_tiny_llama
 from peft_neft.selection import calibrate, get_scorer
 from peft_neft.selection.calibration_callback import ORIGINAL_ROWS_FILE
-from peft_neft.selection.calibration_state import LOSSES_FILE, RUN_FILE, STATE_FILE
+from peft_neft.selection.calibration_state import LOSSES_FILE, RUN_FILE, STATE_FILE, resumable_checkpoint
 from test_scorers import COLLATE, toy_data
 
 TARGETS = ["up_proj", "down_proj"]
@@ -59,7 +59,7 @@ def test_an_interrupted_batch_scorer_resumes_to_the_uninterrupted_scores(name, t
     handle.remove()
     assert len(calls) == 3  # batches 3-5 only: the two saved ones are skipped without running the model
     _same_scores(resumed, expected)
-    assert {k: v for k, v in resumed.metadata.items()} == expected.metadata  # losses, token count included
+    assert resumed.metadata == expected.metadata  # losses, token count included
     with pytest.raises(ValueError, match=f"{STATE_FILE}.*differs in batch_size.*delete it"):
         get_scorer(name).score(model, toy_data(), checkpoint_dir=tmp_path, **{**kwargs, "batch_size": 2})
 
@@ -81,6 +81,10 @@ def test_an_interrupted_fine_tune_resumes_from_trainer_s_checkpoint_to_the_unint
         calibrate(model, toy_data(), checkpoint_dir=tmp_path, save_every=2, callback=kill, **kwargs)
     assert sorted(p.name for p in tmp_path.iterdir()) == [RUN_FILE, "checkpoint-2"]
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    (tmp_path / "checkpoint-4").mkdir()  # what a kill while Trainer saved step 4 leaves: no losses file
+    (tmp_path / "checkpoint-4" / "model.safetensors").write_bytes(b"")
+    # it is removed (Trainer's rotation would keep it over newer checkpoints), and the complete one is resumed
+    assert resumable_checkpoint(tmp_path) == tmp_path / "checkpoint-2" and not (tmp_path / "checkpoint-4").exists()
 
     steps = []
     resumed = calibrate(model, toy_data(), checkpoint_dir=tmp_path, save_every=2,

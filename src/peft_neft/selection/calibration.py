@@ -68,8 +68,10 @@ class _StepLosses(TrainerCallback):
             self.callback(state.global_step, self.losses[-1])
 
     def on_save(self, args, state, control, **kwargs):
-        with atomic_path(Path(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}", LOSSES_FILE)) as tmp:
-            tmp.write_text(json.dumps(self.losses))
+        folder = Path(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        if folder.is_dir():
+            with atomic_path(folder / LOSSES_FILE) as tmp:
+                tmp.write_text(json.dumps(self.losses))
 
 
 def _loss_recording(trainer_class: type, losses: list[float]) -> type:
@@ -216,13 +218,13 @@ def calibrate(
         try:
             with _training_state(model, trainable, train_mode=True):
                 args = TrainingArguments(
-                    output_dir=os.fspath(checkpoint_dir or tmp), max_steps=steps, per_device_train_batch_size=batch_size,
-                    learning_rate=lr, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=0.0,
-                    save_strategy="no" if checkpoint_dir is None else "steps", save_steps=save_every,
-                    save_total_limit=1, save_only_model=False,
-                    logging_strategy="no", report_to="none", disable_tqdm=not progress,
-                    use_cpu=device.type == "cpu", seed=seed, data_seed=seed,
-                    remove_unused_columns=False, dataloader_num_workers=0, train_sampling_strategy="random",
+                    output_dir=os.fspath(checkpoint_dir or tmp), max_steps=steps,
+                    per_device_train_batch_size=batch_size, learning_rate=lr, lr_scheduler_type="constant",
+                    warmup_steps=0, max_grad_norm=0.0, save_strategy="no" if checkpoint_dir is None else "steps",
+                    save_steps=save_every, save_total_limit=1, save_only_model=False, logging_strategy="no",
+                    report_to="none", disable_tqdm=not progress, use_cpu=device.type == "cpu", seed=seed,
+                    data_seed=seed, remove_unused_columns=False, dataloader_num_workers=0,
+                    train_sampling_strategy="random",
                 )
                 optimizer = torch.optim.AdamW([p for p in model.parameters() if p in trainable], lr=lr)
                 trainer = _loss_recording(TargetLossTrainer, steps_seen.losses)(

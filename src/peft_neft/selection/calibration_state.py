@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +96,15 @@ def claim_folder(folder: str | os.PathLike, run: dict[str, Any]) -> None:
 
 
 def resumable_checkpoint(folder: str | os.PathLike) -> Path | None:
-    """The newest complete ``checkpoint-N`` in ``folder`` (one holding :data:`LOSSES_FILE`), or None."""
-    found = [(int(m.group(1)), p) for p in Path(folder).glob("checkpoint-*")
-             if (m := _CHECKPOINT.fullmatch(p.name)) and (p / LOSSES_FILE).is_file()]
+    """The newest complete ``checkpoint-N`` in ``folder`` (one holding :data:`LOSSES_FILE`), or None.
+
+    Incomplete ones (a kill while Trainer saved) are removed: Trainer's rotation would keep them over new ones.
+    """
+    found = []
+    for path in Path(folder).glob("checkpoint-*"):
+        if (match := _CHECKPOINT.fullmatch(path.name)) and (path / LOSSES_FILE).is_file():
+            found.append((int(match.group(1)), path))
+        elif match:
+            logger.info("calibration: %s is incomplete (killed while saving); removed", path)
+            shutil.rmtree(path)
     return max(found)[1] if found else None
