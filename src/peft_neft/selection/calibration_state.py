@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 STATE_FILE = "calibration-state.safetensors"
 RUN_FILE = "calibration-run.json"
 LOSSES_FILE = "calibration-losses.json"  # written last into a Trainer checkpoint: the checkpoint is complete
-DEFAULT_SAVE_EVERY = 10
+DEFAULT_SAVE_EVERY = 10  # scorers.py, which imports no torch, spells it out
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 
 
@@ -47,6 +47,7 @@ def _check_same_run(file: Path, stored: dict[str, Any], run: dict[str, Any]) -> 
 
 
 def check_save_every(save_every: int) -> None:
+    """Refuse a ``save_every`` that is not a positive whole number."""
     if isinstance(save_every, bool) or not isinstance(save_every, int) or save_every < 1:
         raise ValueError(f"save_every must be a whole number of batches or steps, at least 1, got {save_every!r}.")
 
@@ -68,10 +69,7 @@ class BatchState:
         with safe_open(os.fspath(self.file), framework="pt") as handle:
             meta = handle.metadata()
             _check_same_run(self.file, json.loads(meta["run"]), self.run)
-            loaded = {name: handle.get_tensor(name) for name in handle.keys()}
-        shapes = {name: tuple(t.shape) for name, t in self.totals.items()}
-        _check_same_run(self.file, {"rows": {n: tuple(t.shape) for n, t in loaded.items()}}, {"rows": shapes})
-        self.totals.update(loaded)
+            self.totals.update({name: handle.get_tensor(name) for name in handle.keys()})
         self.done, self.losses, self.tokens = int(meta["done"]), json.loads(meta["losses"]), int(meta["tokens"])
         logger.info("calibration: resumed from %s after %d of %d batches", self.file, self.done, self.run["batches"])
 
