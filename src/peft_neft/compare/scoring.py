@@ -2,6 +2,8 @@
 
 A calibration is computed once per (score, targets, seed) and cached as ``CHECKPOINTS/<key>.safetensors``
 (:func:`~peft_neft.compare.methods.calibration_key`), so every variant that needs it, and a resumed call, reuse it.
+While it runs, it checkpoints in ``CHECKPOINTS/<key>.partial/`` (:mod:`peft_neft.selection.calibration_state`), so
+a killed call resumes it; that folder is removed once the scores are cached.
 Once every run that needs it has finished, it is kept in ``OUT/calibrations/``, where later calls in the folder (a
 widened rate grid) find it, and where another comparison can name it as a stored calibration
 (``neft[calibration=NAME]:...``, :func:`stored_calibration`).
@@ -35,11 +37,13 @@ def cached_calibration(folder: Path, key: str, score: str, target_modules: Any, 
                        progress: bool, kept: Path | None = None) -> tuple[NeuronScores, dict[str, Any]]:
     """The scores of calibration ``key`` and what it ran with: from ``folder`` (or the ``kept`` ones) if cached, else
     computed (in float32 whatever the training dtype: a cosine calibration's row changes are ~1e-5, and bf16 rounding
-    would reorder them, docs/selection.md) and cached in ``folder``."""
-    path = folder / f"{key}.safetensors"
+    would reorder them, docs/selection.md) and cached in ``folder``. While it runs it checkpoints in
+    ``folder/<key>.partial/``, from which a rerun resumes; the folder is removed once the scores are cached."""
+    path, partial = folder / f"{key}.safetensors", folder / f"{key}.partial"
     for cached in (path, *([kept / path.name] if kept else [])):
         if cached.is_file():
             logger.info("%s: cached in %s", key, cached)
+            shutil.rmtree(partial, ignore_errors=True)  # a kill between caching the scores and removing it
             return load_scores(cached)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -48,12 +52,13 @@ def cached_calibration(folder: Path, key: str, score: str, target_modules: Any, 
     start = time.perf_counter()
     scores = get_scorer(score).score(model, rows, collate_fn=collate_fn, steps=config.calibration_steps,
                                      batch_size=config.batch_size, lr=lr, seed=seed, target_modules=target_modules,
-                                     progress=progress)
+                                     progress=progress, checkpoint_dir=partial)
     seconds = time.perf_counter() - start
     info = {"score": score, "steps": config.calibration_steps, "seconds": seconds,
             "target_modules": [target_modules] if isinstance(target_modules, str) else list(target_modules),
             "dtype": "float32", **({"lr": lr} if get_scorer(score).needs == "optimizer" else {})}
     save_scores(path, scores, info)
+    shutil.rmtree(partial, ignore_errors=True)
     logger.info("%s: computed in %.1f s", key, seconds)
     return scores, info
 

@@ -6,16 +6,20 @@ before and after (or by its movement, from the same run), and put the model back
 The fine-tune is a ``transformers.Trainer`` run (:class:`~peft_neft.training.TargetLossTrainer`) and the
 scores are those of :class:`~peft_neft.selection.calibration_callback.NeuronCalibrationCallback`, the callback
 you can add to your own training. Only the target modules' rows are kept in memory; the other trained parameters
-are parked in a temporary safetensors file and streamed back, so the model never exists twice in RAM.
+are parked in a temporary safetensors file and streamed back, so the model never exists twice in RAM. Given a
+``checkpoint_dir``, the fine-tune checkpoints there through Trainer and the same call resumes from it.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import random
 import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator, Optional, overload
 
 import numpy as np
@@ -24,13 +28,20 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .._shapes import weight_rows
 from .._targets import DEFAULT_TARGET_MODULES
 from .._targets import TargetModules, find_target_modules
+from ..atomic import atomic_path
+from ..tuner.fingerprint import model_fingerprint
 from .budget import Budget
 from .neuron_selection import NeuronSelection
 from .calibration_callback import NeuronCalibrationCallback
+from .calibration_state import DEFAULT_SAVE_EVERY, LOSSES_FILE, check_save_every, claim_folder, resumable_checkpoint
 from .neuron_scores import NeuronScores
+
+logger = logging.getLogger(__name__)
 
 
 def _check_data(dataset: Any, batch_size: int) -> None:
@@ -41,14 +52,26 @@ def _check_data(dataset: Any, batch_size: int) -> None:
 
 
 class _StepLosses(TrainerCallback):
-    """Calls ``callback(step, loss)`` after each optimizer step, while the model holds the fine-tuned weights."""
+    """Calls ``callback(step, loss)`` after each optimizer step, while the model holds the fine-tuned weights.
 
-    def __init__(self, callback: Optional[Callable[[int, float], None]]) -> None:
-        self.callback, self.losses = callback, []
+    The step losses so far go into every checkpoint (:data:`LOSSES_FILE`, written last: the checkpoint is complete);
+    none is saved at step ``steps`` or later, since a run resumed there would not score.
+    """
+
+    def __init__(self, callback: Optional[Callable[[int, float], None]], steps: int, losses: list[float]) -> None:
+        self.callback, self.steps, self.losses = callback, steps, losses
 
     def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.steps:
+            control.should_save = False
         if self.callback is not None:
             self.callback(state.global_step, self.losses[-1])
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        if folder.is_dir():
+            with atomic_path(folder / LOSSES_FILE) as tmp:
+                tmp.write_text(json.dumps(self.losses))
 
 
 def _loss_recording(trainer_class: type, losses: list[float]) -> type:
@@ -98,16 +121,16 @@ def _training_state(model: nn.Module, trainable: set[nn.Parameter], train_mode: 
 def calibrate(model: nn.Module, train_dataset: Any, *, collate_fn: Callable, steps: int = ...,
               target_modules: TargetModules = ..., lr: float = ..., batch_size: int = ..., seed: int = ...,
               frugal: bool = ..., progress: bool = ..., callback: Optional[Callable[[int, float], None]] = ...,
-              budget: None = ..., strategy: str = ..., spread: str = ...,
-              method: str = ...) -> NeuronScores: ...
+              budget: None = ..., strategy: str = ..., spread: str = ..., method: str = ...,
+              checkpoint_dir: str | os.PathLike | None = ..., save_every: int = ...) -> NeuronScores: ...
 
 
 @overload
 def calibrate(model: nn.Module, train_dataset: Any, *, collate_fn: Callable, steps: int = ...,
               target_modules: TargetModules = ..., lr: float = ..., batch_size: int = ..., seed: int = ...,
               frugal: bool = ..., progress: bool = ..., callback: Optional[Callable[[int, float], None]] = ...,
-              budget: Budget, strategy: str = ..., spread: str = ...,
-              method: str = ...) -> NeuronSelection: ...
+              budget: Budget, strategy: str = ..., spread: str = ..., method: str = ...,
+              checkpoint_dir: str | os.PathLike | None = ..., save_every: int = ...) -> NeuronSelection: ...
 
 
 def calibrate(
@@ -127,6 +150,8 @@ def calibrate(
     strategy: str = "lowest",
     spread: str = "global",
     method: str = "cosine",
+    checkpoint_dir: str | os.PathLike | None = None,
+    save_every: int = DEFAULT_SAVE_EVERY,
 ) -> NeuronScores | NeuronSelection:
     """Row-change scores from a short full fine-tune (``Trainer``, AdamW, ``steps`` steps); the model is restored.
 
@@ -151,9 +176,15 @@ def calibrate(
             turned into a selection at step K (an impossible budget fails before the fine-tune) and that
             :class:`~peft_neft.selection.NeuronSelection` is returned instead of the scores (its ``scores``
             and ``metadata["scores_metadata"]`` keep them).
+        checkpoint_dir: None (the default) writes nothing. A folder: Trainer checkpoints the fine-tune there every
+            ``save_every`` steps before step K (weights, optimizer, scheduler and random states; only the newest
+            is kept), and a rerun with the same folder, model and settings resumes from it and gives the scores
+            of an uninterrupted run. The rows are compared with those of ``model`` as passed in (the base
+            weights), never with a checkpoint's. A folder of another calibration is refused.
     """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}.")
+    check_save_every(save_every)
     from ..training.trainer import TargetLossTrainer, quiet  # lazy: transformers' Trainer is a heavy import
     from transformers import TrainingArguments
 
@@ -165,10 +196,21 @@ def calibrate(
     device = next(model.parameters()).device
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)  # Trainer trains on the current device
+    resume, losses = None, []
+    if checkpoint_dir is not None:
+        claim_folder(checkpoint_dir, {"steps": steps, "lr": lr, "batch_size": batch_size, "seed": seed,
+                                      "frugal": frugal, "targets": sorted(targets),
+                                      "fingerprint": model_fingerprint(model)})
+        resume = resumable_checkpoint(checkpoint_dir)
+        if resume is not None:
+            losses = json.loads((resume / LOSSES_FILE).read_text())
+            logger.info("calibration: resumed from %s after %d of %d steps", resume, len(losses), steps)
+    original = {name: weight_rows(m).detach().clone() for name, m in targets.items()}  # before a resume loads
     scoring = NeuronCalibrationCallback(steps, budget=budget, strategy=strategy, seed=seed,
                                         spread=spread, method=method, target_modules=target_modules,
-                                        stop_training=True, keep_original=True)
-    steps_seen = _StepLosses(callback)
+                                        stop_training=True, keep_original=True, original_rows=original)
+    del original
+    steps_seen = _StepLosses(callback, steps, losses)
     with tempfile.TemporaryDirectory(prefix="peft-neft-calibrate-") as tmp, _random_state_kept():
         parked = os.path.join(tmp, "parked.safetensors")
         if others:
@@ -176,18 +218,20 @@ def calibrate(
         try:
             with _training_state(model, trainable, train_mode=True):
                 args = TrainingArguments(
-                    output_dir=tmp, max_steps=steps, per_device_train_batch_size=batch_size, learning_rate=lr,
-                    lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=0.0, save_strategy="no",
-                    logging_strategy="no", report_to="none", disable_tqdm=not progress,
-                    use_cpu=device.type == "cpu", seed=seed, data_seed=seed,
-                    remove_unused_columns=False, dataloader_num_workers=0, train_sampling_strategy="random",
+                    output_dir=os.fspath(checkpoint_dir or tmp), max_steps=steps,
+                    per_device_train_batch_size=batch_size, learning_rate=lr, lr_scheduler_type="constant",
+                    warmup_steps=0, max_grad_norm=0.0, save_strategy="no" if checkpoint_dir is None else "steps",
+                    save_steps=save_every, save_total_limit=1, save_only_model=False, logging_strategy="no",
+                    report_to="none", disable_tqdm=not progress, use_cpu=device.type == "cpu", seed=seed,
+                    data_seed=seed, remove_unused_columns=False, dataloader_num_workers=0,
+                    train_sampling_strategy="random",
                 )
                 optimizer = torch.optim.AdamW([p for p in model.parameters() if p in trainable], lr=lr)
                 trainer = _loss_recording(TargetLossTrainer, steps_seen.losses)(
                     model=model, args=args, train_dataset=train_dataset, data_collator=collate_fn,
                     callbacks=[scoring, steps_seen], optimizers=(optimizer, None), data_seed=seed,
                 )
-                quiet(trainer, progress).train()
+                quiet(trainer, progress).train(resume_from_checkpoint=os.fspath(resume) if resume else None)
                 del trainer, optimizer
         finally:
             scoring.restore_original(model)

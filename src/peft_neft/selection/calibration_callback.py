@@ -11,7 +11,8 @@ It cannot fail silently: a K beyond the run, an unwritable output file and a res
 original rows are refused when training starts; a fine-tune whose weights or scores are not finite at step K
 (it diverged) is refused, naming the rate to lower, and writes no selection; a run that ends without scoring
 (stopped early, or resumed after step K) ends with a warning. Every checkpoint saved before step K holds the original
-rows (:data:`ORIGINAL_ROWS_FILE`), so a run resumed from it scores against the original weights.
+rows (:data:`ORIGINAL_ROWS_FILE`), so a run resumed from it scores against the original weights; a caller that
+holds them passes them as ``original_rows`` instead, and nothing is written.
 """
 
 from __future__ import annotations
@@ -82,6 +83,10 @@ class NeuronCalibrationCallback(TrainerCallback):
         snapshot_dtype: dtype of the kept original rows (default: the weights' own dtype).
         stop_training: end training once scored (a calibration-only run).
         keep_original: keep the copy of the rows after scoring, for :meth:`restore_original`.
+        original_rows: the target rows before training, by module name, held by the caller (e.g. copied from the
+            base model before a resumed run loads its checkpoint): compared against as they are, at a resume too,
+            and not written into checkpoints. Default: copied from the model when training starts, and on a
+            resume read from the checkpoint.
 
     After step K, ``scores`` holds the :class:`~peft_neft.selection.NeuronScores` of ``method``, ``all_scores``
     those of every row-change score, and
@@ -91,7 +96,8 @@ class NeuronCalibrationCallback(TrainerCallback):
     def __init__(self, steps: int, out: str | os.PathLike | None = None, *, budget: Budget | None = None,
                  strategy: str = "lowest", seed: int = 0, spread: str = "global", method: str = "cosine",
                  target_modules: TargetModules = DEFAULT_TARGET_MODULES, snapshot_dtype: torch.dtype | None = None,
-                 stop_training: bool = False, keep_original: bool = False) -> None:
+                 stop_training: bool = False, keep_original: bool = False,
+                 original_rows: dict[str, torch.Tensor] | None = None) -> None:
         if isinstance(steps, bool) or not isinstance(steps, int):
             raise TypeError(f"steps must be a whole number of optimizer steps, got {steps!r}; "
                             "the callback compares at state.global_step == steps.")
@@ -111,7 +117,7 @@ class NeuronCalibrationCallback(TrainerCallback):
         self.steps, self.out, self.budget = steps, out, budget
         self.strategy, self.seed, self.spread, self.method = strategy, seed, spread, method
         self.target_modules, self.snapshot_dtype, self.stop_training = target_modules, snapshot_dtype, stop_training
-        self.keep_original = keep_original
+        self.keep_original, self.original_rows = keep_original, original_rows
         self.scores: NeuronScores | None = None
         self.all_scores: dict[str, NeuronScores] = {}
         self.selection: NeuronSelection | None = None
@@ -145,7 +151,9 @@ class NeuronCalibrationCallback(TrainerCallback):
                                 f"{self.steps} did" + (f" (its selection: {os.fspath(self.out)})" if self.out else ""))
             return
         self._not_scored = ""
-        if state.global_step > 0:
+        if self.original_rows is not None:
+            self._original = self._given_rows(targets)
+        elif state.global_step > 0:
             self._original = self._load_original(args, state, targets)
             logger.info("calibration: resumed at step %d with the original rows kept in its checkpoint",
                         state.global_step)
@@ -154,6 +162,14 @@ class NeuronCalibrationCallback(TrainerCallback):
                               for name, m in targets.items()}
         logger.info("calibration: kept the original rows of %d target modules; scoring after step %d",
                     len(targets), self.steps)
+
+    def _given_rows(self, targets: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
+        """``original_rows``, refused when they are not this model's target rows."""
+        shapes = {name: tuple(weight_rows(m).shape) for name, m in targets.items()}
+        if {name: tuple(t.shape) for name, t in self.original_rows.items()} != shapes:
+            raise ValueError(f"original_rows hold other modules or shapes than this model's targets "
+                             f"{sorted(shapes)[:3]}...; give the rows of the same model and target_modules.")
+        return dict(self.original_rows)
 
     def _load_original(self, args, state, targets: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
         """The original rows saved in the checkpoint this run resumed from (refused when it has none)."""
@@ -172,7 +188,8 @@ class NeuronCalibrationCallback(TrainerCallback):
         return {name: rows[name].to(weight_rows(m).device) for name, m in targets.items()}
 
     def on_save(self, args, state, control, **kwargs):
-        if not self._original or state.global_step >= self.steps or not state.is_world_process_zero:
+        if (not self._original or self.original_rows is not None or state.global_step >= self.steps
+                or not state.is_world_process_zero):
             return
         folder = Path(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
         if folder.is_dir():
@@ -211,9 +228,11 @@ class NeuronCalibrationCallback(TrainerCallback):
         warnings.warn(f"NeuronCalibrationCallback scored no neurons: {reason}.", UserWarning, stacklevel=2)
 
     def restore_original(self, model: torch.nn.Module) -> None:
-        """Copy the kept rows back into the target modules of ``model`` (in place), then free them."""
+        """Copy the kept rows back into the target modules of ``model`` (in place), then free them (and
+        ``original_rows``)."""
         with torch.no_grad():
+            rows = self._original or self.original_rows or {}
             for name, m in find_target_modules(model, self.target_modules).items():
-                if name in self._original:
-                    weight_rows(m).copy_(self._original[name])
-        self._original = {}
+                if name in rows:
+                    weight_rows(m).copy_(rows[name])
+        self._original, self.original_rows = {}, None

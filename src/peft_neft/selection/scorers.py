@@ -10,6 +10,7 @@ This module imports no torch: the command line lists the scorers without loading
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -33,8 +34,13 @@ class Scorer:
             optimizer state), ``"gradients"`` (forward and backward passes, one module's weight gradient at a
             time) or ``"forward"`` (forward passes only).
         score: ``score(model, rows, *, collate_fn, steps, batch_size, lr, seed, target_modules, frugal=False,
-            progress=False) -> NeuronScores``; ``steps`` is the optimizer steps K or the batches K. Scorers that
-            need no optimizer ignore ``lr``, ``frugal`` and ``progress``. The model is left as it was.
+            progress=False, checkpoint_dir=None, save_every=10) -> NeuronScores``; ``steps`` is the optimizer
+            steps K or the batches K. Scorers that need no optimizer ignore ``lr``, ``frugal`` and ``progress``.
+            The model is left as it was. Given a ``checkpoint_dir`` (a folder), the calibration saves its state
+            there every ``save_every`` steps or batches, and a rerun with the same folder and settings resumes
+            from it and gives the scores of an uninterrupted run (the optimizer scorers: Trainer's checkpoints;
+            the others: their running per-row totals, :mod:`~peft_neft.selection.calibration_state`). None
+            writes nothing.
     """
 
     name: str
@@ -45,22 +51,26 @@ class Scorer:
 
 def _after_fine_tune(method: str) -> Callable[..., NeuronScores]:
     def score(model: nn.Module, rows: Any, *, collate_fn: Callable, steps: int, batch_size: int, lr: float,
-              seed: int, target_modules: Any, frugal: bool = False, progress: bool = False) -> NeuronScores:
+              seed: int, target_modules: Any, frugal: bool = False, progress: bool = False,
+              checkpoint_dir: str | os.PathLike | None = None, save_every: int = 10) -> NeuronScores:
         from .calibration import calibrate
 
         return calibrate(model, rows, collate_fn=collate_fn, steps=steps, target_modules=target_modules, lr=lr,
-                         batch_size=batch_size, seed=seed, frugal=frugal, progress=progress, method=method)
+                         batch_size=batch_size, seed=seed, frugal=frugal, progress=progress, method=method,
+                         checkpoint_dir=checkpoint_dir, save_every=save_every)
 
     return score
 
 
 def _from_batches(function: str) -> Callable[..., NeuronScores]:
     def score(model: nn.Module, rows: Any, *, collate_fn: Callable, steps: int, batch_size: int, lr: float,
-              seed: int, target_modules: Any, frugal: bool = False, progress: bool = False) -> NeuronScores:
+              seed: int, target_modules: Any, frugal: bool = False, progress: bool = False,
+              checkpoint_dir: str | os.PathLike | None = None, save_every: int = 10) -> NeuronScores:
         from . import batch_scores
 
         return getattr(batch_scores, function)(model, rows, collate_fn=collate_fn, batches=steps,
-                                               target_modules=target_modules, batch_size=batch_size, seed=seed)
+                                               target_modules=target_modules, batch_size=batch_size, seed=seed,
+                                               checkpoint_dir=checkpoint_dir, save_every=save_every)
 
     return score
 
