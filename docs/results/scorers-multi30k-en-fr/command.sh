@@ -1,0 +1,7 @@
+# The scorer study's screen on Multi30k en->fr (protocol: docs/results/PLAN-scorers.md), run from the repository
+# root with DATA=../shared/data, float32 (pinned by scorers.sh), on the project's machine type: 2026-12-06, a 2-core
+# Intel Xeon with avx512_bf16 (no AMX). The state lived in CKPT=/work/scorers-ckpt while it ran and is kept in
+# docs/results/scorers-state (scorers.sh keep) for the next session. The full `peft-neft compare` command is in
+# scorers.sh. Started with THREADS=1 beside the DialogSumX search (22:28 UTC); from step 282 (22:49) with THREADS=2
+# and the DialogSumX search paused. Landed so far: random rows on all-linear (23:43).
+docs/results/scorers.sh screen    # seed 0: the eight variants
