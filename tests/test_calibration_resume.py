@@ -139,7 +139,7 @@ def _loader(tokenizer, kill_at: int | None = None):
 @pytest.mark.parametrize("method", ["neft[score=taylor]:match-lora:2", "neft:match-lora:2"])
 def test_a_killed_compare_resumes_its_running_calibration(method, tokenizer, tmp_path, caplog):
     from peft_neft.compare import CompareConfig, compare, parse_method
-    from peft_neft.compare.results import load_scores
+    from peft_neft.selection.neuron_scores import load_scores
     from peft_neft.tasks import django_translation_pairs
 
     pairs = django_translation_pairs("fr")

@@ -193,7 +193,7 @@ def _stored_calibration(path, model_dir, tokenizer):
     """A calibration computed elsewhere (``taylor`` on other pairs), cached as a comparison caches it."""
     from transformers import AutoModelForCausalLM
 
-    from peft_neft.compare.results import save_scores
+    from peft_neft.selection.neuron_scores import save_scores
     from peft_neft.selection.scorers import get_scorer
     from peft_neft.tasks import encode_pairs
     from peft_neft.tasks import make_collator

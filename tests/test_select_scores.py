@@ -6,7 +6,7 @@ import pytest
 
 from conftest import make_tiny_llama
 from peft_neft.cli import main
-from peft_neft.compare.results import save_scores
+from peft_neft.selection.neuron_scores import save_scores
 from peft_neft.selection import Budget, NeuronSelection, select_neurons
 from peft_neft.selection.cosine import score_models
 

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from ..selection import score_checkpoints, select_neurons
 
     if args.scores:
-        from ..compare.results import load_scores
+        from ..selection.neuron_scores import load_scores
         from ..embedded_model import resolve_model_path
 
         try:

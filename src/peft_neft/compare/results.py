@@ -16,12 +16,9 @@ from typing import Any, TypedDict
 
 import torch
 from datasets import Dataset
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from ..atomic import atomic_path
 from ..errors import UsageError
-from ..selection.neuron_scores import NeuronScores
 
 RESULTS_FORMAT = "peft-neft-compare/1"
 
@@ -98,27 +95,6 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]
-
-
-def save_scores(path: Path, scores: NeuronScores, info: dict[str, Any]) -> None:
-    """Cache a calibration's scores and what it ran with (``info``), atomically."""
-    meta = {"in_features": scores.in_features, "total_params": scores.total_params, "method": scores.method,
-            "metadata": scores.metadata, "info": info}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in scores.scores.items()}, str(tmp), metadata={"calibration": json.dumps(meta)})
-
-
-def load_scores(path: Path) -> tuple[NeuronScores, dict[str, Any]]:
-    """The scores and ``info`` :func:`save_scores` wrote."""
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            meta = json.loads(handle.metadata()["calibration"])
-            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
-    except Exception as err:  # a damaged cache: name it and the fix
-        raise ValueError(f"{path} is not a readable calibration cache ({err}); delete it to calibrate again.") from None
-    scores = NeuronScores(tensors, meta["in_features"], meta["total_params"], meta["method"], meta["metadata"])
-    return scores, meta["info"]
 
 
 def load_results(path: Path, identity: dict[str, Any], not_identity: tuple[str, ...] = (),

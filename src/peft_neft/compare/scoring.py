@@ -25,7 +25,7 @@ from ..atomic import atomic_path
 from ..errors import UsageError
 from ..selection import NeuronScores
 from ..selection.scorers import get_scorer
-from .results import load_scores, save_scores
+from ..selection.neuron_scores import load_scores, save_scores
 
 KEPT = "calibrations"  # the results folder's subfolder of finished calibrations
 

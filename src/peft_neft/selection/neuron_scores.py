@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from .._shapes import module_shapes
+from ..atomic import atomic_path
 from ..tuner.fingerprint import check_fingerprint
 
 
@@ -64,3 +69,25 @@ class NeuronScores:
                     f"model's module has (out={shape[0]}, in={shape[1]}): the scores come from another base model."
                 )
         check_fingerprint(model, self.fingerprint, "the scores", "Score the model you will train.")
+
+
+def save_scores(path: str | os.PathLike, scores: NeuronScores, info: dict[str, Any]) -> None:
+    """Store a calibration's scores and what it ran with (``info``) at ``path`` (.safetensors), atomically: the
+    file ``compare`` keeps in ``OUT/calibrations/`` and ``peft-neft select --scores`` reads."""
+    meta = {"in_features": scores.in_features, "total_params": scores.total_params, "method": scores.method,
+            "metadata": scores.metadata, "info": info}
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in scores.scores.items()}, str(tmp), metadata={"calibration": json.dumps(meta)})
+
+
+def load_scores(path: str | os.PathLike) -> tuple[NeuronScores, dict[str, Any]]:
+    """The scores and ``info`` :func:`save_scores` wrote."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = json.loads(handle.metadata()["calibration"])
+            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    except Exception as err:  # a damaged cache: name it and the fix
+        raise ValueError(f"{os.fspath(path)} is not a readable calibration file ({err}); delete it to calibrate "
+                         "again.") from None
+    scores = NeuronScores(tensors, meta["in_features"], meta["total_params"], meta["method"], meta["metadata"])
+    return scores, meta["info"]
