@@ -3,5 +3,6 @@
 # Intel Xeon with avx512_bf16 (no AMX). The state lived in CKPT=/work/scorers-ckpt while it ran and is kept in
 # docs/results/scorers-state (scorers.sh keep) for the next session. The full `peft-neft compare` command is in
 # scorers.sh. Started with THREADS=1 beside the DialogSumX search (22:28 UTC); from step 282 (22:49) with THREADS=2
-# and the DialogSumX search paused. Landed so far: random rows on all-linear (23:43).
+# and the DialogSumX search paused. Landed so far: random rows on all-linear (23:43), movement (00:28 UTC
+# 2026-12-07); stopped at 00:33 during taylor's first training steps, its calibration kept.
 docs/results/scorers.sh screen    # seed 0: the eight variants
