@@ -161,8 +161,9 @@ def test_a_killed_compare_resumes_its_running_calibration(method, tokenizer, tmp
     with caplog.at_level(logging.INFO, logger="peft_neft"):
         run("killed")
     assert f"calibration: resumed from {partial}" in caplog.text and "after 10 of 12" in caplog.text
-    expected, _ = load_scores(tmp_path / "whole" / "calibrations" / f"{key}.safetensors")
-    resumed, _ = load_scores(tmp_path / "killed" / "calibrations" / f"{key}.safetensors")
+    expected, whole_info = load_scores(tmp_path / "whole" / "calibrations" / f"{key}.safetensors")
+    resumed, resumed_info = load_scores(tmp_path / "killed" / "calibrations" / f"{key}.safetensors")
     _same_scores(resumed, expected)
+    assert "resumed" not in whole_info and resumed_info["resumed"] is True  # its seconds are the last call's only
     assert resumed.metadata == expected.metadata
     assert not (tmp_path / "killed" / "checkpoints").exists()  # the state went with the cached scores

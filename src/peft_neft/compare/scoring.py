@@ -49,12 +49,14 @@ def cached_calibration(folder: Path, key: str, score: str, target_modules: Any, 
         torch.manual_seed(seed)
         model = load_model().to(device)
     lr = config.calibration_lr if config.calibration_lr is not None else config.lr("full")
+    resumed = partial.is_dir() and any(partial.iterdir())  # then ``seconds`` counts only this call
     start = time.perf_counter()
     scores = get_scorer(score).score(model, rows, collate_fn=collate_fn, steps=config.calibration_steps,
                                      batch_size=config.batch_size, lr=lr, seed=seed, target_modules=target_modules,
                                      progress=progress, checkpoint_dir=partial)
     seconds = time.perf_counter() - start
     info = {"score": score, "steps": config.calibration_steps, "seconds": seconds,
+            **({"resumed": True} if resumed else {}),
             "target_modules": [target_modules] if isinstance(target_modules, str) else list(target_modules),
             "dtype": "float32", **({"lr": lr} if get_scorer(score).needs == "optimizer" else {})}
     save_scores(path, scores, info)
