@@ -168,10 +168,12 @@ def test_compare_end_to_end_scores_and_resume(tokenizer, data, tmp_path, caplog)
     table = (out / "results.md").read_text()
     assert f"| neft:match-lora:2 | {neft['trainable_params']:,} |" in table and "nrefs:1" in table
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
-    # Paired tests: NeFT against the LoRA it matches, the ablations against NeFT, same seed.
+    # Paired tests, same seed: NeFT against the LoRA it matches, the ablations also against NeFT and random rows.
     tests = {(r["system"], r["baseline"]): r["tests"] for r in paired_tests(stored)}
-    assert set(tests) == {("neft:match-lora:2", "lora:2"), ("neft-random:match-lora:2", "neft:match-lora:2"),
-                          ("neft-reversed:match-lora:2", "neft:match-lora:2")}
+    assert set(tests) == {("neft:match-lora:2", "lora:2"), ("neft-random:match-lora:2", "lora:2"),
+                          ("neft-random:match-lora:2", "neft:match-lora:2"), ("neft-reversed:match-lora:2", "lora:2"),
+                          ("neft-reversed:match-lora:2", "neft:match-lora:2"),
+                          ("neft-reversed:match-lora:2", "neft-random:match-lora:2")}
     delta = tests[("neft:match-lora:2", "lora:2")]["chrf"]["delta"]
     assert delta == pytest.approx(neft["scores"]["chrf"] - lora["scores"]["chrf"])
     assert "## Paired tests" in table and "| neft:match-lora:2 | lora:2 | 0 | " in table

@@ -222,7 +222,7 @@ def test_each_run_s_figures_are_computed_once_and_stored(tokenizer, data, tmp_pa
     assert calls == {"intervals": 5, "paired_test": 2}  # 5 runs (base once), NeFT vs LoRA per seed: not per report
     stored = json.loads((out / "results.json").read_text())
     assert all("intervals" in run for run in stored["runs"].values())
-    assert set(stored["paired"]) == {"neft:match-lora:2@seed0", "neft:match-lora:2@seed1"}
+    assert set(stored["paired"]) == {"neft:match-lora:2@seed0 vs lora:2@seed0", "neft:match-lora:2@seed1 vs lora:2@seed1"}
 
 
 def test_report_rerenders_a_folder_and_merges_folders_with_paired_tests_across_them(tokenizer, data, tmp_path, capsys):
@@ -235,10 +235,16 @@ def test_report_rerenders_a_folder_and_merges_folders_with_paired_tests_across_t
     (lora / "results.md").unlink()
     assert main(["report", str(lora)]) == 0
     assert "| lora:2 |" in capsys.readouterr().out and (lora / "results.md").is_file()
+    older = json.loads((neft / "results.json").read_text())  # a folder from before intervals were stored
+    del older["runs"]["neft:match-lora:2@seed0"]["intervals"]
+    (neft / "results.json").write_text(json.dumps(older))
+    before = {f: f.read_bytes() for folder in (lora, neft) for f in folder.rglob("*") if f.is_file()}
     assert main(["report", str(lora), str(neft), "--out", str(tmp_path / "both")]) == 0
+    assert {f: f.read_bytes() for folder in (lora, neft) for f in folder.rglob("*") if f.is_file()} == before  # read only
+    assert "intervals" in json.loads((tmp_path / "both" / "results.json").read_text())["runs"]["neft:match-lora:2@seed0"]
     merged = json.loads((tmp_path / "both" / "results.json").read_text())
     assert set(merged["runs"]) == {"lora:2@seed0", "neft:match-lora:2@seed0"}
-    assert list(merged["paired"]) == ["neft:match-lora:2@seed0"]
+    assert list(merged["paired"]) == ["neft:match-lora:2@seed0 vs lora:2@seed0"]
     report = (tmp_path / "both" / "results.md").read_text()
     assert "| neft:match-lora:2 | lora:2 | 0 |" in report
     assert "| BLEU | chrf | best val loss |" in report
@@ -370,7 +376,7 @@ def test_a_learning_rate_grid_extended_on_resume_trains_only_the_new_rates(token
         assert len(search) == 2 and search[0] == first["runs"][key]["lr_search"][0]
         assert wider["runs"][key]["best_val_loss"] == min(t["best_val_loss"] for t in search)
     assert wider["runs"]["base@seed0"] == first["runs"]["base@seed0"]
-    assert set(wider["paired"]) == {"neft:match-lora:2@seed0"}
+    assert set(wider["paired"]) == {"neft:match-lora:2@seed0 vs lora:2@seed0"}
     again = compare(_loader(tokenizer), tokenizer, data, ["lora:2"], [0], out, _config(lr_grid=(1.0,)), progress=False)
     assert again["runs"]["lora:2@seed0"]["lr_search"] == wider["runs"]["lora:2@seed0"]["lr_search"]  # not narrowed
     caplog.clear()

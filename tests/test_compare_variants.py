@@ -11,7 +11,7 @@ from transformers import AutoTokenizer
 
 from conftest import make_tiny_llama
 from peft_neft.cli import main
-from peft_neft.compare import CompareConfig, compare, paired_baseline, parse_method, parse_methods, select_for
+from peft_neft.compare import CompareConfig, compare, paired_baselines, parse_method, parse_methods, select_for
 from peft_neft.compare.methods import calibration_key, neft_targets, shape_scores
 from peft_neft.errors import UsageError
 from peft_neft.tasks import django_translation_pairs
@@ -81,10 +81,15 @@ def test_a_method_list_splits_at_the_commas_between_methods_only():
         parse_methods("neft[spread=module]:1,neft[spread=per-module]:1")
 
 
-def test_a_variant_is_paired_as_its_kind_is():
-    assert paired_baseline("neft[score=gradient,spread=per-module]:match-lora:8") == "lora:8"
-    assert paired_baseline("neft-random[targets=all-linear]:match-lora:8") == "neft:match-lora:8"
-    assert paired_baseline("neft-random:2") == "neft:2" and paired_baseline("neft:2") is None
+def test_the_paper_s_selection_is_paired_with_lora_and_any_other_also_with_it_and_random_rows():
+    assert paired_baselines("neft:match-lora:8") == ("lora:8",) and paired_baselines("neft:2") == ()
+    assert paired_baselines("neft[score=gradient,spread=per-module]:match-lora:8") == (
+        "lora:8", "neft:match-lora:8", "neft-random:match-lora:8")
+    assert paired_baselines("neft-random[targets=all-linear]:match-lora:8") == (
+        "lora:8", "neft:match-lora:8", "neft-random:match-lora:8")
+    assert paired_baselines("neft-random:match-lora:8") == ("lora:8", "neft:match-lora:8")
+    assert paired_baselines("neft-reversed:2") == ("neft:2", "neft-random:2")
+    assert paired_baselines("lora:8") == paired_baselines("base") == ()
 
 
 def test_calibrations_are_keyed_by_scorer_targets_and_seed_and_the_paper_s_keeps_its_file_name():
@@ -186,7 +191,7 @@ def test_a_stored_calibration_is_named_in_the_brackets_and_keyed_apart_from_the_
     assert method.spec == "neft[spread=per-layer,calibration=multi30k]:match-lora:8"
     assert method.calibration == "multi30k" and parse_method(method.spec) == method
     assert calibration_key(method, 0) == calibration_key(method, 2) == "calibration[stored=multi30k]"
-    assert paired_baseline(method.spec) == "lora:8"
+    assert paired_baselines(method.spec) == ("lora:8", "neft:match-lora:8", "neft-random:match-lora:8")
 
 
 def _stored_calibration(path, model_dir, tokenizer):

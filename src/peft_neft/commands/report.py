@@ -13,8 +13,8 @@ from ._options import UsageError, add_overwrite_argument, holds_only_results
 logger = logging.getLogger(__name__)
 
 NAME = "report"
-HELP = ("Re-render results.md and results.png of comparison folders; with --out, merge several (same task and "
-        "test data) into one table with paired tests across them.")
+HELP = ("Re-render results.md and results.png of a comparison folder; with --out, merge several (same task and "
+        "test data) into a new folder, one table with paired tests across them (the merged folders are only read).")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,12 +48,11 @@ def run(args: argparse.Namespace) -> int:
     loaded = [(folder, read_results(folder / "results.json")) for folder in folders]
     for folder, results in loaded:
         check_scored(results, folder / "results.json")
-    for folder, results in loaded:  # figures a folder does not store yet (older folders), with today's tests
+    if not args.out:  # the folder re-rendered, with the figures it does not store yet (older folders)
+        folder, results = loaded[0]
         if store_figures(results, folder):
             save_results(folder / "results.json", results)
-        write_report(results, folder)
-    if not args.out:
-        print((folders[0] / "results.md").read_text(encoding="utf-8"), end="")
+        print(write_report(results, folder), end="")
         return 0
     out = Path(args.out)
     merged = _merge(loaded)

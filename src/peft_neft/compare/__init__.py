@@ -18,7 +18,7 @@ from .._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .config import CompareConfig
-    from .methods import (DEFAULT_LR, KINDS, Method, paired_baseline, parse_method, parse_methods, prepare_model,
+    from .methods import (DEFAULT_LR, KINDS, Method, paired_baselines, parse_method, parse_methods, prepare_model,
                           select_for)
     from .report import markdown_table, plot, summarize, write_report
     from .results import RESULTS_FORMAT, RunResult, read_outputs, run_key
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 _HOME = {
     "CompareConfig": "config", "compare": "run",
-    **dict.fromkeys(["DEFAULT_LR", "KINDS", "Method", "paired_baseline", "parse_method", "parse_methods", "prepare_model",
+    **dict.fromkeys(["DEFAULT_LR", "KINDS", "Method", "paired_baselines", "parse_method", "parse_methods", "prepare_model",
                      "select_for"], "methods"),
     **dict.fromkeys(["markdown_table", "plot", "summarize", "write_report"], "report"),
     **dict.fromkeys(["RESULTS_FORMAT", "RunResult", "read_outputs", "run_key"], "results"),

@@ -99,9 +99,9 @@ class Method:
         """The rows a run of this method trains in a comparison of ``config`` (None: it selects none)."""
         return None
 
-    def paired_baseline(self) -> str | None:
-        """The spec of the method a run of this one is tested against, seed by seed (None: none)."""
-        return None
+    def paired_baselines(self) -> tuple[str, ...]:
+        """The specs of the methods a run of this one is tested against, seed by seed."""
+        return ()
 
     def calibration_key(self, seed: int) -> str | None:
         """The calibration a run of this method needs (None: none)."""
@@ -198,10 +198,13 @@ class Neft(Method):
             scores = shape_scores(model, neft_targets(self, config))
         return select_for(model, self, scores, seed, config.lora_target_modules)
 
-    def paired_baseline(self) -> str | None:
-        if self.strategy != "lowest":  # an ablation, against the paper's selection at the same budget
-            return "neft:" + self.spec.partition(":")[2]
-        return f"lora:{self.rank}" if self.rank else None
+    def paired_baselines(self) -> tuple[str, ...]:
+        """The LoRA whose count it matches; unless it is the paper's selection, also the paper's selection and
+        random rows at the same budget (never itself): a scorer's verdict needs both (docs/results/PLAN-scorers.md)."""
+        budget = self.spec.partition(":")[2]
+        paper, random = f"neft:{budget}", f"neft-random:{budget}"
+        lora = (f"lora:{self.rank}",) if self.rank else ()
+        return lora if self.spec == paper else (*lora, *(s for s in (paper, random) if s != self.spec))
 
     def calibration_key(self, seed: int) -> str | None:
         """``calibration@seed0`` for the paper's cosine on the comparison's targets (the name older folders cached it
@@ -323,9 +326,10 @@ def parse_methods(text: str | Sequence[str]) -> list[Method]:
     return methods
 
 
-def paired_baseline(spec: str) -> str | None:
-    """What a method is tested against: NeFT against the LoRA rank it matches, an ablation against NeFT."""
-    return parse_method(spec).paired_baseline()
+def paired_baselines(spec: str) -> tuple[str, ...]:
+    """What a method is tested against: NeFT against the LoRA rank it matches, any other selection also against the
+    paper's and random rows."""
+    return parse_method(spec).paired_baselines()
 
 
 def prepare_model(model: PreTrainedModel, method: Method, seed: int, scores: Any = None,

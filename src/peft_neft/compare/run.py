@@ -181,10 +181,9 @@ def _reopen_widened_runs(results: dict[str, Any], config: CompareConfig, methods
             if own.is_file():  # the outputs go back under their training's key, for the run to choose again
                 os.replace(own, outputs_path(out, training_key(run["method"], run["seed"], run["lr"])))
             del results["runs"][key]
-            results.get("paired", {}).pop(key, None)
-            for other, pair in list(results.get("paired", {}).items()):
-                if run_key(pair["baseline"], pair["seed"]) == key:
-                    del results["paired"][other]
+            for pair_key, pair in list(results.get("paired", {}).items()):
+                if key in (run_key(pair["system"], pair["seed"]), run_key(pair["baseline"], pair["seed"])):
+                    del results["paired"][pair_key]
             logger.info("%s: the learning-rate grid now also has %s; reopened", key, ", ".join(f"{lr:g}" for lr in missing))
 
 

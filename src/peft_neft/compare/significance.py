@@ -8,7 +8,7 @@ from typing import Any
 
 from ..tasks.significance import DEFAULT_SAMPLES
 from ..tasks.task import get_task
-from .methods import paired_baseline
+from .methods import paired_baselines
 from .results import diverged, outputs_path, read_outputs, run_key
 
 
@@ -28,10 +28,12 @@ def stored_metric_names(results: dict[str, Any]) -> tuple[str, ...]:
 def store_figures(results: dict[str, Any], out_dir: str | os.PathLike) -> bool:
     """Add to ``results`` what the report shows and is not stored yet; return whether anything was added.
 
-    Each run's bootstrap intervals (``run["intervals"]``) and each NeFT run's paired test against its
-    baseline run of the same seed (``results["paired"][run key]``), from the stored outputs. Called as each
-    run finishes, so the figures of a finished run are computed once and the report only reads them. A diverged
-    run has no outputs, so neither.
+    Each run's bootstrap intervals (``run["intervals"]``) and each NeFT run's paired tests against its
+    baseline runs of the same seed (:func:`~peft_neft.compare.methods.paired_baselines`), stored as
+    ``results["paired"]["<run key> vs <baseline run key>"]``, from the stored outputs (a folder written before
+    runs had several baselines keys its one pair by the run key; such a pair is kept, not computed again). Called
+    as each run finishes, so the figures of a finished run are computed once and the report only reads them. A
+    diverged run has no outputs, so neither.
     """
     config, out = results["identity"]["config"], Path(out_dir)
     task, added = get_task(config["task"]), False
@@ -41,21 +43,24 @@ def store_figures(results: dict[str, Any], out_dir: str | os.PathLike) -> bool:
             run["intervals"] = task.intervals(outputs["hypothesis"], outputs["reference"], char_level=config["char_level"])
             added = True
     paired = results.setdefault("paired", {})
+    done = {(pair["system"], pair["baseline"], pair["seed"]) for pair in paired.values()}
     for key, run in results["runs"].items():
-        baseline = paired_baseline(run["method"])
-        other = run_key(baseline, run["seed"]) if baseline else None
-        if key in paired or other not in results["runs"] or diverged(run) or diverged(results["runs"][other]):
-            continue
-        ours, theirs = (read_outputs(outputs_path(out, k)) for k in (key, other))
-        tests = task.paired_test(ours["hypothesis"], theirs["hypothesis"], ours["reference"],
-                                 char_level=config["char_level"])
-        paired[key] = {"system": run["method"], "baseline": baseline, "seed": run["seed"], "tests": tests}
-        added = True
+        for baseline in paired_baselines(run["method"]):
+            other = run_key(baseline, run["seed"])
+            if ((run["method"], baseline, run["seed"]) in done or other not in results["runs"] or diverged(run)
+                    or diverged(results["runs"][other])):
+                continue
+            ours, theirs = (read_outputs(outputs_path(out, k)) for k in (key, other))
+            tests = task.paired_test(ours["hypothesis"], theirs["hypothesis"], ours["reference"],
+                                     char_level=config["char_level"])
+            paired[f"{key} vs {other}"] = {"system": run["method"], "baseline": baseline, "seed": run["seed"],
+                                           "tests": tests}
+            added = True
     return added
 
 
 def paired_tests(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The stored paired tests (:func:`store_figures`): each NeFT run against its baseline run of the same seed."""
+    """The stored paired tests (:func:`store_figures`): each NeFT run against its baseline runs of the same seed."""
     return list(results.get("paired", {}).values())
 
 
@@ -72,10 +77,11 @@ def paired_table(results: dict[str, Any]) -> str:
     metrics = tuple(m for m in stored_metric_names(results) if all(m in row["tests"] for row in rows))
     header = ["system", "baseline", "seed", *[f"Δ {m} (p)" for m in metrics]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in sorted(rows, key=lambda r: (r["system"], r["seed"])):
+    for row in sorted(rows, key=lambda r: (r["system"], r["seed"], r["baseline"])):
         cells = [f"{row['tests'][m]['delta']:+.2f} ({row['tests'][m]['p_value']:.3f})" for m in metrics]
         lines.append("| " + " | ".join([row["system"], row["baseline"], str(row["seed"]), *cells]) + " |")
-    return ("\n## Paired tests\n\nEach NeFT run against its baseline run of the same seed, on the same test "
+    return ("\n## Paired tests\n\nEach NeFT run against its baseline runs of the same seed (the LoRA whose count it "
+            "matches; any other selection than the paper's also against the paper's and random rows), on the same test "
             f"sentences: paired bootstrap resampling ({DEFAULT_SAMPLES} resamples, two-sided; identical outputs give p = 1). "
             "p is the chance of a difference this large from resampling the test set alone; it says nothing "
             "about the spread between training seeds.\n\n" + "\n".join(lines) + "\n")
