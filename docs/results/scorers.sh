@@ -7,6 +7,7 @@
 #   docs/results/scorers.sh bracket METHOD          # a method's rate, 3x each side (factors of 1.35e-2)
 #   docs/results/scorers.sh seeds METHOD FACTOR     # seeds 1 and 2 at the factor its bracket chose
 #   docs/results/scorers.sh placement               # where each screen selection sits (OUT/placement.md, .png)
+#   docs/results/scorers.sh versus                  # the screen merged with the converged references: paired tests
 #   docs/results/scorers.sh keep DEST               # $CKPT's resumable state, copied to DEST (DEST is replaced)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -47,6 +48,8 @@ case "${1:-screen}" in
       "$PEFT_NEFT" select --scores "$file" --lora-rank 8 --spread "$spread" --out "$tmp/$label.safetensors" --no-progress
       labelled+=("$label=$tmp/$label.safetensors"); done
     "$PEFT_NEFT" inspect "${labelled[@]}" --model default --out "$OUT/placement.md" --plot "$OUT/placement.png" --no-progress ;;
+  versus)  # each screen variant against LoRA, the paper's selection and random rows of the same seed (read only)
+    "$PEFT_NEFT" report "$OUT" docs/results/converged-multi30k-en-fr --out "$OUT-versus" --overwrite ;;
   keep) docs/results/keep.sh "$CKPT" "${2:?give DEST, e.g. /path/to/checkout/docs/results/scorers-state}" ;;  # stop the phase first
-  *) echo "usage: $0 screen|all-linear VARIANT|bracket METHOD|seeds METHOD FACTOR|placement|keep DEST" >&2; exit 2 ;;
+  *) echo "usage: $0 screen|all-linear VARIANT|bracket METHOD|seeds METHOD FACTOR|placement|versus|keep DEST" >&2; exit 2 ;;
 esac
