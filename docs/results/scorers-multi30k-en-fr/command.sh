@@ -4,5 +4,6 @@
 # docs/results/scorers-state (scorers.sh keep) for the next session. The full `peft-neft compare` command is in
 # scorers.sh. Started with THREADS=1 beside the DialogSumX search (22:28 UTC); from step 282 (22:49) with THREADS=2
 # and the DialogSumX search paused. Landed so far: random rows on all-linear (23:43), movement (00:28 UTC
-# 2026-12-07); taylor's training stopped at step 752 (01:07), its calibration and checkpoint kept.
+# 2026-12-07); taylor's training stopped at step 752 (01:07), its calibration and checkpoint kept. Resumed 2026-12-07
+# 01:29 UTC on a 2-core AMD EPYC (no avx512_bf16, no AMX), THREADS=2, alone on the machine: taylor landed (02:17).
 docs/results/scorers.sh screen    # seed 0: the eight variants
