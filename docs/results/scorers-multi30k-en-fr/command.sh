@@ -6,5 +6,6 @@
 # and the DialogSumX search paused. Landed so far: random rows on all-linear (23:43), movement (00:28 UTC
 # 2026-12-07); taylor's training stopped at step 752 (01:07), its calibration and checkpoint kept. Resumed 2026-12-07
 # 01:29 UTC on a 2-core AMD EPYC (no avx512_bf16, no AMX), THREADS=2, alone on the machine: taylor landed (02:17), taylor per-layer
-# (03:30); stopped 03:31 in the gradient calibration for the session's CI check, its partial state kept.
+# (03:30); stopped 03:31 in the gradient calibration for the session's CI check, its partial state kept;
+# resumed 03:53, gradient's training stopped at step 188 (04:05) and kept.
 docs/results/scorers.sh screen    # seed 0: the eight variants
