@@ -36,13 +36,14 @@ case "${1:-screen}" in
               "$PEFT_NEFT" "${common[@]}" --methods "neft[$variant,targets=all-linear]:match-lora:8" --seeds 0 ;;
   bracket) "$PEFT_NEFT" "${common[@]}" --methods "${2:?give the method}" --seeds 0 --lr-grid 1,0.333333,3 ;;
   seeds) "$PEFT_NEFT" "${common[@]}" --methods "${2:?give the method}" --seeds 1,2 --lr-grid "${3:?give the factor}" ;;
-  placement)  # each kept calibration's selection at LoRA r=8's count, as the screen trained it; missing ones are named
+  placement)  # each calibration's selection at LoRA r=8's count (OUT's, else CKPT's), as the screen trained it; missing ones named
     tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT; labelled=()
     for v in paper=global: movement=global:movement taylor=global:taylor taylor-per-layer=per-layer:taylor \
              gradient=global:gradient activation=global:activation activation-per-layer=per-layer:activation \
              cosine-per-module=per-module:; do
       label=${v%%=*}; spread=${v#*=}; spread=${spread%%:*}; score=${v##*:}
       file=$OUT/calibrations/calibration${score:+[score=$score]}@seed0.safetensors
+      [ -e "$file" ] || file=$CKPT/${file##*/}  # the screen moves calibrations into OUT when its call ends
       [ -n "$score" ] || [ -e "$file" ] || file=docs/results/converged-state/calibration@seed0.safetensors
       if [ ! -e "$file" ]; then echo "placement: $label has no kept calibration yet ($file)" >&2; continue; fi
       "$PEFT_NEFT" select --scores "$file" --lora-rank 8 --spread "$spread" --out "$tmp/$label.safetensors" --no-progress
