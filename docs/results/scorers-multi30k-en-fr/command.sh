@@ -10,5 +10,6 @@
 # resumed 03:53, gradient's training stopped at step 188 (04:05) and kept. Resumed 04:39 on a 2-core AMD EPYC (no
 # avx512_bf16, no AMX; Zen 3, AVX2 only), THREADS=2, alone (about 3.2 s a step with validation on this machine): gradient landed (06:02);
 # activation's training stopped at step 1034 (07:05) and kept. Resumed 12:50 UTC on a 2-core AMD EPYC (Zen 3, family 25
-# model 1: AVX2 only, no AVX-512, no AMX), THREADS=2, alone (about 3.2 s a step): activation landed (13:19).
+# model 1: AVX2 only, no AVX-512, no AMX), THREADS=2, alone (about 3.2 s a step): activation landed (13:19),
+# activation per-layer (14:45).
 docs/results/scorers.sh screen    # seed 0: the eight variants
