@@ -11,5 +11,6 @@
 # avx512_bf16, no AMX; Zen 3, AVX2 only), THREADS=2, alone (about 3.2 s a step with validation on this machine): gradient landed (06:02);
 # activation's training stopped at step 1034 (07:05) and kept. Resumed 12:50 UTC on a 2-core AMD EPYC (Zen 3, family 25
 # model 1: AVX2 only, no AVX-512, no AMX), THREADS=2, alone (about 3.2 s a step): activation landed (13:19),
-# activation per-layer (14:45).
+# activation per-layer (14:45); per-module cosine's training stopped at step 376 (15:08) and kept.
 docs/results/scorers.sh screen    # seed 0: the eight variants
+docs/results/scorers.sh placement # where each selection sits (placement.md, placement.png)
