@@ -12,5 +12,8 @@
 # activation's training stopped at step 1034 (07:05) and kept. Resumed 12:50 UTC on a 2-core AMD EPYC (Zen 3, family 25
 # model 1: AVX2 only, no AVX-512, no AMX), THREADS=2, alone (about 3.2 s a step): activation landed (13:19),
 # activation per-layer (14:45); per-module cosine's training stopped at step 376 (15:08) and kept.
+# 2026-12-07: resumed 16:08 UTC on a 2-core AMD EPYC (Zen 3, family 25 model 1), THREADS=2, alone (about 3.6 s a step):
+# per-module cosine landed (17:20), completing the screen; then the screen's best on validation loss on all-linear targets:
 docs/results/scorers.sh screen    # seed 0: the eight variants
 docs/results/scorers.sh placement # where each selection sits (placement.md, placement.png)
+docs/results/scorers.sh all-linear score=activation,spread=per-layer  # started 17:20
