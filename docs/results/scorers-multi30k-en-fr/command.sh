@@ -16,4 +16,4 @@
 # per-module cosine landed (17:20), completing the screen; then the screen's best on validation loss on all-linear targets:
 docs/results/scorers.sh screen    # seed 0: the eight variants
 docs/results/scorers.sh placement # where each selection sits (placement.md, placement.png)
-docs/results/scorers.sh all-linear score=activation,spread=per-layer  # started 17:20, stopped at step 658 (18:02), kept
+docs/results/scorers.sh all-linear score=activation,spread=per-layer  # started 17:20, stopped at step 658 (18:02), resumed 18:31, stopped at step 940 (18:48), kept
