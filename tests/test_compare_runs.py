@@ -267,6 +267,11 @@ def test_report_rerenders_a_folder_and_merges_folders_with_paired_tests_across_t
     assert main(["report", str(lora), str(neft)]) != 0 and "give --out" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "nothing")]) != 0
     assert "results.json does not exist" in capsys.readouterr().err
+    merged_before = {f: f.read_bytes() for f in (tmp_path / "both").rglob("*") if f.is_file()}
+    (neft / "outputs" / "neft_match-lora_2@seed0.jsonl.gz").rename(tmp_path / "aside.jsonl.gz")
+    assert main(["report", str(lora), str(neft), "--out", str(tmp_path / "both"), "--overwrite"]) != 0
+    assert "neft_match-lora_2@seed0.jsonl.gz is missing, so" in capsys.readouterr().err
+    assert {f: f.read_bytes() for f in (tmp_path / "both").rglob("*") if f.is_file()} == merged_before
 
 
 def test_a_chosen_rate_is_bracketed_only_with_a_worse_rate_on_both_sides():
@@ -387,6 +392,33 @@ def test_a_learning_rate_grid_extended_on_resume_trains_only_the_new_rates(token
     assert trained == [f"neft:match-lora:2 seed 0: training at lr {0.1 * 5e-4:g}"]
     assert alone["runs"]["lora:2@seed0"] == wider["runs"]["lora:2@seed0"]
     assert len(alone["runs"]["neft:match-lora:2@seed0"]["lr_search"]) == 3
+
+
+def test_a_widened_grid_stopped_before_its_new_rates_leaves_a_folder_that_reports_and_resumes(tokenizer, data,
+                                                                                              tmp_path, monkeypatch):
+    """Reopening a run moves its outputs back under its training; results.json on disk says so at once, so a folder
+    stopped (or copied) while the new rates train still renders, and resumes to the same run as one call."""
+    from peft_neft.cli import main
+    from peft_neft.compare import run as compare_run
+
+    out = tmp_path / "cmp"
+    compare(_loader(tokenizer), tokenizer, data, ["lora:2"], [0], out, _config(lr_grid=(1.0,)), progress=False)
+
+    def killed_before_training(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(compare_run, "_finish_run", killed_before_training)
+        with pytest.raises(KeyboardInterrupt):
+            compare(_loader(tokenizer), tokenizer, data, ["lora:2"], [0], out, _config(lr_grid=(1.0, 30.0)),
+                    progress=False)
+    stored = json.loads((out / "results.json").read_text())
+    assert stored["runs"] == {} and list(stored["trainings"]) == ["lora:2@seed0@lr0.001"]
+    assert main(["report", str(out)]) == 0
+    resumed = compare(_loader(tokenizer), tokenizer, data, ["lora:2"], [0], out, _config(lr_grid=(1.0, 30.0)),
+                      progress=False)
+    assert [t["lr"] for t in resumed["runs"]["lora:2@seed0"]["lr_search"]] == [1e-3, 3e-2]
+    assert read_outputs(out / "outputs" / "lora_2@seed0.jsonl.gz")["hypothesis"]
 
 
 def test_a_run_stopped_after_its_last_training_is_chosen_on_resume_without_training(tokenizer, data, tmp_path,

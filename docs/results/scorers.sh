@@ -40,7 +40,7 @@ case "${1:-screen}" in
     tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT; labelled=()
     for v in paper=global: movement=global:movement taylor=global:taylor taylor-per-layer=per-layer:taylor \
              gradient=global:gradient activation=global:activation activation-per-layer=per-layer:activation \
-             cosine-per-module=per-module:; do
+             cosine-per-module=per-module: activation-per-layer-all-linear=per-layer:activation,targets=all-linear; do
       label=${v%%=*}; spread=${v#*=}; spread=${spread%%:*}; score=${v##*:}
       file=$OUT/calibrations/calibration${score:+[score=$score]}@seed0.safetensors
       [ -e "$file" ] || file=$CKPT/${file##*/}  # the screen moves calibrations into OUT when its call ends

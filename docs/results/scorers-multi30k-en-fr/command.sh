@@ -17,3 +17,9 @@
 docs/results/scorers.sh screen    # seed 0: the eight variants
 docs/results/scorers.sh placement # where each selection sits (placement.md, placement.png)
 docs/results/scorers.sh all-linear score=activation,spread=per-layer  # started 17:20, stopped at step 658 (18:02), resumed 18:31, stopped at step 940 (18:48), kept
+# 2026-12-07: resumed 19:24 UTC on a 2-core AMD EPYC (Zen 4, family 25 model 17: AVX-512, avx512_bf16), THREADS=2, alone
+# (about 2.6 s a step): the all-linear run landed at 19:51; then the confirmation, per-layer activation's rate bracket:
+docs/results/scorers.sh all-linear score=activation,spread=per-layer  # resumed from step 940 at 19:24, landed 19:51
+docs/results/scorers.sh placement # now also the all-linear selection
+docs/results/scorers.sh versus    # the paired tests, with the all-linear run
+docs/results/scorers.sh bracket "neft[score=activation,spread=per-layer]:match-lora:8"  # started 19:51

@@ -56,11 +56,19 @@ def run(args: argparse.Namespace) -> int:
         return 0
     out = Path(args.out)
     merged = _merge(loaded)
+    copies = []  # every run's outputs, checked before anything is written
     for folder, results in loaded:
         for key in results["runs"]:
             if merged["runs"][key] is results["runs"][key] and not diverged(results["runs"][key]):  # diverged: none
-                outputs_path(out, key).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(outputs_path(folder, key), outputs_path(out, key))
+                source = outputs_path(folder, key)
+                if not source.is_file():
+                    raise UsageError(f"{source} is missing, so {folder} cannot be merged (nothing was written): "
+                                     "restore the folder's outputs/ from a copy, or rerun that run (remove its "
+                                     "entry from results.json).")
+                copies.append((source, outputs_path(out, key)))
+    for source, target in copies:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
     merged["paired"] = {}  # pairs across folders too
     store_figures(merged, out)
     save_results(out / "results.json", merged)

@@ -169,22 +169,29 @@ def _reopen_widened_runs(results: dict[str, Any], config: CompareConfig, methods
                          seeds: Sequence[int], out: Path) -> None:
     """A finished run of this call whose rate search lacks a rate of today's grid is reopened: its new rates train,
     and the run is chosen again among all of them (the trainings it had are kept). Runs of methods or seeds not in
-    this call stay as they are, so one method's grid can be widened alone."""
+    this call stay as they are, so one method's grid can be widened alone. results.json is saved before any outputs
+    move, so the folder on disk never names outputs that are not there (a report of it works while the rates train)."""
     called = {run_key(m.spec, s) for m in methods for s in seeds}
+    moves = []
     for key, run in list(results["runs"].items()):
         if key not in called:
             continue
         tried = {round(t["lr"], 12) for t in run.get("lr_search", [])}
         missing = [lr for lr in _rates(config, parse_method(run["method"])) if round(lr, 12) not in tried]
         if parse_method(run["method"]).trains and missing:
-            own = outputs_path(out, key)
-            if own.is_file():  # the outputs go back under their training's key, for the run to choose again
-                os.replace(own, outputs_path(out, training_key(run["method"], run["seed"], run["lr"])))
+            # the outputs go back under their training's key, for the run to choose again
+            training = training_key(run["method"], run["seed"], run["lr"])
+            moves.append((outputs_path(out, key), outputs_path(out, training)))
             del results["runs"][key]
             for pair_key, pair in list(results.get("paired", {}).items()):
                 if key in (run_key(pair["system"], pair["seed"]), run_key(pair["baseline"], pair["seed"])):
                     del results["paired"][pair_key]
             logger.info("%s: the learning-rate grid now also has %s; reopened", key, ", ".join(f"{lr:g}" for lr in missing))
+    if moves:
+        save_results(out / "results.json", results)
+    for own, training in moves:
+        if own.is_file():  # (not there: a call stopped between saving and moving; _finish_run takes the run's own)
+            os.replace(own, training)
 
 
 def _rates(config: CompareConfig, method: Method) -> list[float]:
