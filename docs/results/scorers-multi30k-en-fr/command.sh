@@ -22,4 +22,4 @@ docs/results/scorers.sh all-linear score=activation,spread=per-layer  # started 
 docs/results/scorers.sh all-linear score=activation,spread=per-layer  # resumed from step 940 at 19:24, landed 19:51
 docs/results/scorers.sh placement # now also the all-linear selection
 docs/results/scorers.sh versus    # the paired tests, with the all-linear run
-docs/results/scorers.sh bracket "neft[score=activation,spread=per-layer]:match-lora:8"  # started 19:51; 4.5e-3 landed 21:27 (paused 20:23-20:32 for a CI run); 4.05e-2 stopped at step 564 (21:47), kept
+docs/results/scorers.sh bracket "neft[score=activation,spread=per-layer]:match-lora:8"  # started 19:51; 4.5e-3 landed 21:27 (paused 20:23-20:32 for a CI run); 4.05e-2 stopped at step 564 (21:47), kept; resumed 21:49, stopped at step 846 (21:59), kept
