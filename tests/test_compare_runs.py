@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gzip
 import logging
 import json
 import subprocess
@@ -272,6 +273,11 @@ def test_report_rerenders_a_folder_and_merges_folders_with_paired_tests_across_t
     assert main(["report", str(lora), str(neft), "--out", str(tmp_path / "both"), "--overwrite"]) != 0
     assert "neft_match-lora_2@seed0.jsonl.gz is missing, so" in capsys.readouterr().err
     assert {f: f.read_bytes() for f in (tmp_path / "both").rglob("*") if f.is_file()} == merged_before
+    with gzip.open(tmp_path / "aside.jsonl.gz", "rb") as gzipped:  # a folder from before outputs were gzipped
+        (neft / "outputs" / "neft_match-lora_2@seed0.jsonl").write_bytes(gzipped.read())
+    assert main(["report", str(lora), str(neft), "--out", str(tmp_path / "older")]) == 0
+    assert (tmp_path / "older" / "outputs" / "neft_match-lora_2@seed0.jsonl").is_file()
+    assert (tmp_path / "older" / "results.md").read_text() == report
 
 
 def test_a_chosen_rate_is_bracketed_only_with_a_worse_rate_on_both_sides():

@@ -61,11 +61,13 @@ def run(args: argparse.Namespace) -> int:
         for key in results["runs"]:
             if merged["runs"][key] is results["runs"][key] and not diverged(results["runs"][key]):  # diverged: none
                 source = outputs_path(folder, key)
+                if not source.is_file() and source.with_suffix("").is_file():  # an older folder's plain .jsonl
+                    source = source.with_suffix("")
                 if not source.is_file():
                     raise UsageError(f"{source} is missing, so {folder} cannot be merged (nothing was written): "
                                      "restore the folder's outputs/ from a copy, or rerun that run (remove its "
                                      "entry from results.json).")
-                copies.append((source, outputs_path(out, key)))
+                copies.append((source, outputs_path(out, key).with_name(source.name)))
     for source, target in copies:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
