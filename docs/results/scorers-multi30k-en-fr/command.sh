@@ -25,4 +25,4 @@ docs/results/scorers.sh versus    # the paired tests, with the all-linear run
 docs/results/scorers.sh bracket "neft[score=activation,spread=per-layer]:match-lora:8"  # started 19:51; 4.5e-3 landed 21:27 (paused 20:23-20:32 for a CI run); 4.05e-2 stopped at step 564 (21:47), kept; resumed 21:49, stopped at step 846 (21:59), kept; resumed 2026-12-07 22:32 UTC on a 2-core AMD EPYC (Zen 3, family 25 model 1: AVX2, no AVX-512, no AMX), THREADS=2, alone
 # (about 3.1 s a step with validation): 4.05e-2 landed at 22:58 (plateau), so 1.35e-2 is bracketed; then random rows' bracket:
 docs/results/scorers.sh versus    # the paired tests, with per-layer activation's row back in the folder's table
-docs/results/scorers.sh bracket neft-random:match-lora:8  # started 22:58 (trains 1.35e-2 too: the bracket's three rates live in one folder)
+docs/results/scorers.sh bracket neft-random:match-lora:8  # started 22:58 (trains 1.35e-2 too: the bracket's three rates live in one folder); 1.35e-2 landed 00:02 (2026-12-08), 4.5e-3 started, paused 00:02 for a CI run
