@@ -35,7 +35,8 @@ def _merged_before(folder: Path) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     from ..compare.report import write_report
-    from ..compare.results import check_scored, diverged, outputs_path, read_results, save_results
+    from ..compare.results import (check_scored, diverged, outputs_path, read_results, save_results,
+                                   stored_outputs)
     from ..compare.significance import store_figures
     from ..outputs import check_output
 
@@ -60,9 +61,7 @@ def run(args: argparse.Namespace) -> int:
     for folder, results in loaded:
         for key in results["runs"]:
             if merged["runs"][key] is results["runs"][key] and not diverged(results["runs"][key]):  # diverged: none
-                source = outputs_path(folder, key)
-                if not source.is_file() and source.with_suffix("").is_file():  # an older folder's plain .jsonl
-                    source = source.with_suffix("")
+                source = stored_outputs(outputs_path(folder, key))  # older folders: a plain .jsonl
                 if not source.is_file():
                     raise UsageError(f"{source} is missing, so {folder} cannot be merged (nothing was written): "
                                      "restore the folder's outputs/ from a copy, or rerun that run (remove its "

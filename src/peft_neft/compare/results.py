@@ -169,11 +169,17 @@ def write_outputs(path: Path, test: Dataset, hypotheses: list[str]) -> None:
             handle.write("\n".join(lines) + "\n")
 
 
-def read_outputs(path: Path) -> dict[str, list[str]]:
-    """References and hypotheses of a run's outputs; ``.jsonl.gz`` or, for older folders, ``.jsonl``."""
+def stored_outputs(path: Path) -> Path:
+    """The outputs file on disk for ``path``: itself, or its ``.jsonl``/``.jsonl.gz`` twin (older folders)."""
     if not path.is_file():
         other = path.with_suffix("") if path.name.endswith(".gz") else path.with_name(path.name + ".gz")
         path = other if other.is_file() else path
+    return path
+
+
+def read_outputs(path: Path) -> dict[str, list[str]]:
+    """References and hypotheses of a run's outputs; ``.jsonl.gz`` or, for older folders, ``.jsonl``."""
+    path = stored_outputs(path)
     opener = gzip.open if path.name.endswith(".gz") else open
     try:
         with opener(path, "rt", encoding="utf-8") as handle:
