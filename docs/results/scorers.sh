@@ -49,8 +49,9 @@ case "${1:-screen}" in
       "$PEFT_NEFT" select --scores "$file" --lora-rank 8 --spread "$spread" --out "$tmp/$label.safetensors" --no-progress
       labelled+=("$label=$tmp/$label.safetensors"); done
     "$PEFT_NEFT" inspect "${labelled[@]}" --model default --out "$OUT/placement.md" --plot "$OUT/placement.png" --no-progress ;;
-  versus)  # each screen variant against LoRA, the paper's selection and random rows of the same seed (read only)
-    "$PEFT_NEFT" report "$OUT" docs/results/converged-multi30k-en-fr --out "$OUT-versus" --overwrite ;;
+  versus)  # each screen variant against LoRA, the paper's selection and random rows of the same seed (read only);
+           # the converged folder comes first, so its seed-0 random rows (the plan's reference) win over the bracket's rerun
+    "$PEFT_NEFT" report docs/results/converged-multi30k-en-fr "$OUT" --out "$OUT-versus" --overwrite ;;
   keep) docs/results/keep.sh "$CKPT" "${2:?give DEST, e.g. /path/to/checkout/docs/results/scorers-state}" ;;  # stop the phase first
   *) echo "usage: $0 screen|all-linear VARIANT|bracket METHOD|seeds METHOD FACTOR|placement|versus|keep DEST" >&2; exit 2 ;;
 esac
