@@ -27,7 +27,7 @@ docs/results/scorers.sh bracket "neft[score=activation,spread=per-layer]:match-l
 docs/results/scorers.sh versus    # the paired tests, with per-layer activation's row back in the folder's table
 docs/results/scorers.sh bracket neft-random:match-lora:8  # started 22:58 (trains 1.35e-2 too: the bracket's three rates live in one folder); 1.35e-2 landed 00:02 (2026-12-08), 4.5e-3 started, paused 00:02 for a CI run; resumed 00:22, 4.5e-3 stopped at step 940 (00:56), kept; resumed 00:58, stopped at step 1222 (01:08), kept; resumed 2026-12-08 01:53 UTC on a 2-core Intel Xeon (family 6 model 167: AVX-512, avx512_bf16, AMX), THREADS=2, alone (about 1.9 s a step with validation): 4.5e-3 landed at 02:00 (plateau), 4.05e-2 started, paused 02:00-02:13 for a CI run (passed), landed 02:50 (max_steps); 1.35e-2 is bracketed
 docs/results/scorers.sh versus    # the converged folder first now: the screen keeps the converged seed-0 random rows as its reference
-docs/results/scorers.sh seeds "neft[score=activation,spread=per-layer]:match-lora:8" 1  # started 02:50 (confirmation step 2); seed 1 landed 03:35, seed 2 started
+docs/results/scorers.sh seeds "neft[score=activation,spread=per-layer]:match-lora:8" 1  # started 02:50 (confirmation step 2); seed 1 landed 03:35, seed 2 landed 04:19
 # 2026-12-08 02:55: an exploratory paired test (not a protocol test; BLEU and chrF, the harness's 1,000 resamples) of random rows
 # at 4.05e-2 (a bracket training, so `report` does not pair it) against every seed-0 run of this folder, and against LoRA:
 .venv/bin/python -c '
@@ -37,3 +37,4 @@ r = read_outputs(d / "neft-random_match-lora_8@seed0@lr0.0405.jsonl")
 for f in sorted(glob.glob(f"{d}/*@seed0.jsonl.gz")) + ["docs/results/converged-multi30k-en-fr/outputs/lora_8@seed0.jsonl.gz"]:
     o = read_outputs(Path(f[:-3])); print(Path(f).name, t.paired_test(o["hypothesis"], r["hypothesis"], r["reference"], char_level=False))'
 docs/results/scorers.sh versus    # with per-layer activation's seed 1
+docs/results/scorers.sh versus    # with per-layer activation's seed 2
